@@ -1,0 +1,422 @@
+"""Saving the server list to its JSON file: validated, locked, backed up, atomic.
+
+A save goes::
+
+    validate -> lock <file>.lock (fcntl / msvcrt, bounded wait)
+             -> copy the current file to <dir>/backups/<stem>.YYYYmmdd-HHMMSS-ffffff.json
+             -> write <dir>/.<name>.XXXX.tmp, fsync -> os.replace -> fsync the folder
+             -> prune old backups -> unlock
+
+so a crash at any point leaves the old or the new complete file, never a
+mix, and every save can be undone from ``backups/``. Backup names carry UTC
+time (no daylight-saving jumps in their order).
+
+Every failure is a :class:`~nuke_comfy_cluster.core.errors.ConfigError`
+naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from .config import ConfigIssue, ServerConfig, parse_servers, servers_to_json
+from .errors import ConfigError
+
+CONFIG_FILENAME = "comfyui_servers.json"
+ENV_HOME = "NUKE_COMFY_CLUSTER_HOME"
+BACKUP_FOLDER = "backups"
+LOCK_TIMEOUT = 10.0
+
+_STAMP_FORMAT = "%Y%m%d-%H%M%S-%f"
+_STAMP = r"(\d{8}-\d{6}-\d{6})"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """Where the servers were written, and the backup of what was there before (None if nothing was)."""
+
+    path: Path
+    backup: Optional[Path]
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One backup file; ``created`` is aware UTC, ``servers`` None when the file cannot be read as a list."""
+
+    path: Path
+    created: datetime
+    servers: Optional[int]
+
+
+def default_config_path() -> Path:
+    """``~/.nuke/comfyui_servers.json``, or ``$NUKE_COMFY_CLUSTER_HOME/comfyui_servers.json`` when that is set."""
+    home = os.environ.get(ENV_HOME, "").strip()
+    folder = Path(os.path.expanduser(home)) if home else Path.home() / ".nuke"
+    return folder / CONFIG_FILENAME
+
+
+def _os_cause(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file or folder not found"
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return exc.strerror or str(exc)
+
+
+def _fail(action: str, path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"Cannot {action} {path}: {_os_cause(exc)}")
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively (between processes and between threads), waiting at most ``timeout``."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(lock_path), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _fail("lock", path, exc) from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _try_lock(fd)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+                    raise _fail("lock", path, exc) from exc
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"Cannot save {path}: another program has been saving it for more than {timeout:.0f} s "
+                        f"(lock file {lock_path})"
+                    ) from exc
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+else:
+    import fcntl
+
+    # flock (not lockf): its locks belong to the open file, so two threads of
+    # one process exclude each other too.
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- atomic write
+
+
+def _fsync_folder(folder: Path) -> None:
+    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened for fsync there
+        return
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse; the data itself was synced
+    finally:
+        os.close(fd)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _replace(src: str, dst: Path) -> None:
+    # On Windows a reader holding the file open makes replace fail for a moment.
+    for attempt in range(20):
+        try:
+            os.replace(src, str(dst))
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == 19:
+                raise
+            time.sleep(0.05)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        _replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files a killed save left behind; only called while holding the lock, so none is in use."""
+    for folder, prefix in (
+        (path.parent, _temp_prefix(path)),
+        (_backup_folder(path), f".{path.stem}."),
+    ):
+        try:
+            names = os.listdir(str(folder))
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(str(folder / name))
+
+
+def _mode_for(servers: Sequence[ServerConfig], existing: Optional[int]) -> int:
+    mode = 0o600 if any(s.token or s.headers for s in servers) else 0o644
+    if existing is not None:
+        # never loosen what the user tightened, but keep the file ours to rewrite
+        mode = (mode & existing) | 0o600
+    return mode
+
+
+# --------------------------------------------------------------------------- backups
+
+
+def _backup_folder(path: Path) -> Path:
+    return path.parent / BACKUP_FOLDER
+
+
+def _backup_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(path.stem)}\.{_STAMP}\.json$")
+
+
+def _make_backup(path: Path, data: bytes) -> Path:
+    folder = _backup_folder(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail("create the backup folder", folder, exc) from exc
+    now = datetime.now(timezone.utc)
+    while True:
+        target = folder / f"{path.stem}.{now.strftime(_STAMP_FORMAT)}.json"
+        if not target.exists():
+            break
+        now += timedelta(microseconds=1)
+    try:
+        existing = stat.S_IMODE(os.stat(str(path)).st_mode)
+    except OSError:
+        existing = 0o600
+    try:
+        _atomic_write(target, data, existing | 0o600)
+    except OSError as exc:
+        raise _fail("write the backup", target, exc) from exc
+    return target
+
+
+def _prune_backups(path: Path, keep: int) -> None:
+    for info in list_backups(path, count_servers=False)[max(keep, 0) :]:
+        with contextlib.suppress(OSError):
+            info.path.unlink()
+
+
+def list_backups(path: PathLike, *, count_servers: bool = True) -> List[BackupInfo]:
+    """The backups of ``path``, newest first. ``servers`` counts usable servers (None: unreadable or not JSON)."""
+    path = Path(path)
+    folder = _backup_folder(path)
+    pattern = _backup_pattern(path)
+    try:
+        names = os.listdir(str(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _fail("list the backups in", folder, exc) from exc
+    found: List[BackupInfo] = []
+    for name in names:
+        match = pattern.match(name)
+        if not match:
+            continue
+        try:
+            created = datetime.strptime(match.group(1), _STAMP_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        full = folder / name
+        found.append(BackupInfo(full, created, _count_servers(full) if count_servers else None))
+    found.sort(key=lambda info: (info.created, info.path.name), reverse=True)
+    return found
+
+
+def _count_servers(path: Path) -> Optional[int]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    servers, issues = parse_servers(text, origin=str(path))
+    if not servers and any(i.level == "error" and i.index is None for i in issues):
+        return None
+    return len(servers)
+
+
+def backup_now(path: PathLike, *, keep_backups: int = 20) -> Path:
+    """Copy the current file to ``backups/`` now; returns the backup's path."""
+    path = Path(path)
+    with _locked(path):
+        data = _read_bytes(path)
+        backup = _make_backup(path, data)
+        _prune_backups(path, max(keep_backups, 1))
+    return backup
+
+
+# --------------------------------------------------------------------------- save / restore / import / export
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.is_dir():
+            raise ConfigError(f"Cannot read {path}: it is a folder, not a file")
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"Cannot read {path}: file not found") from exc
+    except OSError as exc:
+        raise _fail("read", path, exc) from exc
+
+
+def _read_text(path: Path) -> str:
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Cannot read {path}: not UTF-8 text (byte offset {exc.start})") from exc
+
+
+def _validated(path: Path, servers_or_json_text: Union[str, Sequence[ServerConfig]]) -> Tuple[str, List[ServerConfig]]:
+    if isinstance(servers_or_json_text, str):
+        text = servers_or_json_text
+    else:
+        text = servers_to_json(list(servers_or_json_text))
+    servers, issues = parse_servers(text, origin=str(path))
+    errors = [i for i in issues if i.level == "error"]
+    if errors:
+        first = errors[0].message
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"Not saved: {first}{more}", issues)
+    if not text.endswith("\n"):
+        text += "\n"
+    return text, servers
+
+
+def save_servers(
+    path: PathLike, servers_or_json_text: Union[str, Sequence[ServerConfig]], *, keep_backups: int = 20
+) -> SaveResult:
+    """Validate, back up the current file, and atomically write the new one.
+
+    ``servers_or_json_text`` is JSON text (written as given, so the user's
+    layout and ``"_comment"`` keys survive) or ServerConfig objects (written
+    with :func:`servers_to_json`). Text with errors is refused with a
+    :class:`ConfigError` carrying the issues; warnings do not stop a save.
+    ``keep_backups`` bounds the backups kept (0: make none).
+    """
+    path = Path(path)
+    text, servers = _validated(path, servers_or_json_text)
+    data = text.encode("utf-8")
+    with _locked(path):
+        _remove_stale_temps(path)
+        backup: Optional[Path] = None
+        existing_mode: Optional[int] = None
+        try:
+            existing_mode = stat.S_IMODE(os.stat(str(path)).st_mode)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _fail("read", path, exc) from exc
+        if existing_mode is not None and keep_backups > 0:
+            backup = _make_backup(path, _read_bytes(path))
+        try:
+            _atomic_write(path, data, _mode_for(servers, existing_mode))
+        except OSError as exc:
+            raise _fail("write", path, exc) from exc
+        if keep_backups > 0:
+            _prune_backups(path, keep_backups)
+    return SaveResult(path, backup)
+
+
+def restore_backup(path: PathLike, backup: Union[PathLike, BackupInfo], *, keep_backups: int = 20) -> SaveResult:
+    """Put a backup back in place; the current file is backed up first, so a restore can be undone."""
+    source = backup.path if isinstance(backup, BackupInfo) else Path(backup)
+    text = _read_text(source)
+    try:
+        return save_servers(path, text, keep_backups=keep_backups)
+    except ConfigError as exc:
+        if exc.issues:
+            raise ConfigError(f"Not restored: backup {source} is not valid: {exc.issues[0]}", exc.issues) from exc
+        raise
+
+
+def export_config(servers: Sequence[ServerConfig], dest: PathLike, include_secrets: bool = False) -> Path:
+    """Write the servers to ``dest`` (atomic; token and headers left out unless ``include_secrets``)."""
+    dest = Path(dest)
+    servers = list(servers)
+    text = servers_to_json(servers, include_secrets=include_secrets)
+    secret = include_secrets and any(s.token or s.headers for s in servers)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(dest, text.encode("utf-8"), 0o600 if secret else 0o644)
+    except OSError as exc:
+        raise _fail("export to", dest, exc) from exc
+    return dest
+
+
+def import_config(src: PathLike) -> Tuple[List[ServerConfig], List[ConfigIssue]]:
+    """Read and validate a server file without writing anything; unreadable files raise ConfigError."""
+    path = Path(src)
+    return parse_servers(_read_text(path), origin=str(path))
+
+
+__all__ = [
+    "BackupInfo",
+    "CONFIG_FILENAME",
+    "SaveResult",
+    "backup_now",
+    "default_config_path",
+    "export_config",
+    "import_config",
+    "list_backups",
+    "restore_backup",
+    "save_servers",
+]

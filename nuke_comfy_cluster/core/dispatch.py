@@ -1,0 +1,819 @@
+"""The dispatcher: spreads batches over the pool, follows them, fails over, cancels.
+
+One loop thread owns every :class:`~.jobs.Job` mutation. Network calls (submit,
+history, delete, interrupt, downloads) run on a small worker pool and post their
+results back to the loop as closures, so a hung server never stalls the loop or
+another server. Websocket events arrive through the pool and are routed by
+prompt_id; events that arrive before the ``POST /prompt`` answer are buffered.
+
+Exactly-once delivery: each submit carries an attempt token in ``extra_data``. A
+submit that timed out may still run on the server, so it is remembered as an
+orphan: when that server answers again, our orphaned prompts are deleted from its
+queue (or interrupted when running), and late results of any attempt other than
+the job's current one are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from . import balancing
+from .errors import (
+    ClusterError,
+    ServerError,
+    ServerRejected,
+    ServerTimeout,
+    WorkflowError,
+    user_message,
+)
+from .events import EventType, ServerEvent
+from .jobs import Batch, Job, JobError, OutputFile
+from .pool import ComfyUIServerPool
+from .protocol import parse_prompt_response, workflow_error_from_execution, workflow_error_from_rejection
+from .results import (
+    deliver,
+    fetch_output,
+    history_error,
+    history_outputs,
+    history_status,
+    outputs_from_node_output,
+    parse_history_entry,
+)
+from .scheduler import Scheduler, ServerLoad
+from .server import ComfyUIServer, parse_queue
+from .state import JobState
+
+log = logging.getLogger(__name__)
+
+#: how long a batch waits for any server to come back before failing what is left
+DEFAULT_WAIT_FOR_SERVERS_S = 300.0
+#: our prompts one server may hold at once when not using the scheduler's window
+SIMPLE_WINDOW = 2
+
+
+@dataclass
+class _Orphan:
+    server: str
+    token: str
+    prompt_id: Optional[str]
+    since: float
+
+
+class Dispatcher:
+    """Runs batches on a pool. Start it once; submit batches from any thread."""
+
+    def __init__(
+        self,
+        pool: ComfyUIServerPool,
+        *,
+        max_attempts: int = 3,
+        wait_for_servers: float = DEFAULT_WAIT_FOR_SERVERS_S,
+        tick: float = 0.2,
+        download_dir: Optional[str] = None,
+        scheduler_factory: Optional[Callable[[], Scheduler]] = None,
+    ) -> None:
+        self.pool = pool
+        self.max_attempts = max_attempts
+        self.wait_for_servers = wait_for_servers
+        self.tick = tick
+        self.download_dir = download_dir or os.path.join(tempfile.gettempdir(), "nuke_comfy_cluster", "downloads")
+        self._scheduler_factory = scheduler_factory or (lambda: Scheduler(time.monotonic))
+        self._inbox: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
+        self._workers: Optional[ThreadPoolExecutor] = None
+        self._thread: Optional[threading.Thread] = None
+        self._batches: List[Batch] = []
+        self._schedulers: Dict[str, Scheduler] = {}
+        self._waiting_since: Dict[str, float] = {}
+        self._by_prompt: Dict[str, Tuple[Batch, Job]] = {}
+        self._by_token: Dict[str, Tuple[Batch, Job]] = {}
+        self._submitting: Set[str] = set()  # job ids with a POST under way
+        self._busy: Set[Tuple[str, str]] = set()  # (kind, key) of background checks under way
+        self._early: Dict[str, List[ServerEvent]] = {}
+        self._orphans: List[_Orphan] = []
+        self._dirty: Set[str] = set()
+        self._last_flush = 0.0
+        self._last_check = 0.0
+        self._running = False
+        self.ignored_late_results = 0  # counted for the fault benchmarks
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ncc-dispatch-io")
+        self.pool.add_event_listener(self._on_event)
+        self.pool.start()
+        self._thread = threading.Thread(target=self._loop, name="ncc-dispatch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.pool.remove_event_listener(self._on_event)
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
+            self._workers = None
+
+    # -- public API (any thread) -------------------------------------------------------
+    def submit_batch(self, batch: Batch) -> Batch:
+        """Queue a batch; it starts on the next loop turn. Returns it for chaining."""
+        if batch.pinned:
+            self.pool.choose_server(batch.pinned)  # raises NoServerAvailable with the reason
+        self._call(lambda: self._add_batch(batch))
+        return batch
+
+    def cancel(self, batch: Batch) -> None:
+        self._call(lambda: self._cancel_batch(batch))
+
+    def retry_failed(self, batch: Batch) -> None:
+        self._call(lambda: self._retry_failed(batch))
+
+    @property
+    def batches(self) -> List[Batch]:
+        return list(self._batches)
+
+    # -- loop -------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], None]) -> None:
+        self._inbox.put(fn)
+
+    def _io(self, fn: Callable[[], None]) -> None:
+        workers = self._workers
+        if workers is None:
+            return
+        try:
+            workers.submit(self._guarded, fn)
+        except RuntimeError:  # shut down
+            pass
+
+    @staticmethod
+    def _guarded(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a bug in a worker must be loud, not fatal
+            log.exception("dispatcher worker failed")
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=self.tick)
+            except queue.Empty:
+                item = None
+                if not self._running:
+                    return
+            else:
+                if item is None:
+                    return
+            handled = 0
+            while item is not None and handled < 500:
+                try:
+                    item()
+                except Exception:  # noqa: BLE001
+                    log.exception("dispatcher step failed")
+                handled += 1
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if item is None and not self._running:
+                return
+            try:
+                now = time.monotonic()
+                if now - self._last_check >= 0.5:
+                    self._last_check = now
+                    self._check_health()
+                self._plan_all()
+                self._flush()
+            except Exception:  # noqa: BLE001
+                log.exception("dispatcher planning failed")
+
+    def _touch(self, batch: Batch) -> None:
+        self._dirty.add(batch.id)
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_flush < 0.1):
+            return
+        self._last_flush = now
+        dirty, self._dirty = self._dirty, set()
+        for batch in list(self._batches):
+            if batch.id in dirty:
+                batch.changed()
+                if batch.finished:
+                    self._forget(batch)
+
+    def _forget(self, batch: Batch) -> None:
+        self._batches = [b for b in self._batches if b is not batch]
+        self._schedulers.pop(batch.id, None)
+        self._waiting_since.pop(batch.id, None)
+
+    # -- batches ----------------------------------------------------------------------
+    def _add_batch(self, batch: Batch) -> None:
+        if batch.max_attempts <= 0:
+            batch.max_attempts = self.max_attempts
+        self._batches.append(batch)
+        self._schedulers[batch.id] = self._scheduler_factory()
+        self._touch(batch)
+
+    def _retry_failed(self, batch: Batch) -> None:
+        with batch.lock:
+            for job in batch.jobs:
+                if job.state is JobState.FAILED:
+                    job.state = JobState.PENDING
+                    job.error = None
+                    job.failed_servers = []
+                    job.attempts = 0
+                    job.server = None
+                    job.prompt_id = None
+            batch.finished_at = None
+            batch.message = ""
+            batch._done.clear()  # noqa: SLF001 - the dispatcher owns batch state
+        if batch not in self._batches:
+            self._add_batch(batch)
+        self._touch(batch)
+
+    def _finish(self, batch: Batch, job: Job, state: JobState, error: Optional[JobError] = None) -> None:
+        with batch.lock:
+            job.state = state
+            job.error = error
+            job.finished_at = time.time()
+        if job.prompt_id:
+            self._by_prompt.pop(job.prompt_id, None)
+        if job.attempt_token:
+            self._by_token.pop(job.attempt_token, None)
+        self._touch(batch)
+
+    def _requeue(self, batch: Batch, job: Job, server: str, reason: str) -> None:
+        """An infrastructure failure: the job goes back to pending, elsewhere if possible."""
+        if job.prompt_id:
+            self._by_prompt.pop(job.prompt_id, None)
+        if job.attempt_token:
+            self._by_token.pop(job.attempt_token, None)
+        sched = self._schedulers.get(batch.id)
+        if sched is not None:
+            sched.job_failed(server)
+        with batch.lock:
+            if server not in job.failed_servers:
+                job.failed_servers.append(server)
+            if job.attempts >= batch.max_attempts:
+                job.state = JobState.FAILED
+                job.error = JobError(
+                    "infrastructure",
+                    "Frame {} failed on {} after {} attempts; last: {}".format(
+                        job.label, ", ".join(job.failed_servers), job.attempts, reason
+                    ),
+                    server,
+                )
+                job.finished_at = time.time()
+            else:
+                job.state = JobState.PENDING
+                job.server = None
+                job.prompt_id = None
+                job.started_at = job.started_mono = None
+                job.progress_value = job.progress_max = 0.0
+                job.outputs = []
+            batch.message = reason
+        self._touch(batch)
+
+    def _cancel_batch(self, batch: Batch) -> None:
+        batch.cancel_requested = True
+        per_server: Dict[str, List[Job]] = {}
+        with batch.lock:
+            for job in batch.jobs:
+                if job.state.finished:
+                    continue
+                job.cancel_requested = True
+                if job.state is JobState.PENDING and job.id not in self._submitting:
+                    job.state = JobState.CANCELLED
+                    job.error = JobError("cancelled", "cancelled by the user")
+                    job.finished_at = time.time()
+                elif job.server and job.prompt_id:
+                    per_server.setdefault(job.server, []).append(job)
+        for name, jobs in per_server.items():
+            server = self.pool.get_server_by_name(name)
+            if server is None:
+                continue
+            self._io(lambda s=server, js=list(jobs): self._cancel_on_server(batch, s, js))
+        self._touch(batch)
+
+    def _cancel_on_server(self, batch: Batch, server: ComfyUIServer, jobs: List[Job]) -> None:
+        """Delete our queued prompts; interrupt only when the running prompt is ours."""
+        ids = {j.prompt_id for j in jobs if j.prompt_id}
+        try:
+            running, pending = server.update_queue_detail()
+            pending_ids = [item[1] for item in pending if item[1] in ids]
+            if pending_ids:
+                server.connection.post_json("queue", {"delete": pending_ids})
+            running_ours = [item[1] for item in running if item[1] in ids]
+            for prompt_id in running_ours:
+                server.connection.post_json("interrupt", {"prompt_id": prompt_id})
+        except ClusterError as e:
+            log.warning("cancel on %s: %s", server.name, user_message(e))
+
+        def done() -> None:
+            for job in jobs:
+                if not job.state.finished:
+                    self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
+
+        self._call(done)
+
+    # -- planning ---------------------------------------------------------------------
+    def _plan_all(self) -> None:
+        if not self._batches:
+            return
+        now_wall = time.time()
+        now_mono = time.monotonic()
+        snaps = {s.name: s for s in self.pool.server_snapshots()}
+        for batch in list(self._batches):
+            if batch.cancel_requested:
+                continue
+            pending = [j for j in batch.jobs if j.state is JobState.PENDING and j.id not in self._submitting]
+            if not pending:
+                continue
+            names = [batch.pinned] if batch.pinned else list(snaps)
+            usable = [snaps[n] for n in names if n in snaps and snaps[n].is_available(now_wall)]
+            if not usable:
+                self._wait_for_servers(batch, pending, snaps, now_wall)
+                continue
+            if batch.id in self._waiting_since:
+                del self._waiting_since[batch.id]
+                batch.message = "Servers are back: continuing"
+                self._touch(batch)
+            loads = []
+            for snap in usable:
+                ours = [j for j in batch.jobs if j.server == snap.name and j.state in (JobState.SUBMITTED, JobState.RUNNING)]
+                ours += [j for j in batch.jobs if j.server == snap.name and j.id in self._submitting]
+                running = [j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None]
+                age = now_wall - snap.last_status_check if snap.last_status_check else 1e9
+                server = self.pool.get_server_by_name(snap.name)
+                loads.append(
+                    ServerLoad(
+                        name=snap.name,
+                        priority=snap.priority,
+                        queue_remaining=snap.queue_length,
+                        observed_at=now_mono - age,
+                        ours_queued=len(ours) - len(running),
+                        ours_running_since=running[0].started_mono if running else None,
+                        max_in_flight=server.config.max_in_flight if server is not None else 0,
+                    )
+                )
+            targets = self._targets(batch, loads, len(pending))
+            for name in targets:
+                job = self._next_job_for(pending, name, len(usable))
+                if job is None:
+                    continue
+                pending.remove(job)
+                server = self.pool.get_server_by_name(name)
+                if server is not None:
+                    self._start_submit(batch, job, server)
+
+    def _targets(self, batch: Batch, loads: List[ServerLoad], pending: int) -> List[str]:
+        sched = self._schedulers[batch.id]
+        live = {s.name: s.live for s in self.pool.server_snapshots()}
+        sched.set_lead_time(0.5 if all(live.get(load.name) for load in loads) else self.pool.status_ttl)
+        if self.pool.strategy == balancing.LEAST_LOADED or batch.pinned:
+            return sched.plan(loads, pending)
+        # round robin / priority: one prompt at a time to servers with window room
+        room = {
+            load.name: max(0, (load.max_in_flight or SIMPLE_WINDOW) - load.ours_queued - (1 if load.ours_running_since else 0))
+            for load in loads
+        }
+        snaps = [s for s in self.pool.server_snapshots() if room.get(s.name)]
+        targets: List[str] = []
+        last = None
+        while len(targets) < pending:
+            name = balancing.choose(
+                [s for s in snaps if room[s.name] > 0], self.pool.strategy, now=time.time(), last_pick=last
+            )
+            if name is None:
+                break
+            room[name] -= 1
+            targets.append(name)
+            last = name
+        return targets
+
+    @staticmethod
+    def _next_job_for(pending: List[Job], server: str, n_usable: int) -> Optional[Job]:
+        for job in pending:
+            if server not in job.failed_servers:
+                return job
+        # every usable server failed these jobs before: try again rather than stall
+        return pending[0] if pending and n_usable <= 1 else None
+
+    def _wait_for_servers(self, batch: Batch, pending: List[Job], snaps: Dict[str, Any], now: float) -> None:
+        since = self._waiting_since.setdefault(batch.id, time.monotonic())
+        reasons = "; ".join(
+            "{}: {}".format(s.name, s.unavailable_reason(now) or "unknown")
+            for s in snaps.values()
+            if not batch.pinned or s.name == batch.pinned
+        )
+        waited = time.monotonic() - since
+        if batch.pinned and batch.pinned not in snaps:
+            reasons = f"server {batch.pinned!r} is no longer configured"
+        msg = "Waiting for a server ({:.0f} s of {:.0f} s): {}".format(waited, self.wait_for_servers, reasons or "none configured")
+        if batch.message != msg:
+            batch.message = msg
+            self._touch(batch)
+        if waited >= self.wait_for_servers:
+            error = JobError(
+                "infrastructure",
+                f"No server came back within {self.wait_for_servers:.0f} s: {reasons}. Frames already rendered are kept; "
+                "use Retry failed when a server is up.",
+            )
+            for job in pending:
+                self._finish(batch, job, JobState.FAILED, error)
+            del self._waiting_since[batch.id]
+
+    # -- submit -----------------------------------------------------------------------
+    def _start_submit(self, batch: Batch, job: Job, server: ComfyUIServer) -> None:
+        self._submitting.add(job.id)
+        token = uuid.uuid4().hex
+        with batch.lock:
+            job.server = server.name
+            job.attempts += 1
+            job.attempt_token = token
+        self._by_token[token] = (batch, job)
+        self._touch(batch)
+        prompt = job.prompt
+        prepare = batch.prepare
+
+        def work() -> None:
+            requested_id = str(uuid.uuid4())
+            sent_at = time.time()
+            try:
+                body_prompt = prepare(prompt, server) if prepare is not None else prompt
+                body = {
+                    "prompt": body_prompt,
+                    "client_id": self.pool.client_id,
+                    "prompt_id": requested_id,  # newer ComfyUI honours it; 0.3.39 ignores it
+                    "extra_data": {"ncc_job": job.id, "ncc_attempt": token},
+                }
+                answer = server.connection.post_json("prompt", body, job_id=job.id)
+                prompt_id = parse_prompt_response(answer, server.name)
+            except Exception as e:  # noqa: BLE001 - every outcome goes back to the loop
+                error = e
+                self._call(lambda: self._submit_failed(batch, job, server, token, requested_id, error))
+                return
+            self._call(lambda: self._submitted(batch, job, server, token, prompt_id, sent_at))
+
+        self._io(work)
+
+    def _submitted(
+        self, batch: Batch, job: Job, server: ComfyUIServer, token: str, prompt_id: str, sent_at: float
+    ) -> None:
+        self._submitting.discard(job.id)
+        if job.attempt_token != token or job.state.finished:
+            # cancelled (or otherwise resolved) while the POST was under way: remove it again
+            self._orphans.append(_Orphan(server.name, token, prompt_id, time.monotonic()))
+            self._check_orphans(server.name)
+            return
+        server.note_submitted(time.time())
+        with batch.lock:
+            job.prompt_id = prompt_id
+            job.state = JobState.SUBMITTED
+            job.queued_at = sent_at
+            job.last_news = time.monotonic()
+        self._by_prompt[prompt_id] = (batch, job)
+        self._touch(batch)
+        if job.cancel_requested:
+            self._io(lambda: self._cancel_on_server(batch, server, [job]))
+            return
+        for event in self._early.pop(prompt_id, []):
+            self._handle_job_event(batch, job, event)
+
+    def _submit_failed(
+        self, batch: Batch, job: Job, server: ComfyUIServer, token: str, requested_id: str, exc: BaseException
+    ) -> None:
+        self._submitting.discard(job.id)
+        self._by_token.pop(token, None)
+        if job.cancel_requested:
+            if isinstance(exc, ServerTimeout):
+                self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
+            self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
+            return
+        if isinstance(exc, ServerRejected) and exc.status is not None and 400 <= exc.status < 500:
+            self._workflow_rejected(batch, job, workflow_error_from_rejection(exc, job.id))
+            return
+        if isinstance(exc, WorkflowError):
+            self._finish(batch, job, JobState.FAILED, JobError.from_exception(exc, server.name))
+            return
+        if isinstance(exc, ServerTimeout):
+            # the POST may have reached the server: it may still run there
+            self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
+        if isinstance(exc, ClusterError):
+            reason = user_message(exc)
+        else:
+            log.error("submit of %s to %s failed unexpectedly", job.label, server.name, exc_info=exc)
+            reason = f"{server.name}: unexpected {type(exc).__name__}: {exc}"
+        if isinstance(exc, ServerError):
+            server.record_failure(reason)
+            if not isinstance(exc, ServerRejected):
+                server.mark_unreachable(reason)
+        self._requeue(batch, job, server.name, reason)
+
+    def _workflow_rejected(self, batch: Batch, job: Job, error: WorkflowError) -> None:
+        """A validation error fails the same way on every frame: stop the batch, report once."""
+        info = JobError.from_exception(error, error.server)
+        self._finish(batch, job, JobState.FAILED, info)
+        with batch.lock:
+            batch.message = f"Workflow rejected: {user_message(error)}"
+            for other in batch.jobs:
+                if other.state is JobState.PENDING and other.id not in self._submitting:
+                    other.state = JobState.FAILED
+                    other.error = info
+                    other.finished_at = time.time()
+        self._touch(batch)
+
+    # -- events -----------------------------------------------------------------------
+    def _on_event(self, event: ServerEvent) -> None:
+        # pool thread: only enqueue
+        self._call(lambda: self._route(event))
+
+    def _route(self, event: ServerEvent) -> None:
+        if event.prompt_id:
+            target = self._by_prompt.get(event.prompt_id)
+            if target is not None:
+                self._handle_job_event(target[0], target[1], event)
+                return
+            if self._submitting and event.type is not EventType.STATUS:
+                # may belong to a submit whose answer has not been processed yet
+                self._early.setdefault(event.prompt_id, []).append(event)
+                if len(self._early) > 256:
+                    self._early.pop(next(iter(self._early)))
+            elif event.is_final:
+                self.ignored_late_results += 1
+            return
+        if event.type in (EventType.CONNECTED, EventType.DISCONNECTED):
+            if event.type is EventType.DISCONNECTED or event.data.get("reconnect"):
+                self._reconcile_server(event.server)
+
+    def _handle_job_event(self, batch: Batch, job: Job, event: ServerEvent) -> None:
+        if job.server != event.server:
+            return
+        job.last_news = time.monotonic()
+        kind = event.type
+        with batch.lock:
+            if kind is EventType.EXECUTION_START:
+                self._mark_running(batch, job)
+            elif kind is EventType.EXECUTING:
+                if job.state is JobState.SUBMITTED:
+                    self._mark_running(batch, job)
+                job.current_node = event.node
+            elif kind is EventType.PROGRESS:
+                if job.state is JobState.SUBMITTED:
+                    self._mark_running(batch, job)
+                value, maximum = event.data.get("value"), event.data.get("max")
+                if isinstance(value, (int, float)) and isinstance(maximum, (int, float)) and maximum > 0:
+                    job.progress_value, job.progress_max = float(value), float(maximum)
+            elif kind is EventType.EXECUTED:
+                node = event.data.get("node")
+                job.outputs.extend(outputs_from_node_output(str(node), event.data.get("output")))
+        if kind is EventType.EXECUTION_SUCCESS:
+            self._succeeded(batch, job)
+        elif kind is EventType.EXECUTION_ERROR:
+            error = workflow_error_from_execution(event.data, event.server, job.id)
+            self._finish(batch, job, JobState.FAILED, JobError.from_exception(error, event.server))
+        elif kind is EventType.EXECUTION_INTERRUPTED:
+            if job.cancel_requested:
+                self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
+            else:
+                self._requeue(batch, job, event.server, f"{event.server}: the prompt was interrupted on the server")
+        self._touch(batch)
+
+    def _mark_running(self, batch: Batch, job: Job) -> None:
+        if job.state is JobState.RUNNING:
+            return
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        job.started_mono = time.monotonic()
+        sched = self._schedulers.get(batch.id)
+        if sched is not None and job.server:
+            sched.job_started(job.server, job.started_mono)
+
+    def _succeeded(self, batch: Batch, job: Job, entry: Optional[Dict[str, Any]] = None) -> None:
+        """Collect outputs (history when events were missed), make them local, then DONE."""
+        if job.state.finished or ("complete", job.id) in self._busy:
+            return
+        server = self.pool.get_server_by_name(job.server or "")
+        if server is None:
+            return
+        self._busy.add(("complete", job.id))
+        token = job.attempt_token
+        outputs = list(job.outputs)
+        prompt_id = job.prompt_id or ""
+        started = job.started_mono
+        download_dir = os.path.join(batch.output_dir or self.download_dir, ".downloads") if batch.output_dir else os.path.join(self.download_dir, batch.id)
+
+        def work() -> None:
+            try:
+                files = outputs
+                if entry is not None:
+                    files = history_outputs(entry)
+                elif not files:
+                    body = server.connection.get_json(f"history/{prompt_id}")
+                    got = parse_history_entry(body, prompt_id)
+                    files = history_outputs(got) if got else []
+                local = [fetch_output(server, f, download_dir) for f in files]
+                error: Optional[BaseException] = None
+            except (ClusterError, ValueError, OSError) as e:
+                local, error = [], e
+
+            def done() -> None:
+                self._busy.discard(("complete", job.id))
+                if job.attempt_token != token or job.state.finished:
+                    self.ignored_late_results += 1
+                    return
+                if error is not None:
+                    reason = f"{server.name}: could not fetch the result: {error}"
+                    self._requeue(batch, job, server.name, reason)
+                    return
+                self._complete(batch, job, server, local, started)
+
+            self._call(done)
+
+        self._io(work)
+
+    def _complete(
+        self, batch: Batch, job: Job, server: ComfyUIServer, files: List[OutputFile], started: Optional[float]
+    ) -> None:
+        now = time.monotonic()
+        with batch.lock:
+            job.outputs = files
+            job.progress_value = job.progress_max = 1.0
+        if batch.output_dir and batch.sequence_name:
+            try:
+                deliver(job, batch.output_dir, batch.sequence_name)
+            except (OSError, ClusterError) as e:
+                self._finish(batch, job, JobState.FAILED, JobError("infrastructure", f"could not write {batch.output_dir}: {e}", server.name))
+                return
+        sched = self._schedulers.get(batch.id)
+        if sched is not None:
+            sched.job_finished(server.name, started if started is not None else now, now)
+        server.record_success((now - started) if started is not None else None)
+        self._finish(batch, job, JobState.DONE)
+
+    # -- health, reconciliation, orphans ----------------------------------------------
+    def _check_health(self) -> None:
+        now = time.monotonic()
+        snaps = {s.name: s for s in self.pool.server_snapshots()}
+        stale_servers: Set[str] = set()
+        for batch in list(self._batches):
+            sched = self._schedulers.get(batch.id)
+            for job in batch.jobs:
+                if job.state not in (JobState.SUBMITTED, JobState.RUNNING) or not job.server:
+                    continue
+                snap = snaps.get(job.server)
+                if snap is None:
+                    self._requeue(batch, job, job.server, f"{job.server} was removed from the configuration")
+                    continue
+                if snap.enabled and not snap.status.reachable and snap.status.value != "unknown":
+                    stale_servers.add(job.server)
+                    continue
+                estimate = sched.frame_time(job.server) if sched is not None else None
+                quiet = now - job.last_news
+                limit = max(5.0, 2.0 * estimate) if estimate else 15.0
+                if not snap.live and quiet > self.pool.status_ttl:
+                    stale_servers.add(job.server)
+                elif quiet > limit:
+                    stale_servers.add(job.server)
+        for name in stale_servers:
+            self._reconcile_server(name)
+        for name in {o.server for o in self._orphans}:
+            snap = snaps.get(name)
+            if snap is not None and snap.status.reachable:
+                self._check_orphans(name)
+
+    def _jobs_on(self, name: str) -> List[Tuple[Batch, Job]]:
+        return [
+            (b, j)
+            for b in self._batches
+            for j in b.jobs
+            if j.server == name and j.state in (JobState.SUBMITTED, JobState.RUNNING) and j.prompt_id
+        ]
+
+    def _reconcile_server(self, name: str) -> None:
+        """Missed messages: ask /history and /queue what became of our prompts there."""
+        if ("reconcile", name) in self._busy:
+            return
+        server = self.pool.get_server_by_name(name)
+        jobs = self._jobs_on(name)
+        if server is None or not jobs:
+            return
+        self._busy.add(("reconcile", name))
+        wanted = [(b, j, j.prompt_id, j.attempt_token) for b, j in jobs]
+
+        def work() -> None:
+            results: List[Tuple[Batch, Job, Optional[str], str, Any]] = []
+            failure: Optional[BaseException] = None
+            try:
+                running, pending = server.update_queue_detail()
+                running_ids = {item[1] for item in running}
+                pending_ids = {item[1] for item in pending}
+                for batch, job, prompt_id, token in wanted:
+                    if prompt_id in running_ids:
+                        results.append((batch, job, token, "running", None))
+                    elif prompt_id in pending_ids:
+                        results.append((batch, job, token, "queued", None))
+                    else:
+                        body = server.connection.get_json(f"history/{prompt_id}")
+                        entry = parse_history_entry(body, prompt_id or "")
+                        results.append((batch, job, token, "history" if entry else "gone", entry))
+            except (ClusterError, ValueError) as e:
+                failure = e
+
+            def done() -> None:
+                self._busy.discard(("reconcile", name))
+                if failure is not None:
+                    reason = user_message(failure) if isinstance(failure, ClusterError) else str(failure)
+                    server.mark_unreachable(reason)
+                    server.record_failure(reason)
+                    for batch, job, prompt_id, token in wanted:
+                        if job.attempt_token == token and not job.state.finished:
+                            self._orphans.append(_Orphan(name, token, prompt_id, time.monotonic()))
+                            self._requeue(batch, job, name, reason)
+                    return
+                for batch, job, token, what, entry in results:
+                    if job.attempt_token != token or job.state.finished:
+                        continue
+                    job.last_news = time.monotonic()
+                    if what == "running":
+                        with batch.lock:
+                            self._mark_running(batch, job)
+                        self._touch(batch)
+                    elif what == "gone":
+                        self._requeue(
+                            batch,
+                            job,
+                            name,
+                            f"{name}: our prompt vanished from its queue and history (server restarted?)",
+                        )
+                    elif what == "history":
+                        status = history_status(entry)
+                        if status == "success":
+                            self._succeeded(batch, job, entry)
+                        elif status == "error":
+                            data = history_error(entry)
+                            if data:
+                                err = workflow_error_from_execution(data, name, job.id)
+                                self._finish(batch, job, JobState.FAILED, JobError.from_exception(err, name))
+                            elif job.cancel_requested:
+                                self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
+                            else:
+                                self._requeue(batch, job, name, f"{name}: the prompt was interrupted on the server")
+
+            self._call(done)
+
+        self._io(work)
+
+    def _check_orphans(self, name: str) -> None:
+        """Remove prompts of ours that a server kept although we gave up on them there."""
+        if ("orphans", name) in self._busy:
+            return
+        server = self.pool.get_server_by_name(name)
+        mine = [o for o in self._orphans if o.server == name]
+        if server is None or not mine:
+            self._orphans = [o for o in self._orphans if o.server != name]
+            return
+        self._busy.add(("orphans", name))
+        tokens = {o.token for o in mine}
+        ids = {o.prompt_id for o in mine if o.prompt_id}
+
+        def ours(item: list) -> bool:
+            extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+            return item[1] in ids or extra.get("ncc_attempt") in tokens
+
+        def work() -> None:
+            ok = True
+            try:
+                running, pending = parse_queue(server.connection.get_json("queue"))
+                doomed = [item[1] for item in pending if ours(item)]
+                if doomed:
+                    server.connection.post_json("queue", {"delete": doomed})
+                for item in running:
+                    if ours(item):
+                        server.connection.post_json("interrupt", {"prompt_id": item[1]})
+            except (ClusterError, ValueError):
+                ok = False
+
+            def done() -> None:
+                self._busy.discard(("orphans", name))
+                if ok:  # deleted, interrupted, or already gone: late results are ignored anyway
+                    self._orphans = [o for o in self._orphans if not any(o is m for m in mine)]
+
+            self._call(done)
+
+        self._io(work)

@@ -1,0 +1,370 @@
+"""Batch scheduling policy: which of a batch's waiting frames go to which server, now.
+
+The dispatcher keeps a batch's frames in the client and asks :meth:`Scheduler.plan`
+on every event (one of our jobs started / finished / failed, a server's queue length
+changed, a timer tick, a server went away). The answer is a short list of server
+names, one per frame to send at once; everything else stays in the client, so it
+can still go anywhere.
+
+How the answer is found:
+
+* Each server's frame time is learned from this client's own jobs
+  (``execution_start`` -> ``execution_success``), an exponentially weighted mean
+  with a warm-up, plus its mean absolute deviation. A server without a sample gets
+  one probe frame at a time. A frame that runs longer than the estimate raises the
+  estimate while it runs, so a hung or slowed server stops attracting frames.
+* Each server's backlog is projected from what the caller knows: our running
+  frame's remaining time, our queued frames, and the other clients' jobs
+  (``queue_remaining`` minus ours, assumed as long as ours, drained since they
+  were seen).
+* All waiting frames are list-scheduled by earliest estimated finish (EFT) onto
+  the servers' future slots. Only the frames planned to start on a server within
+  the lead time (how late we may learn that it went idle, plus the estimate's
+  deviation) are sent now, and never more than a small window per server. The
+  plan is made again from scratch on every call, which is the end-of-job guard:
+  a frame the plan gives to a faster server later is held back rather than put
+  on a slow GPU now.
+* Priority is a prior and a tie-break (then least recently used = round robin),
+  never the plan.
+
+Nothing here does I/O or reads a clock other than the one it is given, so the
+same class runs under ``time.monotonic`` and under a virtual clock
+(:mod:`nuke_comfy_cluster.sim.virtual`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["ServerLoad", "Scheduler"]
+
+# Relative tolerance under which two estimated finish times count as a tie.
+_TIE = 1e-9
+# Frame times below this are treated as this (guards divisions; a frame is never free).
+_MIN_FRAME = 1e-3
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What the dispatcher knows of one available server, at one instant of its clock."""
+
+    name: str
+    priority: int  # lower = preferred; a prior and tie-break, not the plan
+    queue_remaining: int  # last observed running + pending on the server (all clients), maybe stale
+    observed_at: float  # clock time of that observation
+    ours_queued: int  # our prompts accepted by that server that have not started
+    ours_running_since: Optional[float]  # clock time our prompt started running there (None if none runs)
+    max_in_flight: int = 0  # cap on ours there (0 = the policy decides)
+    #: clock time the job running there now (anyone's) started, when known: with the
+    #: websocket push, the time ``queue_remaining`` last went down. Sharpens the
+    #: projection of other clients' work; None is fine.
+    busy_since: Optional[float] = None
+
+    @property
+    def ours_in_flight(self) -> int:
+        return self.ours_queued + (1 if self.ours_running_since is not None else 0)
+
+
+class _Estimate:
+    __slots__ = ("mean", "dev", "samples", "failures", "probation")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.dev = 0.0
+        self.samples = 0
+        self.failures = 0
+        self.probation = True  # one frame at a time until a job of ours succeeds there
+
+
+class _View:
+    """One server as the planner sees it for one call."""
+
+    __slots__ = ("name", "load", "ft", "avail", "in_flight", "others", "cap", "thr", "key", "r_ft", "r_avail")
+
+    def __init__(self, name: str, load: ServerLoad) -> None:
+        self.name = name
+        self.load = load
+        self.ft: Optional[float] = None  # estimated frame time, None when nothing is known
+        self.avail = 0.0  # clock time the server should have worked off everything it holds
+        self.in_flight = load.ours_in_flight
+        self.others = max(0, load.queue_remaining - self.in_flight)
+        self.cap = 1
+        self.thr = 0.0  # send a frame once its planned start is closer than this
+        self.key: Tuple[int, int, str] = (load.priority, 0, name)
+        # The same for ranking slots in the plan, with the uncertainty added:
+        # a slot whose finish is less sure (a slow GPU, few samples) ranks later.
+        self.r_ft = 0.0
+        self.r_avail = 0.0
+
+
+class Scheduler:
+    """Earliest-estimated-finish pull scheduling of a batch over several servers.
+
+    ``lead_time`` is how late the caller may learn that a server went idle: a
+    fraction of a second with the websocket push, the status TTL when polling.
+    ``default_frame_time`` is a prior used before a server has a sample.
+    ``alpha`` weighs new samples in the running estimate; ``deviation_margin``
+    multiplies the learned deviation added to the lead time; ``spread`` (seconds,
+    0 = off) randomly staggers early top-ups so that clients reacting to the same
+    status push don't all queue on the same server at once (``rng`` seeds it).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        lead_time: float = 0.5,
+        default_frame_time: Optional[float] = None,
+        alpha: float = 0.25,
+        deviation_margin: float = 1.0,
+        risk: float = 1.0,
+        overrun_margin: float = 0.1,
+        spread: float = 0.0,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        if lead_time < 0:
+            raise ValueError("lead_time must be >= 0")
+        if default_frame_time is not None and default_frame_time <= 0:
+            raise ValueError("default_frame_time must be > 0")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError("alpha must be in (0, 1]")
+        self._clock = clock
+        self._lead = float(lead_time)
+        self._default = default_frame_time
+        self._alpha = alpha
+        self._dev_margin = deviation_margin
+        self._risk = risk
+        self._overrun = overrun_margin
+        self._spread = max(0.0, spread)
+        self._rng = rng if rng is not None else random.Random()
+        self._est: Dict[str, _Estimate] = {}
+        self._running: Dict[str, float] = {}
+        self._last_used: Dict[str, int] = {}
+        self._uses = 0
+        self._stagger: Dict[str, float] = {}
+        #: clock time at which the last :meth:`plan` expects to send a frame without
+        #: any new event (a top-up coming due); None = only an event can change it.
+        self.next_wakeup: Optional[float] = None
+
+    # ------------------------------------------------------------------ learning
+    @property
+    def lead_time(self) -> float:
+        return self._lead
+
+    def set_lead_time(self, seconds: float) -> None:
+        """How late we may learn of a change, e.g. the status TTL while the push is lost."""
+        if seconds < 0:
+            raise ValueError("lead_time must be >= 0")
+        self._lead = float(seconds)
+
+    def job_started(self, server: str, at: Optional[float] = None) -> None:
+        self._running[server] = self._clock() if at is None else at
+
+    def job_finished(self, server: str, started_at: float, finished_at: float) -> None:
+        """Learn from one of our jobs that ran from ``started_at`` to ``finished_at``."""
+        self._running.pop(server, None)
+        sample = max(_MIN_FRAME, finished_at - started_at)
+        est = self._est.setdefault(server, _Estimate())
+        est.samples += 1
+        if est.samples == 1:
+            est.mean = sample
+            est.dev = 0.1 * sample  # until a second sample says otherwise
+        else:
+            # Warm-up: a plain mean over the first samples, then a moving average
+            # that still follows a server whose speed changes (another model loaded).
+            w = max(self._alpha, 1.0 / est.samples)
+            est.dev += w * (abs(sample - est.mean) - est.dev)
+            est.mean += w * (sample - est.mean)
+        est.probation = False
+
+    def job_failed(self, server: str) -> None:
+        """One of our jobs failed there: back to one frame at a time until one succeeds."""
+        self._running.pop(server, None)
+        est = self._est.setdefault(server, _Estimate())
+        est.failures += 1
+        est.probation = True
+
+    def frame_time(self, server: str) -> Optional[float]:
+        """Current estimate for one frame there; None before any sample and without a prior."""
+        est = self._est.get(server)
+        ft = est.mean if est is not None and est.samples else self._default
+        since = self._running.get(server)
+        if ft is not None and since is not None:
+            # A frame running longer than the estimate is a sample we are still taking.
+            ft = max(ft, self._clock() - since)
+        return ft
+
+    def failures(self, server: str) -> int:
+        est = self._est.get(server)
+        return est.failures if est is not None else 0
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, servers: Sequence[ServerLoad], pending: int) -> List[str]:
+        """Names of the servers that should receive the next frames now, one entry per frame.
+
+        May be empty (hold the frames back: a top-up is not due, or the remaining
+        frames are planned on servers that are busy now). Never longer than ``pending``.
+        Check :attr:`next_wakeup` for when to ask again without an event.
+        """
+        now = self._clock()
+        self.next_wakeup = None
+        if pending <= 0 or not servers:
+            return []
+        views = self._views(servers, now)
+        planned = [v for v in views if v.ft is not None]
+        if not planned:
+            chosen = self._blind_probes(views, pending)
+        else:
+            chosen = self._list_schedule(planned, pending, now)
+        for name in chosen:
+            self._mark_used(name)
+        return chosen
+
+    def pick(self, servers: Sequence[ServerLoad]) -> Optional[str]:
+        """The server where one prompt should finish first; None when none is given."""
+        if not servers:
+            return None
+        now = self._clock()
+        views = self._views(servers, now)
+        known = [v for v in views if v.ft is not None]
+        if known:
+            best = min(known, key=lambda v: (v.avail + v.ft, v.key))
+        else:
+            best = min(views, key=lambda v: (v.load.queue_remaining + v.load.ours_queued, v.key))
+        self._mark_used(best.name)
+        return best.name
+
+    # ------------------------------------------------------------------ internals
+    def _mark_used(self, name: str) -> None:
+        self._uses += 1
+        self._last_used[name] = self._uses
+        self._stagger.pop(name, None)
+
+    def _prior(self, servers: Sequence[ServerLoad]) -> Optional[float]:
+        if self._default is not None:
+            return self._default
+        # Pessimistic: an unknown server is planned as if it were the slowest known
+        # one, so it gets its probe but no share of the tail before it has shown more.
+        known = [self._est[s.name].mean for s in servers if s.name in self._est and self._est[s.name].samples]
+        return max(known) if known else None
+
+    def _views(self, servers: Sequence[ServerLoad], now: float) -> List[_View]:
+        prior = self._prior(servers)
+        views = []
+        for load in servers:
+            v = _View(load.name, load)
+            v.key = (load.priority, self._last_used.get(load.name, 0), load.name)
+            est = self._est.get(load.name)
+            known = est is not None and est.samples > 0
+            ft = est.mean if known else prior
+            probing = not known or est.probation
+            since = load.ours_running_since
+            if ft is None:
+                # Only a probe's own elapsed time says anything; blind probing decides.
+                v.cap = 1 if probing else 2
+                if load.max_in_flight > 0:
+                    v.cap = min(v.cap, load.max_in_flight)
+                views.append(v)
+                continue
+            ft = max(ft, _MIN_FRAME)
+            dev = est.dev if known else 0.1 * ft
+            remaining = 0.0
+            if since is not None:
+                elapsed = max(0.0, now - since)
+                if elapsed >= ft:
+                    # Over-running: it is at least this slow; expect a little more.
+                    ft = elapsed * (1.0 + self._overrun)
+                remaining = ft - elapsed
+            backlog = remaining + load.ours_queued * ft
+            if v.others:
+                others = v.others * ft
+                if since is None:
+                    # The head of the queue is someone else's job, running since
+                    # busy_since if known, else half done when last observed.
+                    if load.busy_since is not None:
+                        done = now - load.busy_since
+                    else:
+                        done = 0.5 * ft + (now - load.observed_at)
+                    others -= min(max(0.0, done), ft)
+                backlog += max(0.0, others)
+            v.ft = ft
+            v.avail = now + backlog
+            n = est.samples if known else 0
+            v.r_avail = v.avail + self._risk * dev
+            v.r_ft = ft + self._risk * dev / math.sqrt(max(1, n))
+            v.thr = self._lead + self._dev_margin * dev
+            if probing:
+                v.cap = 1
+            else:
+                # One queued behind the running one; more when the lead time spans
+                # several frames (polling), so the server never runs dry between looks.
+                v.cap = 1 + max(1, int(math.ceil(v.thr / ft)))
+            if load.max_in_flight > 0:
+                v.cap = min(v.cap, load.max_in_flight)
+            views.append(v)
+        return views
+
+    def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
+        # Nothing known anywhere: one probe on every server that looks idle. If none
+        # does and nothing of ours is out, queue one on the shortest queue anyway so
+        # the batch always makes progress.
+        idle = sorted((v for v in views if v.in_flight == 0 and v.others == 0 and v.cap > 0), key=lambda v: v.key)
+        chosen = [v.name for v in idle[:pending]]
+        if not chosen and all(v.in_flight == 0 for v in views):
+            best = min(views, key=lambda v: (v.load.queue_remaining, v.key))
+            chosen = [best.name]
+        return chosen
+
+    def _list_schedule(self, views: List[_View], pending: int, now: float) -> List[str]:
+        picks: List[Tuple[float, Tuple[int, int, str], str]] = []
+        wake: Optional[float] = None
+        for v in views:
+            k = 0
+            while True:
+                start = v.avail + k * v.ft
+                if self._rank(views, v, v.r_avail + (k + 1) * v.r_ft, k, pending) >= pending:
+                    break  # the plan gives every remaining frame an earlier finish elsewhere
+                if v.in_flight + k >= v.cap:
+                    break  # window full: the next event (a start or finish) reopens it
+                due = start - v.thr + self._stagger_for(v, now, start)
+                if due > now:
+                    wake = due if wake is None else min(wake, due)
+                    break
+                picks.append((start, v.key, v.name))
+                k += 1
+        self.next_wakeup = wake
+        picks.sort()
+        return [name for _, _, name in picks[:pending]]
+
+    def _stagger_for(self, v: _View, now: float, start: float) -> float:
+        # Only early top-ups are staggered: a server about to run dry (inside the
+        # bare lead time) is served at once.
+        if self._spread <= 0.0 or start - now <= self._lead:
+            return 0.0
+        s = self._stagger.get(v.name)
+        if s is None:
+            s = self._rng.random() * min(self._spread, v.thr - self._lead)
+            self._stagger[v.name] = s
+        return s
+
+    @staticmethod
+    def _rank(views: List[_View], me: _View, finish: float, k: int, limit: int) -> int:
+        """How many slots of the EFT list schedule finish before ``finish`` (me's k-th new frame)."""
+        rank = k
+        for v in views:
+            if v is me:
+                continue
+            x = (finish - v.r_avail) / v.r_ft
+            if x < 1.0 - _TIE:
+                continue
+            n = int(math.floor(x + _TIE))
+            if abs(x - n) <= _TIE and v.key >= me.key:
+                n -= 1  # its n-th slot ties with ours and loses the tie-break
+            rank += n
+            if rank >= limit:
+                return rank
+        return rank

@@ -1,0 +1,381 @@
+"""One ComfyUI server: its configuration, connection and observed state.
+
+State changes happen under one lock; readers on other threads get immutable
+:class:`~.state.ServerSnapshot` objects from :meth:`ComfyUIServer.get_status`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Deque, Optional, Tuple
+
+from .config import ServerConfig
+from .errors import ClusterError, ServerError, ServerRejected
+from .http import STATUS_TIMEOUT, ServerConnection
+from .state import DeviceInfo, ServerCounters, ServerSnapshot, ServerStatus
+
+#: consecutive failures before a server is put in cooldown, and the cooldown bounds
+COOLDOWN_AFTER = 2
+COOLDOWN_MIN_S = 5.0
+COOLDOWN_MAX_S = 120.0
+#: device/VRAM/version are refreshed this often, queue length every status TTL
+SYSTEM_STATS_EVERY_S = 30.0
+
+
+def _parse_device(stats: Any) -> DeviceInfo:
+    if not isinstance(stats, dict):
+        raise ValueError("system_stats is not an object")
+    system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
+    devices = stats.get("devices") if isinstance(stats.get("devices"), list) else []
+    dev = devices[0] if devices and isinstance(devices[0], dict) else {}
+
+    def _int(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    argv = system.get("argv") if isinstance(system.get("argv"), list) else []
+    output_directory = ""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--output-directory" and isinstance(argv[i + 1], str):
+            output_directory = argv[i + 1]
+    return DeviceInfo(
+        name=str(dev.get("name", "")),
+        type=str(dev.get("type", "")),
+        vram_total=_int(dev.get("vram_total")),
+        vram_free=_int(dev.get("vram_free")),
+        comfyui_version=str(system.get("comfyui_version", "")),
+        python_version=str(system.get("python_version", "")).split(" ")[0],
+        output_directory=output_directory,
+    )
+
+
+def parse_queue_remaining(body: Any) -> int:
+    """``GET /prompt`` -> ``exec_info.queue_remaining`` (running + pending)."""
+    try:
+        value = body["exec_info"]["queue_remaining"]
+    except (KeyError, TypeError) as e:
+        raise ValueError("no exec_info.queue_remaining") from e
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("queue_remaining is not a count")
+    return value
+
+
+def parse_queue(body: Any) -> Tuple[list, list]:
+    """``GET /queue`` -> (running items, pending items); each item ``[number, prompt_id, ...]``."""
+    if not isinstance(body, dict):
+        raise ValueError("queue is not an object")
+    running = body.get("queue_running")
+    pending = body.get("queue_pending")
+    if not isinstance(running, list) or not isinstance(pending, list):
+        raise ValueError("queue_running/queue_pending are not lists")
+    for item in running + pending:
+        if not isinstance(item, list) or len(item) < 2 or not isinstance(item[1], str):
+            raise ValueError("queue item is not [number, prompt_id, ...]")
+    return running, pending
+
+
+class ComfyUIServer:
+    """A configured server plus what we observed of it."""
+
+    def __init__(self, config: ServerConfig, connection: Optional[ServerConnection] = None) -> None:
+        self.config = config
+        self.connection = connection or ServerConnection(config)
+        self._lock = threading.RLock()
+        self._enabled = config.enabled
+        self._priority = config.priority
+        self._status = ServerStatus.UNKNOWN if config.enabled else ServerStatus.DISABLED
+        self._queue_remaining = 0
+        self._queue_running = 0
+        self._queue_pending = 0
+        self._observed_at: Optional[float] = None  # time.time() of the last queue observation
+        self._last_check: Optional[float] = None  # time.time() of the last answer of any kind
+        self._latency_ms: Optional[float] = None
+        self._last_error: Optional[str] = None
+        self._device = DeviceInfo()
+        self._device_at: float = 0.0
+        self._consecutive_failures = 0
+        self._cooldown_until: Optional[float] = None
+        self._dispatches = 0
+        self._failures = 0
+        self._completed = 0
+        self._latency_mean: Optional[float] = None
+        self._in_flight: Deque[float] = deque()  # response times of our submits not yet seen
+        self.live = False  # websocket push connected
+
+    # -- identity ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ip(self) -> str:
+        return self.config.ip
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def dir_local(self) -> str:
+        return self.config.dir_local
+
+    @property
+    def dir_remote(self) -> str:
+        return self.config.dir_remote
+
+    @property
+    def url(self) -> str:
+        return self.connection.base_url
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        with self._lock:
+            self._priority = int(value)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        with self._lock:
+            self._enabled = bool(value)
+            if not value:
+                self._status = ServerStatus.DISABLED
+            elif self._status is ServerStatus.DISABLED:
+                self._status = ServerStatus.UNKNOWN
+
+    @property
+    def status(self) -> ServerStatus:
+        return self._status
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue_remaining
+
+    @property
+    def last_status_check(self) -> Optional[float]:
+        return self._last_check
+
+    def status_age(self, now: Optional[float] = None) -> float:
+        """Seconds since the queue was last observed (inf if never)."""
+        if self._observed_at is None:
+            return float("inf")
+        return (now if now is not None else time.time()) - self._observed_at
+
+    # -- observations ----------------------------------------------------------------
+    def _set_queue(self, remaining: int, observed_at: float, running: Optional[int] = None) -> None:
+        self._queue_remaining = remaining
+        if running is None:
+            running = 1 if remaining > 0 else 0
+        self._queue_running = running
+        self._queue_pending = max(0, remaining - running)
+        self._observed_at = observed_at
+        while self._in_flight and self._in_flight[0] <= observed_at:
+            self._in_flight.popleft()
+        if self._enabled:
+            self._status = ServerStatus.BUSY if remaining > 0 else ServerStatus.ONLINE
+
+    def apply_push(self, queue_remaining: int, at: Optional[float] = None) -> None:
+        """A websocket ``status`` broadcast: the live load signal."""
+        now = at if at is not None else time.time()
+        with self._lock:
+            self._set_queue(queue_remaining, now)
+            self._last_check = now
+            self._last_error = None
+            self._consecutive_failures = 0
+
+    def _record_error(self, exc: BaseException, now: float) -> None:
+        self._last_error = str(exc)
+        self._last_check = self._last_check  # unchanged: last time it ANSWERED
+        if self._enabled:
+            if isinstance(exc, ServerRejected) and exc.status is not None:
+                self._status = ServerStatus.ERROR
+            elif isinstance(exc, ServerError):
+                self._status = ServerStatus.OFFLINE
+            else:
+                self._status = ServerStatus.ERROR
+
+    def update_status(self, *, with_system_stats: Optional[bool] = None) -> ServerSnapshot:
+        """Poll the server now (``GET /prompt``, plus ``/system_stats`` when due).
+
+        Never raises for server trouble: the snapshot says what happened.
+        """
+        if not self._enabled:
+            return self.get_status()
+        started = time.monotonic()
+        now = time.time()
+        try:
+            body = self.connection.get_json("prompt", timeout=STATUS_TIMEOUT)
+            try:
+                remaining = parse_queue_remaining(body)
+            except ValueError as e:
+                raise ServerRejected(
+                    f"{self.name}: GET /prompt answered an unexpected body ({e})",
+                    server=self.name,
+                    url=self.connection.url("prompt"),
+                ) from e
+            latency = (time.monotonic() - started) * 1000.0
+            due = with_system_stats if with_system_stats is not None else now - self._device_at > SYSTEM_STATS_EVERY_S
+            device = None
+            if due:
+                try:
+                    device = _parse_device(self.connection.get_json("system_stats", timeout=STATUS_TIMEOUT))
+                except (ClusterError, ValueError):
+                    device = None  # queue is what matters; device info is a nicety
+        except ClusterError as e:
+            with self._lock:
+                self._record_error(e, now)
+            return self.get_status()
+        with self._lock:
+            self._set_queue(remaining, now)
+            self._last_check = now
+            self._last_error = None
+            self._latency_ms = latency
+            if device is not None:
+                self._device = device
+                self._device_at = now
+        return self.get_status()
+
+    def update_queue_detail(self) -> Tuple[list, list]:
+        """``GET /queue``: running and pending items (heavy; for reconciliation and cancel only)."""
+        now = time.time()
+        body = self.connection.get_json("queue", timeout=STATUS_TIMEOUT)
+        try:
+            running, pending = parse_queue(body)
+        except ValueError as e:
+            raise ServerRejected(
+                f"{self.name}: GET /queue answered an unexpected body ({e})", server=self.name
+            ) from e
+        with self._lock:
+            self._set_queue(len(running) + len(pending), now, running=len(running))
+            self._last_check = now
+        return running, pending
+
+    def device_info(self, refresh: bool = False) -> DeviceInfo:
+        """Device, versions and output directory; fetched once (network: never on a UI thread)."""
+        if refresh or not self._device_at:
+            device = _parse_device(self.connection.get_json("system_stats", timeout=STATUS_TIMEOUT))
+            with self._lock:
+                self._device = device
+                self._device_at = time.time()
+        return self._device
+
+    def test_connection(self) -> Tuple[bool, str]:
+        """A fresh round trip with ``/system_stats``: (ok, a sentence for the user)."""
+        started = time.monotonic()
+        try:
+            stats = self.connection.get_json("system_stats", timeout=STATUS_TIMEOUT)
+            device = _parse_device(stats)
+        except ClusterError as e:
+            return False, str(e)
+        except ValueError as e:
+            return False, f"{self.name}: /system_stats answered an unexpected body ({e})"
+        ms = (time.monotonic() - started) * 1000.0
+        with self._lock:
+            self._device = device
+            self._device_at = time.time()
+            self._latency_ms = ms
+        version = f" ComfyUI {device.comfyui_version}" if device.comfyui_version else ""
+        return True, "{}: reachable in {:.0f} ms,{} on {}".format(self.name, ms, version, device.name or "unknown device")
+
+    # -- balancing inputs ---------------------------------------------------------
+    def note_submitted(self, at: Optional[float] = None) -> None:
+        """We just had a prompt accepted: count it until the server reports its queue again."""
+        with self._lock:
+            self._in_flight.append(at if at is not None else time.time())
+            self._dispatches += 1
+
+    def record_success(self, latency_s: Optional[float] = None) -> None:
+        with self._lock:
+            self._consecutive_failures = 0
+            self._cooldown_until = None
+            self._completed += 1
+            if latency_s is not None:
+                ms = latency_s * 1000.0
+                self._latency_mean = ms if self._latency_mean is None else 0.8 * self._latency_mean + 0.2 * ms
+
+    def record_failure(self, reason: str, now: Optional[float] = None) -> None:
+        """An infrastructure failure on this server; repeated ones start a cooldown."""
+        now = now if now is not None else time.time()
+        with self._lock:
+            self._failures += 1
+            self._consecutive_failures += 1
+            self._last_error = reason
+            if self._consecutive_failures >= COOLDOWN_AFTER:
+                extra = self._consecutive_failures - COOLDOWN_AFTER
+                self._cooldown_until = now + min(COOLDOWN_MAX_S, COOLDOWN_MIN_S * (2**extra))
+
+    def mark_unreachable(self, reason: str) -> None:
+        with self._lock:
+            self._last_error = reason
+            if self._enabled:
+                self._status = ServerStatus.OFFLINE
+
+    def clear_cooldown(self) -> None:
+        with self._lock:
+            self._cooldown_until = None
+            self._consecutive_failures = 0
+
+    def is_available(self, now: Optional[float] = None) -> bool:
+        return self.get_status().is_available(now if now is not None else time.time())
+
+    def get_status(self) -> ServerSnapshot:
+        """An immutable snapshot, safe to hand to any thread."""
+        with self._lock:
+            return ServerSnapshot(
+                name=self.config.name,
+                host=self.config.ip,
+                port=self.config.port,
+                url=self.connection.base_url,
+                priority=self._priority,
+                enabled=self._enabled,
+                status=self._status,
+                queue_running=self._queue_running,
+                queue_pending=self._queue_pending,
+                in_flight=len(self._in_flight),
+                latency_ms=self._latency_ms,
+                last_status_check=self._last_check,
+                last_error=self._last_error,
+                cooldown_until=self._cooldown_until,
+                device=self._device,
+                counters=ServerCounters(
+                    dispatches=self._dispatches,
+                    failures=self._failures,
+                    completed=self._completed,
+                    mean_latency_ms=self._latency_mean,
+                ),
+                dir_local=self.config.dir_local,
+                dir_remote=self.config.dir_remote,
+                live=self.live,
+            )
+
+    def reconfigure(self, config: ServerConfig) -> ComfyUIServer:
+        """A server for a changed config entry, keeping counters when the address is the same."""
+        same_address = (config.ip, config.port, config.scheme, config.token, config.headers) == (
+            self.config.ip,
+            self.config.port,
+            self.config.scheme,
+            self.config.token,
+            self.config.headers,
+        )
+        if not same_address:
+            return ComfyUIServer(config)
+        self.config = config
+        self.connection.config = config
+        with self._lock:
+            self._priority = config.priority
+        self.enabled = config.enabled
+        return self
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __repr__(self) -> str:  # no secrets
+        return f"ComfyUIServer({self.name!r}, {self.url}, {self._status.value})"
+

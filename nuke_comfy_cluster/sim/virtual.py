@@ -1,0 +1,443 @@
+"""A discrete-event model of ComfyUI servers and their clients, in virtual time.
+
+Used by ``benchmarks/scheduler.py`` and the scheduler tests to measure the batch
+policy (:class:`nuke_comfy_cluster.core.scheduler.Scheduler`, the real class,
+driven by a virtual clock) against baselines, OPT and the fluid lower bound.
+Deterministic: one heap of events, one seeded RNG per world.
+
+The model, kept deliberately small:
+
+* A server runs one prompt at a time from one FIFO queue shared by every
+  client; a frame of work ``w`` (seconds at speed 1) takes ``w / speed``. A
+  change of its queue length (a prompt accepted, a prompt finished) is
+  broadcast as a ``status`` with ``queue_remaining``, as ComfyUI does.
+* A prompt reaches the server a short, random network latency after the client
+  sends it. The client counts it as queued there from the moment it sends it.
+* ``ttl=None`` (websocket push): every message (our start, our finish, every
+  status) reaches the client after a small random delay, in order per server.
+  A number (polling only, the push lost): the client learns queue lengths and
+  its own prompts' fate only when it polls, every ``ttl`` seconds at its own
+  phase; finished prompts come with their exact start/finish times (as
+  ``/history`` gives them), running ones only with "started since the last
+  look"; the client's lead time is set to the TTL.
+* Clients react to each message, poll and timer: the policy client asks its
+  ``Scheduler`` and sends what it says; baseline clients follow their rule.
+
+Times are in seconds from the start of the world.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from nuke_comfy_cluster.core.scheduler import Scheduler, ServerLoad
+
+__all__ = [
+    "ServerSpec",
+    "VirtualJob",
+    "ClientResult",
+    "World",
+    "Client",
+    "PolicyClient",
+    "SequentialClient",
+    "BurstClient",
+    "frame_works",
+    "opt_makespan",
+    "lower_bound",
+]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    speed: float  # work per second; a frame of work w takes w / speed
+    priority: int = 0
+
+
+class VirtualJob:
+    __slots__ = ("id", "client", "frame", "work", "server", "sent", "arrived", "started", "finished")
+
+    def __init__(self, id: int, client: "Client", frame: int, work: float, server: str, sent: float) -> None:
+        self.id = id
+        self.client = client
+        self.frame = frame
+        self.work = work
+        self.server = server
+        self.sent = sent
+        self.arrived: Optional[float] = None
+        self.started: Optional[float] = None
+        self.finished: Optional[float] = None
+
+    @property
+    def wait(self) -> float:
+        """Time spent accepted by the server but not running."""
+        return self.started - self.arrived
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+class _Server:
+    __slots__ = ("spec", "queue", "running")
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.queue: Deque[VirtualJob] = deque()
+        self.running: Optional[VirtualJob] = None
+
+    @property
+    def queue_remaining(self) -> int:
+        return len(self.queue) + (1 if self.running is not None else 0)
+
+
+@dataclass
+class ClientResult:
+    name: str
+    start: float
+    jobs: List[VirtualJob] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return max(j.finished for j in self.jobs)
+
+    @property
+    def makespan(self) -> float:
+        return self.end - self.start
+
+    @property
+    def work(self) -> float:
+        return sum(j.work for j in self.jobs)
+
+
+class World:
+    """The servers, the clients and the event heap."""
+
+    def __init__(
+        self,
+        servers: Sequence[ServerSpec],
+        seed: int = 0,
+        *,
+        push_delay: Tuple[float, float] = (0.005, 0.05),
+        latency: Tuple[float, float] = (0.005, 0.02),
+    ) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.specs = list(servers)
+        self.servers: Dict[str, _Server] = {s.name: _Server(s) for s in servers}
+        self.clients: List[Client] = []
+        self._heap: List[tuple] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._push_delay = push_delay
+        self._latency = latency
+        self._channel: Dict[Tuple[int, str], float] = {}
+        self.events = 0
+
+    # -- event machinery
+    def at(self, t: float, fn: Callable[..., None], *args: object) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn, args))
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, until: float = 1e9) -> None:
+        heap = self._heap
+        while heap:
+            t, _, fn, args = heapq.heappop(heap)
+            if t > until:
+                break
+            self.now = t
+            self.events += 1
+            fn(*args)
+
+    def add(self, client: "Client") -> "Client":
+        client.index = len(self.clients)
+        self.clients.append(client)
+        self.at(client.start, client.begin)
+        return client
+
+    # -- server side
+    def send(self, client: "Client", frame: int, work: float, server: str) -> VirtualJob:
+        job = VirtualJob(next(self._ids), client, frame, work, server, self.now)
+        self.at(self.now + self.rng.uniform(*self._latency), self._arrive, job)
+        return job
+
+    def _arrive(self, job: VirtualJob) -> None:
+        srv = self.servers[job.server]
+        job.arrived = self.now
+        srv.queue.append(job)
+        self._broadcast(srv)
+        if srv.running is None:
+            self._start_next(srv)
+
+    def _start_next(self, srv: _Server) -> None:
+        job = srv.queue.popleft()
+        srv.running = job
+        job.started = self.now
+        self._push(job.client, srv.spec.name, job.client.on_started, job)
+        self.at(self.now + job.work / srv.spec.speed, self._finish, srv, job)
+
+    def _finish(self, srv: _Server, job: VirtualJob) -> None:
+        job.finished = self.now
+        srv.running = None
+        self._push(job.client, srv.spec.name, job.client.on_finished, job)
+        if srv.queue:
+            self._start_next(srv)
+        self._broadcast(srv)
+
+    def _broadcast(self, srv: _Server) -> None:
+        q = srv.queue_remaining
+        for c in self.clients:
+            self._push(c, srv.spec.name, c.on_status, srv.spec.name, q)
+
+    def _push(self, client: "Client", server: str, fn: Callable[..., None], *args: object) -> None:
+        if client.ttl is not None:
+            return  # push lost: this client only learns by polling
+        # One websocket per (client, server): messages keep their order.
+        key = (client.index, server)
+        t = max(self.now + self.rng.uniform(*self._push_delay), self._channel.get(key, 0.0))
+        self._channel[key] = t
+        self.at(t, fn, *args)
+
+
+class _View:
+    """A client's knowledge of one server."""
+
+    __slots__ = ("spec", "q", "observed_at", "busy_since", "queued", "running", "running_since", "last_finish")
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.q = 0
+        self.observed_at = 0.0
+        self.busy_since: Optional[float] = None
+        self.queued: List[VirtualJob] = []  # ours, not known to have started
+        self.running: Optional[VirtualJob] = None  # ours, known to run
+        self.running_since: Optional[float] = None
+        self.last_finish = 0.0  # latest known finish of one of ours there
+
+
+class Client:
+    """A client with a batch of frames; subclasses decide where they go."""
+
+    def __init__(self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+        self.world = world
+        self.name = name
+        self.works = list(works)
+        self.start = start
+        self.ttl = ttl
+        self.index = -1
+        self.next_frame = 0
+        self.result = ClientResult(name, start)
+        self.views: Dict[str, _View] = {s.name: _View(s) for s in world.specs}
+        self._last_poll = start
+
+    @property
+    def pending(self) -> int:
+        return len(self.works) - self.next_frame
+
+    @property
+    def done(self) -> bool:
+        return len(self.result.jobs) == len(self.works) and all(j.finished is not None for j in self.result.jobs)
+
+    def begin(self) -> None:
+        # Connecting (or the first poll) gives the current state of every server.
+        self._observe_all()
+        if self.ttl is not None:
+            self.world.at(self.start + self.world.rng.uniform(0.0, self.ttl), self._poll)
+        self.react()
+
+    def submit(self, server: str) -> None:
+        i = self.next_frame
+        self.next_frame += 1
+        job = self.world.send(self, i, self.works[i], server)
+        self.result.jobs.append(job)
+        self.views[server].queued.append(job)
+
+    # -- what the client learns
+    def _observe_all(self) -> None:
+        now = self.world.now
+        for name, v in self.views.items():
+            v.q = self.world.servers[name].queue_remaining
+            v.observed_at = now
+            v.busy_since = None
+
+    def on_status(self, server: str, q: int) -> None:
+        v = self.views[server]
+        now = self.world.now
+        if q == 0:
+            v.busy_since = None
+        elif q < v.q or v.q == 0:
+            v.busy_since = now  # one finished and the next started, or an idle server took one
+        v.q = q
+        v.observed_at = now
+        self.react()
+
+    def on_started(self, job: VirtualJob) -> None:
+        v = self.views[job.server]
+        if job in v.queued:
+            v.queued.remove(job)
+        v.running = job
+        v.running_since = self.world.now
+        v.busy_since = self.world.now
+        self.started(job, self.world.now)
+        self.react()
+
+    def on_finished(self, job: VirtualJob) -> None:
+        v = self.views[job.server]
+        started_at = v.running_since if v.running is job else None
+        if v.running is job:
+            v.running = None
+            v.running_since = None
+        elif job in v.queued:
+            v.queued.remove(job)
+        v.last_finish = self.world.now
+        self.finished(job, started_at if started_at is not None else self.world.now, self.world.now)
+        self.react()
+
+    def _poll(self) -> None:
+        now = self.world.now
+        prev = self._last_poll
+        self._last_poll = now
+        self._observe_all()
+        for name, v in self.views.items():
+            # History gives exact times for what finished; the queue says what runs.
+            ours = ([v.running] if v.running is not None else []) + list(v.queued)
+            done = sorted((j for j in ours if j.finished is not None and j.finished <= now), key=lambda j: j.finished)
+            for j in done:
+                if j is v.running:
+                    v.running = None
+                    v.running_since = None
+                else:
+                    v.queued.remove(j)
+                v.last_finish = max(v.last_finish, j.finished)
+                self.finished(j, j.started, j.finished)
+            if v.running is None:
+                for j in list(v.queued):
+                    if j.started is not None and j.started <= now:
+                        v.queued.remove(j)
+                        v.running = j
+                        # Started some time since the last look, no earlier than ours before it ended.
+                        v.running_since = max(prev, v.last_finish)
+                        self.started(j, v.running_since)
+                        break
+        self.world.at(now + self.ttl, self._poll)
+        self.react()
+
+    # -- hooks
+    def started(self, job: VirtualJob, at: float) -> None:
+        pass
+
+    def finished(self, job: VirtualJob, started_at: float, finished_at: float) -> None:
+        pass
+
+    def react(self) -> None:
+        raise NotImplementedError
+
+
+class PolicyClient(Client):
+    """Runs the real :class:`Scheduler` on the virtual clock."""
+
+    def __init__(self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None, push_lead: float = 0.5, **scheduler_kw: object) -> None:
+        super().__init__(world, name, works, start=start, ttl=ttl)
+        scheduler_kw.setdefault("rng", random.Random(world.rng.random()))
+        self.scheduler = Scheduler(world.clock, lead_time=push_lead if ttl is None else ttl, **scheduler_kw)
+        self._wake_at = float("inf")
+        self.plans = 0
+
+    def started(self, job: VirtualJob, at: float) -> None:
+        self.scheduler.job_started(job.server, at)
+
+    def finished(self, job: VirtualJob, started_at: float, finished_at: float) -> None:
+        self.scheduler.job_finished(job.server, started_at, finished_at)
+
+    def _wake(self) -> None:
+        if self.world.now >= self._wake_at:
+            self._wake_at = float("inf")
+        self.react()
+
+    def react(self) -> None:
+        if not self.pending or self.world.now < self.start:
+            return
+        loads = [
+            ServerLoad(
+                name=v.spec.name,
+                priority=v.spec.priority,
+                queue_remaining=v.q,
+                observed_at=v.observed_at,
+                ours_queued=len(v.queued),
+                ours_running_since=v.running_since if v.running is not None else None,
+                busy_since=v.busy_since,
+            )
+            for v in self.views.values()
+        ]
+        self.plans += 1
+        for name in self.scheduler.plan(loads, self.pending):
+            self.submit(name)
+        wake = self.scheduler.next_wakeup
+        if wake is not None and self.pending and wake < self._wake_at:
+            self._wake_at = wake
+            self.world.at(wake, self._wake)
+
+
+class SequentialClient(Client):
+    """Baseline: one server, the next frame sent when the previous one is known finished."""
+
+    def __init__(self, world: World, name: str, works: Sequence[float], server: str, *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+        super().__init__(world, name, works, start=start, ttl=ttl)
+        self.server = server
+
+    def react(self) -> None:
+        v = self.views[self.server]
+        if self.pending and not v.queued and v.running is None:
+            self.submit(self.server)
+
+
+class BurstClient(Client):
+    """Baseline: every frame sent at once, by round robin or least (observed) queue length."""
+
+    def __init__(self, world: World, name: str, works: Sequence[float], strategy: str, *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+        super().__init__(world, name, works, start=start, ttl=ttl)
+        if strategy not in ("round_robin", "least_queue"):
+            raise ValueError(strategy)
+        self.strategy = strategy
+
+    def react(self) -> None:
+        if not self.pending:
+            return
+        names = sorted(self.views, key=lambda n: (self.views[n].spec.priority, n))
+        sent = {n: 0 for n in names}
+        i = 0
+        while self.pending:
+            if self.strategy == "round_robin":
+                name = names[i % len(names)]
+                i += 1
+            else:
+                # Least loaded = observed queue + what we sent since that observation.
+                name = min(names, key=lambda n: (self.views[n].q + sent[n], self.views[n].spec.priority, n))
+            sent[name] += 1
+            self.submit(name)
+
+
+def frame_works(count: int, rng: random.Random, base: float = 10.0, noise: float = 0.2) -> List[float]:
+    """Work of each frame (seconds at speed 1): ``base`` +- ``noise`` uniformly."""
+    return [base * rng.uniform(1.0 - noise, 1.0 + noise) for _ in range(count)]
+
+
+def opt_makespan(works: Sequence[float], speeds: Sequence[float]) -> float:
+    """Clairvoyant largest-job-first to the server where it finishes earliest."""
+    free = [0.0] * len(speeds)
+    for w in sorted(works, reverse=True):
+        best = min(range(len(speeds)), key=lambda i: free[i] + w / speeds[i])
+        free[best] += w / speeds[best]
+    return max(free)
+
+
+def lower_bound(works: Sequence[float], speeds: Sequence[float]) -> float:
+    """Fluid bound: total work over total speed."""
+    return sum(works) / sum(speeds)
