@@ -37,3 +37,45 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NUKE_COMFY_CLUSTER_HOME", str(tmp_path / "ncc-home"))
     for var in ("NUKE_COMFYUI_SERVERS", "NUKE_COMFYUI_IP", "NUKE_COMFYUI_PORT", "NUKE_COMFYUI_DIR_LOCAL", "NUKE_COMFYUI_DIR_REMOTE"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def start_sims():
+    """start_sims([speeds], seconds=...) -> [SimProcess]; every process is stopped after the test."""
+    from nuke_comfy_cluster.sim.process import SimProcess
+
+    started = []
+
+    def start(speeds, **kw):
+        procs = []
+        for speed in speeds:
+            proc = SimProcess(speed=speed, **kw)
+            started.append(proc)
+            proc.start()
+            procs.append(proc)
+        return procs
+
+    yield start
+    for proc in started:
+        try:
+            proc.sigcont()
+        except Exception:  # noqa: BLE001 - it may be gone already
+            pass
+        proc.stop()
+
+
+def sim_configs(procs, **kw):
+    from nuke_comfy_cluster.core.config import ServerConfig
+
+    return [ServerConfig(name="sim{}".format(i), ip="127.0.0.1", port=p.port, priority=i, **kw) for i, p in enumerate(procs)]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -847,10 +847,10 @@ def _why_unusable(issues: Sequence[ConfigIssue], what: str) -> str:
     for issue in errors:
         if issue.line is not None and issue.column is not None:
             return f"{what} is invalid at line {issue.line}, column {issue.column}"
-    entry_errors = [i for i in errors if i.index is not None]
-    if entry_errors:
-        return "{} has no usable entry ({} error{})".format(
-            what, len(entry_errors), "" if len(entry_errors) == 1 else "s"
+    bad_entries = len({i.index for i in errors if i.index is not None})
+    if bad_entries:
+        return "{} has no usable entry ({} entr{} with errors)".format(
+            what, bad_entries, "y" if bad_entries == 1 else "ies"
         )
     if errors:
         return "{} is invalid ({})".format(what, errors[0].message.split("\n")[0].replace(what + ": ", "", 1))

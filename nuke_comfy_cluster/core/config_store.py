@@ -88,8 +88,10 @@ def _fail(action: str, path: Path, exc: OSError) -> ConfigError:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+def _locked(path: Path, timeout: Optional[float] = None) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively (between processes and between threads), waiting at most ``timeout``."""
+    if timeout is None:
+        timeout = LOCK_TIMEOUT
     lock_path = path.with_name(path.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,11 +242,8 @@ def _make_backup(path: Path, data: bytes) -> Path:
             break
         now += timedelta(microseconds=1)
     try:
-        existing = stat.S_IMODE(os.stat(str(path)).st_mode)
-    except OSError:
-        existing = 0o600
-    try:
-        _atomic_write(target, data, existing | 0o600)
+        # private whatever the original was: old copies of tokens should not linger readable
+        _atomic_write(target, data, 0o600)
     except OSError as exc:
         raise _fail("write the backup", target, exc) from exc
     return target

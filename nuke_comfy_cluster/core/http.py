@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .config import ServerConfig
@@ -130,6 +131,9 @@ class ServerConnection:
         except requests.exceptions.SSLError as e:
             raise ServerUnavailable(f"{self.name}: TLS error with {self.base_url}: {e}", **where) from e
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            # with Retry(read=0) urllib3 reports a read timeout as MaxRetryError -> ConnectionError
+            if isinstance(getattr(e.args[0] if e.args else None, "reason", None), ReadTimeoutError):
+                raise self._timeout(timeout, where) from e
             raise ServerUnavailable(
                 f"{self.name}: cannot connect to {self.base_url} (connection refused or dropped)", **where
             ) from e
@@ -148,6 +152,14 @@ class ServerConnection:
                 **where,
             )
         return response
+
+    def _timeout(self, timeout: Optional[Tuple[float, float]], where: Dict[str, Any]) -> ServerTimeout:
+        return ServerTimeout(
+            "{}: no answer from {} within {:.0f} s (server hung or overloaded)".format(
+                self.name, self.base_url, (timeout or self.timeout)[1]
+            ),
+            **where,
+        )
 
     def _json(self, response: requests.Response, path: str, job_id: Optional[str]) -> Any:
         if not response.content:

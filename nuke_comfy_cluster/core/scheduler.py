@@ -83,7 +83,7 @@ class _Estimate:
 class _View:
     """One server as the planner sees it for one call."""
 
-    __slots__ = ("name", "load", "ft", "avail", "in_flight", "others", "cap", "thr", "key", "r_ft", "r_avail")
+    __slots__ = ("name", "load", "ft", "avail", "in_flight", "others", "cap", "thr", "key")
 
     def __init__(self, name: str, load: ServerLoad) -> None:
         self.name = name
@@ -95,10 +95,6 @@ class _View:
         self.cap = 1
         self.thr = 0.0  # send a frame once its planned start is closer than this
         self.key: Tuple[int, int, str] = (load.priority, 0, name)
-        # The same for ranking slots in the plan, with the uncertainty added:
-        # a slot whose finish is less sure (a slow GPU, few samples) ranks later.
-        self.r_ft = 0.0
-        self.r_avail = 0.0
 
 
 class Scheduler:
@@ -121,7 +117,6 @@ class Scheduler:
         default_frame_time: Optional[float] = None,
         alpha: float = 0.25,
         deviation_margin: float = 1.0,
-        risk: float = 1.0,
         overrun_margin: float = 0.1,
         spread: float = 0.0,
         rng: Optional[random.Random] = None,
@@ -137,7 +132,6 @@ class Scheduler:
         self._default = default_frame_time
         self._alpha = alpha
         self._dev_margin = deviation_margin
-        self._risk = risk
         self._overrun = overrun_margin
         self._spread = max(0.0, spread)
         self._rng = rng if rng is not None else random.Random()
@@ -293,9 +287,6 @@ class Scheduler:
                 backlog += max(0.0, others)
             v.ft = ft
             v.avail = now + backlog
-            n = est.samples if known else 0
-            v.r_avail = v.avail + self._risk * dev
-            v.r_ft = ft + self._risk * dev / math.sqrt(max(1, n))
             v.thr = self._lead + self._dev_margin * dev
             if probing:
                 v.cap = 1
@@ -326,7 +317,7 @@ class Scheduler:
             k = 0
             while True:
                 start = v.avail + k * v.ft
-                if self._rank(views, v, v.r_avail + (k + 1) * v.r_ft, k, pending) >= pending:
+                if self._rank(views, v, start + v.ft, k, pending) >= pending:
                     break  # the plan gives every remaining frame an earlier finish elsewhere
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
@@ -358,7 +349,7 @@ class Scheduler:
         for v in views:
             if v is me:
                 continue
-            x = (finish - v.r_avail) / v.r_ft
+            x = (finish - v.avail) / v.ft
             if x < 1.0 - _TIE:
                 continue
             n = int(math.floor(x + _TIE))

@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if given:
             os.makedirs(given, exist_ok=True)
             return os.path.abspath(given)
-        path = tempfile.mkdtemp(prefix="comfy-sim-%s-" % kind)
+        path = tempfile.mkdtemp(prefix=f"comfy-sim-{kind}-")
         owned.append(path)
         return path
 

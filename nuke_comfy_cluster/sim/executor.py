@@ -77,7 +77,7 @@ class Executor:
         queue: PromptQueue,
         publish: Publish,
         publish_binary: PublishBinary,
-        flush: Callable[[], "asyncio.Future[Any]"],
+        flush: Callable[[], asyncio.Future[Any]],
         dirs: Dirs,
         timing: Timing,
         rng: random.Random,
@@ -224,12 +224,16 @@ class Executor:
                 break
             except NodeRuntimeError as ex:
                 success = False
-                add_message("execution_error", self._error_message(prompt_id, prompt, node_id, executed, inputs, ex), True)
+                add_message(
+                    "execution_error", self._error_message(prompt_id, prompt, node_id, executed, inputs, ex), True
+                )
                 break
             except Exception as ex:  # noqa: BLE001 - any node failure is reported like ComfyUI does
                 success = False
                 error = NodeRuntimeError(type(ex).__name__, str(ex), [])
-                add_message("execution_error", self._error_message(prompt_id, prompt, node_id, executed, inputs, error), True)
+                add_message(
+                    "execution_error", self._error_message(prompt_id, prompt, node_id, executed, inputs, error), True
+                )
                 break
             values[node_id] = outputs
             self._cache[signature] = _CacheEntry(outputs, ui)
@@ -279,7 +283,9 @@ class Executor:
                 if self._event().is_set():
                     raise _Interrupted()
                 node = self.last_node_id if self.client_id is not None else None
-                self.publish("progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node}, self.client_id)
+                self.publish(
+                    "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node}, self.client_id
+                )
                 if self.previews:
                     self._send_preview(step)
         if self._event().is_set():
@@ -396,9 +402,7 @@ def _execution_order(prompt: Dict[str, Any], needed: List[str], cached: Set[str]
         if node_id in cached:
             deps[node_id] = set()
         else:
-            deps[node_id] = {
-                v[0] for v in prompt[node_id]["inputs"].values() if _is_link(v) and v[0] in needed_set
-            }
+            deps[node_id] = {v[0] for v in prompt[node_id]["inputs"].values() if _is_link(v) and v[0] in needed_set}
     blocking: Dict[str, Set[str]] = {n: set() for n in needed}
     for node_id, node_deps in deps.items():
         for dep in node_deps:

@@ -52,17 +52,17 @@ class FaultState:
         parsed: Dict[str, Any] = {}
         for name, value in changes.items():
             if name not in FAULTS:
-                raise ValueError("unknown fault %r (known: %s)" % (name, ", ".join(sorted(FAULTS))))
+                raise ValueError("unknown fault {!r} (known: {})".format(name, ", ".join(sorted(FAULTS))))
             kind = FAULTS[name][0]
             if kind is bool:
                 if not isinstance(value, (bool, int)) or isinstance(value, float):
-                    raise ValueError("%s: expected true/false" % name)
+                    raise ValueError(f"{name}: expected true/false")
                 parsed[name] = bool(value)
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError("%s: expected a number >= 0" % name)
+                raise ValueError(f"{name}: expected a number >= 0")
             if kind is int and int(value) != value:
-                raise ValueError("%s: expected a whole number" % name)
+                raise ValueError(f"{name}: expected a whole number")
             parsed[name] = kind(value)
         drop = bool(parsed.pop("drop_websockets", False))
         for name, value in parsed.items():

@@ -31,7 +31,7 @@ class Image(NamedTuple):
 
     def __str__(self) -> str:
         # ComfyUI formats tensors in error reports; keep the same flavour, short.
-        return "tensor(<image %dx%dx3, batch %d, rgb=%s>)" % (self.width, self.height, self.batch, self.rgb)
+        return f"tensor(<image {self.width}x{self.height}x3, batch {self.batch}, rgb={self.rgb}>)"
 
 
 class Mask(NamedTuple):
@@ -41,7 +41,7 @@ class Mask(NamedTuple):
     batch: int = 1
 
     def __str__(self) -> str:
-        return "tensor(<mask %dx%d, batch %d>)" % (self.width, self.height, self.batch)
+        return f"tensor(<mask {self.width}x{self.height}, batch {self.batch}>)"
 
 
 class Latent(NamedTuple):
@@ -51,7 +51,7 @@ class Latent(NamedTuple):
     rgb: RGB = (128, 128, 128)
 
     def __str__(self) -> str:
-        return "{'samples': tensor(<latent %dx%d, batch %d>)}" % (self.width // 8, self.height // 8, self.batch)
+        return f"{{'samples': tensor(<latent {self.width // 8}x{self.height // 8}, batch {self.batch}>)}}"
 
 
 class Opaque(NamedTuple):
@@ -61,7 +61,7 @@ class Opaque(NamedTuple):
     label: str
 
     def __str__(self) -> str:
-        return "<%s %s>" % (self.kind, self.label)
+        return f"<{self.kind} {self.label}>"
 
 
 class NodeRuntimeError(Exception):
@@ -164,8 +164,7 @@ def save_image_path(prefix: str, output_dir: str, width: int = 0, height: int = 
         raise NodeRuntimeError(
             "Exception",
             "**** ERROR: Saving image outside the output folder is not allowed."
-            "\n full_output_folder: %s\n         output_dir: %s\n         commonpath: %s"
-            % (os.path.abspath(folder), output_dir, os.path.commonpath((output_dir, os.path.abspath(folder)))),
+            f"\n full_output_folder: {os.path.abspath(folder)}\n         output_dir: {output_dir}\n         commonpath: {os.path.commonpath((output_dir, os.path.abspath(folder)))}",
         )
     counter = 1
     try:
@@ -194,7 +193,7 @@ def _write_images(
     data = solid_png(images.width, images.height, images.rgb, text)
     results = []
     for batch_number in range(max(1, images.batch)):
-        name = "%s_%05d_.png" % (stem.replace("%batch_num%", str(batch_number)), counter)
+        name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05d}_.png"
         tmp = os.path.join(folder, "." + name + ".part")
         with open(tmp, "wb") as handle:
             handle.write(data)

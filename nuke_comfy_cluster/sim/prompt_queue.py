@@ -27,7 +27,7 @@ class PromptQueue:
         self._heap: List[QueueItem] = []
         self._running: Dict[int, QueueItem] = {}
         self._task_counter = 0
-        self._history: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        self._history: OrderedDict[str, Dict[str, Any]] = OrderedDict()
         self._wakeup: Optional[asyncio.Event] = None
         #: Next ``number`` handed out by POST /prompt; restarts at 0 per process.
         self.number = 0
@@ -90,7 +90,9 @@ class PromptQueue:
                 return True
         return False
 
-    def history(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+    def history(
+        self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1
+    ) -> Dict[str, Any]:
         if prompt_id is not None:
             entry = self._history.get(prompt_id)
             return {} if entry is None else {prompt_id: entry}

@@ -95,7 +95,7 @@ class SimServer:
         self.faults.update(dict(settings.faults))
         self.sockets: Dict[str, web.WebSocketResponse] = {}
         self._open: Dict[web.WebSocketResponse, Any] = {}
-        self._outbox: "Optional[asyncio.Queue[Tuple[str, Any, Optional[str]]]]" = None
+        self._outbox: Optional[asyncio.Queue[Tuple[str, Any, Optional[str]]]] = None
         self.queue = PromptQueue(self._queue_changed)
         self.executor = Executor(
             self.queue,
@@ -111,11 +111,11 @@ class SimServer:
         )
         self.port = 0
         self._runner: Optional[web.AppRunner] = None
-        self._tasks: List["asyncio.Task[Any]"] = []
+        self._tasks: List[asyncio.Task[Any]] = []
 
     # ---- messages --------------------------------------------------------------------------
 
-    def _outbox_queue(self) -> "asyncio.Queue[Tuple[str, Any, Optional[str]]]":
+    def _outbox_queue(self) -> asyncio.Queue[Tuple[str, Any, Optional[str]]]:
         if self._outbox is None:
             self._outbox = asyncio.Queue()
         return self._outbox
@@ -213,7 +213,9 @@ class SimServer:
     # ---- app -------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._fault_middleware, self._error_middleware], client_max_size=512 * 1024**2)
+        app = web.Application(
+            middlewares=[self._fault_middleware, self._error_middleware], client_max_size=512 * 1024**2
+        )
         comfy_routes: List[Tuple[str, str, Handler]] = [
             ("GET", "/ws", self.ws_handler),
             ("GET", "/embeddings", self.get_embeddings),
@@ -319,7 +321,9 @@ class SimServer:
     # ---- routes ----------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text="<html><body>ComfyUI simulator %s</body></html>" % self.settings.name, content_type="text/html")
+        return web.Response(
+            text=f"<html><body>ComfyUI simulator {self.settings.name}</body></html>", content_type="text/html"
+        )
 
     async def get_embeddings(self, request: web.Request) -> web.StreamResponse:
         return web.json_response([])
@@ -368,7 +372,7 @@ class SimServer:
                     if hashlib.sha256(handle.read()).digest() == hashlib.sha256(data).digest():
                         duplicate = True
                         break
-                filename = "%s (%d)%s" % (stem, counter, ext)
+                filename = f"{stem} ({counter}){ext}"
                 path = os.path.join(folder, filename)
                 counter += 1
         if not duplicate:
@@ -408,7 +412,7 @@ class SimServer:
         if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
             content_type = "application/octet-stream"
         return web.FileResponse(
-            path, headers={"Content-Disposition": 'filename="%s"' % filename, "Content-Type": content_type}
+            path, headers={"Content-Disposition": f'filename="{filename}"', "Content-Type": content_type}
         )
 
     async def system_stats(self, request: web.Request) -> web.StreamResponse:
@@ -430,7 +434,7 @@ class SimServer:
                 },
                 "devices": [
                     {
-                        "name": "cuda:0 %s : cudaMallocAsync" % self.settings.device_name,
+                        "name": f"cuda:0 {self.settings.device_name} : cudaMallocAsync",
                         "type": "cuda",
                         "index": 0,
                         "vram_total": vram_total,
@@ -451,7 +455,8 @@ class SimServer:
             names = [
                 n
                 for n in os.listdir(input_dir)
-                if os.path.isfile(os.path.join(input_dir, n)) and (mimetypes.guess_type(n)[0] or "").startswith("image/")
+                if os.path.isfile(os.path.join(input_dir, n))
+                and (mimetypes.guess_type(n)[0] or "").startswith("image/")
             ]
         except OSError:
             names = []
@@ -466,7 +471,12 @@ class SimServer:
         else:
             number = self.queue.next_number(bool(body.get("front")))
         if "prompt" not in body:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         result = validate_prompt(prompt, self._object_info(), self.settings.dirs)
@@ -575,7 +585,7 @@ async def serve(settings: SimSettings, exit_with_parent: bool = False) -> None:
     server = SimServer(settings)
     port = await server.start()
     if not settings.name:
-        server.settings = settings = settings._replace(name="sim:%d" % port)
+        server.settings = settings = settings._replace(name=f"sim:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -595,7 +605,7 @@ async def serve(settings: SimSettings, exit_with_parent: bool = False) -> None:
         settings.dirs.output,
         settings.dirs.input,
     )
-    sys.stdout.write("SIM READY %d\n" % port)
+    sys.stdout.write(f"SIM READY {port}\n")
     sys.stdout.flush()
     try:
         await stop.wait()

@@ -53,7 +53,7 @@ def _types_match(received: Any, expected: Any) -> bool:
 
 def _custom_validators(dirs: Dirs) -> Dict[str, Dict[str, Callable[[Any], Any]]]:
     def image_exists(value: Any) -> Any:
-        return True if input_file_exists(value, dirs) else "Invalid image file: {}".format(value)
+        return True if input_file_exists(value, dirs) else f"Invalid image file: {value}"
 
     return {"LoadImage": {"image": image_exists}}
 
@@ -104,7 +104,7 @@ class _Validator:
                         _error(
                             "return_type_mismatch",
                             "Return type mismatch between linked nodes",
-                            "%s, received_type(%s) mismatch input_type(%s)" % (name, received, input_type),
+                            f"{name}, received_type({received}) mismatch input_type({input_type})",
                             {"input_name": name, "input_config": info, "received_type": received, "linked_node": value},
                         )
                     )
@@ -154,9 +154,14 @@ class _Validator:
                 errors.append(
                     _error(
                         "invalid_input_type",
-                        "Failed to convert an input value to a %s value" % input_type,
-                        "%s, %s, %s" % (name, value, ex),
-                        {"input_name": name, "input_config": info, "received_value": value, "exception_message": str(ex)},
+                        f"Failed to convert an input value to a {input_type} value",
+                        f"{name}, {value}, {ex}",
+                        {
+                            "input_name": name,
+                            "input_config": info,
+                            "received_value": value,
+                            "exception_message": str(ex),
+                        },
                     )
                 )
                 continue
@@ -185,7 +190,7 @@ class _Validator:
             if isinstance(input_type, list) and value not in input_type:
                 config: Any = info
                 if len(input_type) > 20:
-                    listing = "(list of length %d)" % len(input_type)
+                    listing = f"(list of length {len(input_type)})"
                     config = None
                 else:
                     listing = str(input_type)
@@ -193,7 +198,7 @@ class _Validator:
                     _error(
                         "value_not_in_list",
                         "Value not in list",
-                        "%s: '%s' not in %s" % (name, value, listing),
+                        f"{name}: '{value}' not in {listing}",
                         {"input_name": name, "input_config": config, "received_value": value},
                     )
                 )
@@ -204,9 +209,11 @@ class _Validator:
                 continue
             verdict = check(inputs[name])
             if verdict is not True:
-                details = name if verdict is False else "%s - %s" % (name, verdict)
+                details = name if verdict is False else f"{name} - {verdict}"
                 errors.append(
-                    _error("custom_validation_failed", "Custom validation failed for node", details, {"input_name": name})
+                    _error(
+                        "custom_validation_failed", "Custom validation failed for node", details, {"input_name": name}
+                    )
                 )
 
         result: Verdict = (False, errors, unique_id) if errors or not valid else (True, [], unique_id)
@@ -217,22 +224,22 @@ class _Validator:
 def validate_prompt(prompt: Dict[str, Any], defs: Dict[str, Any], dirs: Dirs) -> ValidationResult:
     """Validate an API-format prompt; raises (-> HTTP 500) only when it is not a JSON object."""
     if not isinstance(prompt, dict):
-        raise TypeError("prompt must be an object, not %s" % type(prompt).__name__)
+        raise TypeError(f"prompt must be an object, not {type(prompt).__name__}")
     outputs: List[str] = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
             error = _error(
                 "invalid_prompt",
                 "Cannot execute because a node is missing the class_type property.",
-                "Node ID '#%s'" % node_id,
+                f"Node ID '#{node_id}'",
             )
             return ValidationResult(False, error, [], {})
         class_type = node["class_type"]
         if class_type not in defs:
             error = _error(
                 "invalid_prompt",
-                "Cannot execute because node %s does not exist." % class_type,
-                "Node ID '#%s'" % node_id,
+                f"Cannot execute because node {class_type} does not exist.",
+                f"Node ID '#{node_id}'",
             )
             return ValidationResult(False, error, [], {})
         if is_output_node(class_type):
@@ -274,7 +281,7 @@ def validate_prompt(prompt: Dict[str, Any], defs: Dict[str, Any], dirs: Dirs) ->
         failed.append((output, reasons))
 
     if not good:
-        details = "\n".join("%s: %s" % (e["message"], e["details"]) for _, errors in failed for e in errors)
+        details = "\n".join("{}: {}".format(e["message"], e["details"]) for _, errors in failed for e in errors)
         error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
         return ValidationResult(False, error, [], node_errors)
     return ValidationResult(True, None, good, node_errors)

@@ -1,0 +1,494 @@
+"""The jobs view: every batch with its progress, its frames, where they run, and why they failed.
+
+A tree model over :class:`BatchSnapshot` objects (batches on top, one child row
+per job) fed on the GUI thread, a delegate drawing the progress bars, and a small
+widget with Cancel / Retry failed / Show error / Clear finished. The view knows no
+cluster: it emits ``cancel_requested(batch_id)`` and ``retry_requested(batch_id)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
+from ..core.state import JobState
+from .qt import QtCore, QtGui, QtWidgets, Signal
+
+Qt = QtCore.Qt
+
+ProgressRole = int(Qt.ItemDataRole.UserRole) + 11
+BatchIdRole = int(Qt.ItemDataRole.UserRole) + 12
+StateRole = int(Qt.ItemDataRole.UserRole) + 13
+
+COL_NAME, COL_STATE, COL_PROGRESS, COL_FRAMES, COL_SERVER, COL_ATTEMPTS, COL_ERROR = range(7)
+HEADERS = ("Batch / job", "State", "Progress", "Frames", "Server", "Tries", "Error")
+
+STATE_COLOURS: Dict[str, str] = {
+    "pending": "#a0a0a0",
+    "submitted": "#5b9bd5",
+    "running": "#e0a100",
+    "done": "#3aa655",
+    "failed": "#d64541",
+    "cancelled": "#8c8c8c",
+}
+
+
+class _BatchEntry:
+    """One batch row; also the internal pointer of its job rows (kept alive by the model)."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, snapshot: BatchSnapshot) -> None:
+        self.snapshot = snapshot
+
+
+def batch_counts_text(snap: BatchSnapshot) -> str:
+    """``12/24 done · 2 running · 1 failed`` (only the parts that are not zero, after "done")."""
+    parts = ["{}/{} done".format(snap.done, len(snap.jobs))]
+    for label, count in (
+        ("running", snap.running),
+        ("queued", snap.count(JobState.SUBMITTED)),
+        ("failed", snap.failed),
+        ("cancelled", snap.count(JobState.CANCELLED)),
+    ):
+        if count:
+            parts.append("{} {}".format(count, label))
+    return " · ".join(parts)
+
+
+def batch_servers_text(snap: BatchSnapshot) -> str:
+    """Which server runs what: ``gpu-a 5✓ 1▶ · gpu-b 3✓`` as plain words."""
+    per: Dict[str, List[int]] = {}
+    for job in snap.jobs:
+        if not job.server:
+            continue
+        counts = per.setdefault(job.server, [0, 0])
+        if job.state is JobState.DONE:
+            counts[0] += 1
+        elif job.state in (JobState.RUNNING, JobState.SUBMITTED):
+            counts[1] += 1
+    parts = []
+    for name in sorted(per):
+        done, active = per[name]
+        text = "{}: {} done".format(name, done)
+        if active:
+            text += ", {} active".format(active)
+        parts.append(text)
+    return " · ".join(parts)
+
+
+def error_details(error: JobError, job: Optional[JobSnapshot] = None) -> str:
+    """The whole story of one failure, for the "Show error" box."""
+    lines = []
+    if job is not None:
+        lines.append("{} — {}".format(job.label, job.state.value))
+    lines.append("{} error: {}".format(error.kind.capitalize(), error.message))
+    if error.node_id or error.node_type:
+        lines.append("Node: {}{}".format(error.node_id or "?", " ({})".format(error.node_type) if error.node_type else ""))
+    if error.server:
+        lines.append("Server: {}".format(error.server))
+    if job is not None and job.failed_servers:
+        lines.append("Failed on: {}".format(", ".join(job.failed_servers)))
+    return "\n".join(lines)
+
+
+class JobsModel(QtCore.QAbstractItemModel):
+    """Batches (top level) and their jobs (children), newest batch last."""
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._entries: List[_BatchEntry] = []
+        self._now = time.time()
+
+    # -- feeding -----------------------------------------------------------------------
+    def update_batch(self, snap: BatchSnapshot) -> None:
+        """Add the batch or replace its snapshot (jobs of a batch never change in number)."""
+        row = self.row_of(snap.id)
+        if row < 0:
+            self.beginInsertRows(QtCore.QModelIndex(), len(self._entries), len(self._entries))
+            self._entries.append(_BatchEntry(snap))
+            self.endInsertRows()
+            return
+        entry = self._entries[row]
+        if len(entry.snapshot.jobs) != len(snap.jobs):  # not expected: a batch keeps its jobs
+            self.beginResetModel()
+            entry.snapshot = snap
+            self.endResetModel()
+            return
+        entry.snapshot = snap
+        last = len(HEADERS) - 1
+        self.dataChanged.emit(self.index(row, 0), self.index(row, last))
+        if snap.jobs:
+            parent = self.index(row, 0)
+            self.dataChanged.emit(self.index(0, 0, parent), self.index(len(snap.jobs) - 1, last, parent))
+
+    def remove_batch(self, batch_id: str) -> None:
+        row = self.row_of(batch_id)
+        if row >= 0:
+            self.beginRemoveRows(QtCore.QModelIndex(), row, row)
+            del self._entries[row]
+            self.endRemoveRows()
+
+    def finished_batch_ids(self) -> List[str]:
+        return [e.snapshot.id for e in self._entries if e.snapshot.finished]
+
+    def row_of(self, batch_id: str) -> int:
+        for i, entry in enumerate(self._entries):
+            if entry.snapshot.id == batch_id:
+                return i
+        return -1
+
+    def batch(self, batch_id: str) -> Optional[BatchSnapshot]:
+        row = self.row_of(batch_id)
+        return self._entries[row].snapshot if row >= 0 else None
+
+    def batches(self) -> List[BatchSnapshot]:
+        return [e.snapshot for e in self._entries]
+
+    def batch_for(self, index: QtCore.QModelIndex) -> Optional[BatchSnapshot]:
+        """The batch of a batch row or of a job row."""
+        if not index.isValid():
+            return None
+        entry = index.internalPointer()
+        if isinstance(entry, _BatchEntry):
+            return entry.snapshot
+        return self._entries[index.row()].snapshot if 0 <= index.row() < len(self._entries) else None
+
+    def job_for(self, index: QtCore.QModelIndex) -> Optional[JobSnapshot]:
+        if not index.isValid():
+            return None
+        entry = index.internalPointer()
+        if isinstance(entry, _BatchEntry) and 0 <= index.row() < len(entry.snapshot.jobs):
+            return entry.snapshot.jobs[index.row()]
+        return None
+
+    # -- Qt model API ------------------------------------------------------------------
+    def index(self, row: int, column: int, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> QtCore.QModelIndex:  # noqa: B008
+        if column < 0 or column >= len(HEADERS) or row < 0:
+            return QtCore.QModelIndex()
+        if not parent.isValid():
+            if row >= len(self._entries):
+                return QtCore.QModelIndex()
+            return self.createIndex(row, column)
+        if parent.internalPointer() is not None or parent.row() >= len(self._entries):
+            return QtCore.QModelIndex()  # jobs have no children
+        entry = self._entries[parent.row()]
+        if row >= len(entry.snapshot.jobs):
+            return QtCore.QModelIndex()
+        return self.createIndex(row, column, entry)
+
+    def parent(self, index: QtCore.QModelIndex = QtCore.QModelIndex()) -> QtCore.QModelIndex:  # noqa: B008
+        if not index.isValid():
+            return QtCore.QModelIndex()
+        entry = index.internalPointer()
+        if not isinstance(entry, _BatchEntry):
+            return QtCore.QModelIndex()
+        for row, candidate in enumerate(self._entries):
+            if candidate is entry:
+                return self.createIndex(row, 0)
+        return QtCore.QModelIndex()
+
+    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
+        if not parent.isValid():
+            return len(self._entries)
+        if parent.internalPointer() is None and 0 <= parent.row() < len(self._entries) and parent.column() == 0:
+            return len(self._entries[parent.row()].snapshot.jobs)
+        return 0
+
+    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
+        return len(HEADERS)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(HEADERS):
+            return HEADERS[section]
+        return None
+
+    def flags(self, index: QtCore.QModelIndex) -> Any:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+
+    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        job = self.job_for(index)
+        batch = self.batch_for(index)
+        if batch is None:
+            return None
+        if role == BatchIdRole:
+            return batch.id
+        if job is not None:
+            return self._job_data(job, index.column(), role)
+        return self._batch_data(batch, index.column(), role)
+
+    def _batch_data(self, snap: BatchSnapshot, col: int, role: int) -> Any:
+        state = snap.state
+        if role == Qt.ItemDataRole.DisplayRole:
+            if col == COL_NAME:
+                return snap.name
+            if col == COL_STATE:
+                return state
+            if col == COL_PROGRESS:
+                return "{:.0f}%".format(snap.progress * 100)
+            if col == COL_FRAMES:
+                return batch_counts_text(snap)
+            if col == COL_SERVER:
+                return batch_servers_text(snap) or (snap.pinned or "")
+            if col == COL_ATTEMPTS:
+                return ""
+            if col == COL_ERROR:
+                if snap.errors:
+                    first = snap.errors[0].message
+                    more = len(snap.errors) - 1
+                    return first + (" (+{} more)".format(more) if more else "")
+                return snap.message
+            return None
+        if role == ProgressRole:
+            return snap.progress
+        if role == StateRole:
+            return state
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
+            return QtGui.QBrush(QtGui.QColor(STATE_COLOURS.get(state, "#a0a0a0")))
+        if role == Qt.ItemDataRole.FontRole and col == COL_NAME:
+            font = QtGui.QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.ToolTipRole:
+            lines = [snap.name, batch_counts_text(snap)]
+            if snap.pinned:
+                lines.append("Pinned to {}".format(snap.pinned))
+            if snap.message:
+                lines.append(snap.message)
+            for error in snap.errors[:5]:
+                lines.append("• " + error.message)
+            if snap.makespan is not None:
+                lines.append("Took {:.1f} s".format(snap.makespan))
+            return "\n".join(lines)
+        return None
+
+    def _job_data(self, job: JobSnapshot, col: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            if col == COL_NAME:
+                return job.label
+            if col == COL_STATE:
+                return job.state.value
+            if col == COL_PROGRESS:
+                return "{:.0f}%".format(job.fraction * 100)
+            if col == COL_FRAMES:
+                return "" if job.frame is None else str(job.frame)
+            if col == COL_SERVER:
+                return job.server or ""
+            if col == COL_ATTEMPTS:
+                return str(job.attempts) if job.attempts else ""
+            if col == COL_ERROR:
+                return job.error.message if job.error is not None and job.error.kind != "cancelled" else ""
+            return None
+        if role == ProgressRole:
+            return job.fraction
+        if role == StateRole:
+            return job.state.value
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
+            return QtGui.QBrush(QtGui.QColor(STATE_COLOURS.get(job.state.value, "#a0a0a0")))
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if job.error is not None:
+                return error_details(job.error, job)
+            if job.current_node:
+                return "{} on {} (node {})".format(job.label, job.server or "?", job.current_node)
+            if job.failed_servers:
+                return "Failed before on: {}".format(", ".join(job.failed_servers))
+        return None
+
+
+class ProgressDelegate(QtWidgets.QStyledItemDelegate):
+    """Draws the progress column as a progress bar."""
+
+    def paint(self, painter: QtGui.QPainter, option: Any, index: QtCore.QModelIndex) -> None:
+        if index.column() != COL_PROGRESS:
+            super().paint(painter, option, index)
+            return
+        value = index.data(ProgressRole)
+        fraction = float(value) if value is not None else 0.0
+        bar = QtWidgets.QStyleOptionProgressBar()
+        bar.rect = option.rect.adjusted(2, 3, -2, -3)
+        bar.minimum = 0
+        bar.maximum = 1000
+        bar.progress = int(round(max(0.0, min(1.0, fraction)) * 1000))
+        bar.text = "{:.0f}%".format(fraction * 100)
+        bar.textVisible = True
+        bar.state = option.state | QtWidgets.QStyle.StateFlag.State_Horizontal
+        widget = option.widget
+        style = widget.style() if widget is not None else QtWidgets.QApplication.style()
+        style.drawControl(QtWidgets.QStyle.ControlElement.CE_ProgressBar, bar, painter, widget)
+
+
+class JobsView(QtWidgets.QWidget):
+    """Batches and jobs, with Cancel, Retry failed, Show error and Clear finished."""
+
+    cancel_requested = Signal(str)
+    retry_requested = Signal(str)
+    cleared = Signal(list)  # ids of the batches removed from the view
+
+    def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
+        super().__init__(parent)
+        self.model = JobsModel(self)
+        self.tree = QtWidgets.QTreeView(self)
+        self.tree.setModel(self.model)
+        self.tree.setItemDelegate(ProgressDelegate(self.tree))
+        self.tree.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.tree.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        for col, width in ((COL_NAME, 150), (COL_STATE, 72), (COL_PROGRESS, 110), (COL_FRAMES, 190), (COL_SERVER, 210), (COL_ATTEMPTS, 40)):
+            self.tree.setColumnWidth(col, width)
+        self.tree.header().setStretchLastSection(True)
+        self.tree.doubleClicked.connect(self._double_clicked)
+
+        self.cancel_button = QtWidgets.QPushButton("Cancel", self)
+        self.cancel_button.setToolTip("Cancel the selected batch: removes our queued prompts and stops ours if running")
+        self.retry_button = QtWidgets.QPushButton("Retry failed", self)
+        self.retry_button.setToolTip("Send the failed frames of the selected batch again")
+        self.error_button = QtWidgets.QPushButton("Show error…", self)
+        self.error_button.setToolTip("The full error of the selected failed job or batch")
+        self.clear_button = QtWidgets.QPushButton("Clear finished", self)
+        self.summary = QtWidgets.QLabel(self)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setWordWrap(True)
+
+        self.cancel_button.clicked.connect(self._cancel_clicked)
+        self.retry_button.clicked.connect(self._retry_clicked)
+        self.error_button.clicked.connect(self.show_error)
+        self.clear_button.clicked.connect(self.clear_finished)
+
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        for button in (self.cancel_button, self.retry_button, self.error_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.clear_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.summary)
+        layout.addLayout(buttons)
+
+        self.error_box: Optional[QtWidgets.QMessageBox] = None
+        self.tree.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.model.dataChanged.connect(self._update_buttons)
+        self.model.rowsInserted.connect(self._rows_inserted)
+        self._update_buttons()
+
+    # -- feeding -----------------------------------------------------------------------
+    def update_batch(self, snap: BatchSnapshot) -> None:
+        self.model.update_batch(snap)
+
+    def _rows_inserted(self, parent: QtCore.QModelIndex, first: int, last: int) -> None:
+        if parent.isValid():
+            return
+        if self.tree.selectionModel() is not None and not self.tree.selectionModel().hasSelection():
+            self.select_batch(self.model.batches()[last].id)
+        self._update_buttons()
+
+    # -- selection ---------------------------------------------------------------------
+    def current_index(self) -> QtCore.QModelIndex:
+        rows = self.tree.selectionModel().selectedRows()
+        return rows[0] if rows else QtCore.QModelIndex()
+
+    def selected_batch(self) -> Optional[BatchSnapshot]:
+        return self.model.batch_for(self.current_index())
+
+    def selected_job(self) -> Optional[JobSnapshot]:
+        return self.model.job_for(self.current_index())
+
+    def select_batch(self, batch_id: str) -> None:
+        row = self.model.row_of(batch_id)
+        if row >= 0:
+            self.tree.setCurrentIndex(self.model.index(row, 0))
+
+    def select_job(self, batch_id: str, job_index: int) -> None:
+        row = self.model.row_of(batch_id)
+        if row >= 0:
+            parent = self.model.index(row, 0)
+            self.tree.expand(parent)
+            self.tree.setCurrentIndex(self.model.index(job_index, 0, parent))
+
+    def _update_buttons(self, *_: Any) -> None:
+        batch = self.selected_batch()
+        self.cancel_button.setEnabled(batch is not None and not batch.finished)
+        self.retry_button.setEnabled(batch is not None and batch.failed > 0)
+        self.error_button.setEnabled(self.error_text() is not None)
+        self.clear_button.setEnabled(bool(self.model.finished_batch_ids()))
+        self.summary.setText(self._summary_text(batch))
+
+    @staticmethod
+    def _summary_text(batch: Optional[BatchSnapshot]) -> str:
+        if batch is None:
+            return ""
+        text = "{}: {}".format(batch.name, batch_counts_text(batch))
+        if batch.message:
+            text += " — " + batch.message
+        return text
+
+    # -- actions -----------------------------------------------------------------------
+    def _cancel_clicked(self) -> None:
+        batch = self.selected_batch()
+        if batch is not None:
+            self.cancel_requested.emit(batch.id)
+
+    def _retry_clicked(self) -> None:
+        batch = self.selected_batch()
+        if batch is not None:
+            self.retry_requested.emit(batch.id)
+
+    def clear_finished(self) -> None:
+        ids = self.model.finished_batch_ids()
+        for batch_id in ids:
+            self.model.remove_batch(batch_id)
+        self._update_buttons()
+        if ids:
+            self.cleared.emit(ids)
+
+    def error_text(self) -> Optional[str]:
+        """The error story of the selection (a failed job, or every distinct error of a batch)."""
+        job = self.selected_job()
+        if job is not None:
+            if job.error is None or job.error.kind == "cancelled":
+                return None
+            return error_details(job.error, job)
+        batch = self.selected_batch()
+        if batch is None or not batch.errors:
+            return None
+        failed = [j for j in batch.jobs if j.state is JobState.FAILED]
+        head = "{}: {} of {} failed".format(batch.name, len(failed), len(batch.jobs))
+        return head + "\n\n" + "\n\n".join(error_details(e) for e in batch.errors)
+
+    def error_traceback(self) -> Optional[str]:
+        job = self.selected_job()
+        errors = [job.error] if job is not None and job.error is not None else list(getattr(self.selected_batch(), "errors", ()) or ())
+        tracebacks = [e.traceback for e in errors if e.traceback]
+        return "\n\n".join(tracebacks) if tracebacks else None
+
+    def show_error(self) -> Optional[QtWidgets.QMessageBox]:
+        """Open (non-modal) a box with the selected error and its traceback under "details"."""
+        text = self.error_text()
+        if text is None:
+            return None
+        if self.error_box is not None:
+            self.error_box.close()
+        box = QtWidgets.QMessageBox(self)
+        box.setIcon(QtWidgets.QMessageBox.Icon.Warning)
+        box.setWindowTitle("Job error")
+        box.setText(text)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        tb = self.error_traceback()
+        if tb:
+            box.setDetailedText(tb)
+        box.setModal(False)
+        box.show()
+        self.error_box = box
+        return box
+
+    def _double_clicked(self, index: QtCore.QModelIndex) -> None:
+        if self.error_text() is not None:
+            self.show_error()

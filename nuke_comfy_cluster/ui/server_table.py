@@ -1,0 +1,441 @@
+"""The live server table: a model over :class:`PoolSnapshot` objects and its delegate.
+
+The model only ever holds immutable snapshots, replaced on the GUI thread. User
+edits (enabled checkbox, priority) are not applied to the snapshot: the model
+emits ``enabled_toggled`` / ``priority_edited`` and the panel hands them to the
+pool, whose next snapshot shows the result.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..core.state import PoolSnapshot, ServerSnapshot, ServerStatus
+from .qt import QtCore, QtGui, QtWidgets, Signal, enum_value
+
+Qt = QtCore.Qt
+
+#: the value sorting compares, per column (numbers sort as numbers)
+SortRole = int(Qt.ItemDataRole.UserRole) + 1
+#: the status colour as a QColor (what the dot and the word are drawn in)
+StatusColourRole = int(Qt.ItemDataRole.UserRole) + 2
+#: the server name of the row, whatever the column
+NameRole = int(Qt.ItemDataRole.UserRole) + 3
+
+COL_STATUS, COL_NAME, COL_ADDRESS, COL_QUEUE, COL_PRIORITY, COL_ENABLED, COL_LATENCY, COL_GPU, COL_VRAM, COL_SEEN = range(
+    10
+)
+HEADERS = ("Status", "Name", "Host:port", "Queue", "Priority", "Enabled", "Latency", "GPU", "VRAM free", "Last seen")
+HEADER_TIPS = (
+    "Reachability and load; hover an offline server for the reason",
+    "The server's name; the one the balancer would pick next is bold with an arrow",
+    "Address and port",
+    "Prompts running / waiting in the server's queue (all clients)",
+    "Lower number = preferred when loads are equal (double-click to edit)",
+    "Untick to stop sending work to this server (takes effect at once)",
+    "Round trip of the last status request",
+    "The server's first device",
+    "Free / total video memory",
+    "Time since the server last answered",
+)
+
+#: colours by status; COOLING is for a reachable server skipped after failures
+STATUS_COLOURS: Dict[str, str] = {
+    ServerStatus.ONLINE.value: "#3aa655",
+    ServerStatus.BUSY.value: "#e0a100",
+    ServerStatus.OFFLINE.value: "#d64541",
+    ServerStatus.ERROR.value: "#c2185b",
+    ServerStatus.DISABLED.value: "#8c8c8c",
+    ServerStatus.UNKNOWN.value: "#a0a0a0",
+    "cooling": "#e67e22",
+}
+
+
+def status_word(server: ServerSnapshot, now: float) -> str:
+    """The word shown in the status column."""
+    if server.enabled and server.cooling_down(now):
+        return "cooling down"
+    return server.status.value
+
+
+def status_colour_name(server: ServerSnapshot, now: float) -> str:
+    if server.enabled and server.cooling_down(now):
+        return STATUS_COLOURS["cooling"]
+    return STATUS_COLOURS.get(server.status.value, STATUS_COLOURS[ServerStatus.UNKNOWN.value])
+
+
+def status_tooltip(server: ServerSnapshot, now: float) -> str:
+    """Why the server is skipped (offline, error, cooling down, disabled), else how it is reached."""
+    lines = []
+    reason = server.unavailable_reason(now)
+    if reason is not None and server.status is not ServerStatus.UNKNOWN:
+        lines.append("Not used: {}".format(reason))
+    elif server.status is ServerStatus.UNKNOWN and server.enabled:
+        lines.append("Not checked yet")
+    else:
+        lines.append("Available")
+    if server.last_error and server.last_error not in (reason or ""):
+        lines.append("Last error: {}".format(server.last_error))
+    lines.append("Status by {}".format("websocket push (live)" if server.live else "polling"))
+    counters = server.counters
+    if counters.dispatches or counters.failures:
+        lines.append(
+            "Sent {} · completed {} · failed {}".format(counters.dispatches, counters.completed, counters.failures)
+        )
+    return "\n".join(lines)
+
+
+def format_age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    if seconds < 2:
+        return "just now"
+    if seconds < 90:
+        return "{:.0f} s ago".format(seconds)
+    if seconds < 90 * 60:
+        return "{:.0f} min ago".format(seconds / 60)
+    return "{:.1f} h ago".format(seconds / 3600)
+
+
+def format_bytes(n: int) -> str:
+    gib = n / float(1024**3)
+    return "{:.1f} GB".format(gib) if gib >= 1 else "{:.0f} MB".format(n / float(1024**2))
+
+
+def short_gpu_name(name: str) -> str:
+    """``cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync`` -> ``NVIDIA GeForce RTX 4090``."""
+    text = name.split(" : ")[0].strip()
+    head, _, rest = text.partition(" ")
+    if rest and ":" in head and head.split(":")[-1].isdigit():
+        text = rest
+    return text
+
+
+_icon_cache: Dict[Tuple[str, str], QtGui.QIcon] = {}
+
+
+def dot_icon(colour: str, shape: str = "dot") -> QtGui.QIcon:
+    """A small coloured dot (or a "next" arrow) painted once and cached."""
+    key = (colour, shape)
+    icon = _icon_cache.get(key)
+    if icon is None:
+        pixmap = QtGui.QPixmap(12, 12)
+        pixmap.fill(QtGui.QColor(0, 0, 0, 0))
+        painter = QtGui.QPainter(pixmap)
+        painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+        painter.setPen(QtCore.Qt.PenStyle.NoPen)
+        painter.setBrush(QtGui.QColor(colour))
+        if shape == "arrow":
+            painter.drawPolygon(
+                QtGui.QPolygonF([QtCore.QPointF(2, 1), QtCore.QPointF(11, 6), QtCore.QPointF(2, 11)])
+            )
+        else:
+            painter.drawEllipse(QtCore.QRectF(1, 1, 10, 10))
+        painter.end()
+        icon = QtGui.QIcon(pixmap)
+        _icon_cache[key] = icon
+    return icon
+
+
+def _checked(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return enum_value(value) == enum_value(Qt.CheckState.Checked)
+    except (TypeError, ValueError):
+        return bool(value)
+
+
+class ServerTableModel(QtCore.QAbstractTableModel):
+    """One row per server of the latest :class:`PoolSnapshot`."""
+
+    enabled_toggled = Signal(str, bool)
+    priority_edited = Signal(str, int)
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._snapshot: Optional[PoolSnapshot] = None
+        self._rows: List[ServerSnapshot] = []
+        self._now = time.time()
+
+    # -- feeding -----------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Optional[PoolSnapshot]:
+        return self._snapshot
+
+    def set_snapshot(self, snapshot: PoolSnapshot, now: Optional[float] = None) -> None:
+        """Show ``snapshot``; rows are updated in place when the servers are the same ones
+        (selection, sorting and an open editor survive), reset otherwise."""
+        self._now = now if now is not None else time.time()
+        rows = list(snapshot.servers)
+        same = [s.name for s in rows] == [s.name for s in self._rows]
+        if same:
+            self._snapshot, self._rows = snapshot, rows
+            if rows:
+                self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(HEADERS) - 1))
+        else:
+            self.beginResetModel()
+            self._snapshot, self._rows = snapshot, rows
+            self.endResetModel()
+
+    def tick(self, now: Optional[float] = None) -> None:
+        """Time moved on: refresh the columns that depend on it (last seen, cooldown)."""
+        self._now = now if now is not None else time.time()
+        if self._rows:
+            self.dataChanged.emit(self.index(0, COL_STATUS), self.index(len(self._rows) - 1, COL_STATUS))
+            self.dataChanged.emit(self.index(0, COL_SEEN), self.index(len(self._rows) - 1, COL_SEEN))
+
+    def server_at(self, row: int) -> Optional[ServerSnapshot]:
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def row_of(self, name: str) -> int:
+        for i, server in enumerate(self._rows):
+            if server.name == name:
+                return i
+        return -1
+
+    # -- Qt model API ------------------------------------------------------------------
+    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(HEADERS)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(HEADERS):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return HEADERS[section]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS[section]
+        return None
+
+    def flags(self, index: QtCore.QModelIndex) -> Any:
+        base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        if index.column() == COL_ENABLED:
+            return base | Qt.ItemFlag.ItemIsUserCheckable
+        if index.column() == COL_PRIORITY:
+            return base | Qt.ItemFlag.ItemIsEditable
+        return base
+
+    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        server = self._rows[index.row()]
+        col = index.column()
+        now = self._now
+        is_next = self._snapshot is not None and self._snapshot.next_server == server.name
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(server, col, now)
+        if role == Qt.ItemDataRole.EditRole:
+            if col == COL_PRIORITY:
+                return server.priority
+            return self._display(server, col, now)
+        if role == SortRole:
+            return self._sort_key(server, col, now)
+        if role == NameRole:
+            return server.name
+        if role == StatusColourRole:
+            return QtGui.QColor(status_colour_name(server, now))
+        if role == Qt.ItemDataRole.DecorationRole:
+            if col == COL_STATUS:
+                return dot_icon(status_colour_name(server, now))
+            if col == COL_NAME and is_next:
+                return dot_icon(STATUS_COLOURS[ServerStatus.ONLINE.value], "arrow")
+            return None
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if col == COL_STATUS:
+                return QtGui.QBrush(QtGui.QColor(status_colour_name(server, now)))
+            if not server.enabled:
+                return QtGui.QBrush(QtGui.QColor(STATUS_COLOURS[ServerStatus.DISABLED.value]))
+            return None
+        if role == Qt.ItemDataRole.FontRole:
+            if col == COL_NAME and is_next:
+                font = QtGui.QFont()
+                font.setBold(True)
+                return font
+            return None
+        if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
+            return Qt.CheckState.Checked if server.enabled else Qt.CheckState.Unchecked
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(server, col, now, is_next)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            if col in (COL_QUEUE, COL_PRIORITY, COL_LATENCY, COL_VRAM):
+                return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+            return Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        return None
+
+    def _display(self, server: ServerSnapshot, col: int, now: float) -> Any:
+        if col == COL_STATUS:
+            return status_word(server, now)
+        if col == COL_NAME:
+            return server.name
+        if col == COL_ADDRESS:
+            host = "[{}]".format(server.host) if ":" in server.host else server.host
+            return "{}:{}".format(host, server.port)
+        if col == COL_QUEUE:
+            if server.status is ServerStatus.UNKNOWN or not server.status.reachable:
+                return "–"
+            text = "{} / {}".format(server.queue_running, server.queue_pending)
+            return text + " (+{})".format(server.in_flight) if server.in_flight else text
+        if col == COL_PRIORITY:
+            return str(server.priority)
+        if col == COL_ENABLED:
+            return ""
+        if col == COL_LATENCY:
+            return "–" if server.latency_ms is None else "{:.0f} ms".format(server.latency_ms)
+        if col == COL_GPU:
+            return short_gpu_name(server.device.name) or "–"
+        if col == COL_VRAM:
+            if not server.device.vram_total:
+                return "–"
+            return "{} / {}".format(format_bytes(server.device.vram_free), format_bytes(server.device.vram_total))
+        if col == COL_SEEN:
+            seen = server.last_status_check
+            return format_age(None if seen is None else now - seen)
+        return None
+
+    def _sort_key(self, server: ServerSnapshot, col: int, now: float) -> Any:
+        if col == COL_STATUS:
+            order = ("online", "busy", "cooling down", "unknown", "error", "offline", "disabled")
+            word = status_word(server, now)
+            return order.index(word) if word in order else len(order)
+        if col == COL_QUEUE:
+            return server.load if server.status.reachable else 1 << 30
+        if col == COL_PRIORITY:
+            return server.priority
+        if col == COL_ENABLED:
+            return 1 if server.enabled else 0
+        if col == COL_LATENCY:
+            return server.latency_ms if server.latency_ms is not None else float("inf")
+        if col == COL_VRAM:
+            return server.device.vram_free
+        if col == COL_SEEN:
+            return -(server.last_status_check or 0.0)  # most recent first
+        if col == COL_ADDRESS:
+            return "{}:{:05d}".format(server.host.lower(), server.port)
+        return str(self._display(server, col, now)).lower()
+
+    def _tooltip(self, server: ServerSnapshot, col: int, now: float, is_next: bool) -> Optional[str]:
+        if col == COL_STATUS:
+            return status_tooltip(server, now)
+        if col == COL_NAME:
+            text = server.url
+            if is_next:
+                text += "\nThe balancer would send the next prompt here"
+            if server.dir_local or server.dir_remote:
+                text += "\nPaths: {} -> {}".format(server.dir_local or "?", server.dir_remote or "?")
+            return text
+        if col == COL_QUEUE:
+            return "{} running, {} waiting{}".format(
+                server.queue_running,
+                server.queue_pending,
+                "; {} sent by us not yet in its queue".format(server.in_flight) if server.in_flight else "",
+            )
+        if col == COL_GPU:
+            device = server.device
+            if not device.name:
+                return None
+            extra = " · ComfyUI {}".format(device.comfyui_version) if device.comfyui_version else ""
+            return device.name + extra
+        if col == COL_SEEN and server.last_status_check:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(server.last_status_check))
+        if col == COL_LATENCY and server.counters.mean_latency_ms is not None:
+            return "Mean frame time here: {:.1f} s".format(server.counters.mean_latency_ms / 1000.0)
+        return None
+
+    def setData(self, index: QtCore.QModelIndex, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return False
+        server = self._rows[index.row()]
+        if index.column() == COL_ENABLED and role == Qt.ItemDataRole.CheckStateRole:
+            self.enabled_toggled.emit(server.name, _checked(value))
+            return True
+        if index.column() == COL_PRIORITY and role == Qt.ItemDataRole.EditRole:
+            try:
+                priority = int(value)
+            except (TypeError, ValueError):
+                return False
+            if priority != server.priority:
+                self.priority_edited.emit(server.name, priority)
+            return True
+        return False
+
+
+class ServerTableDelegate(QtWidgets.QStyledItemDelegate):
+    """A spin box for the priority column; the rest is drawn by the style."""
+
+    def createEditor(self, parent: QtWidgets.QWidget, option: Any, index: QtCore.QModelIndex) -> Any:  # noqa: N802
+        if index.column() == COL_PRIORITY:
+            editor = QtWidgets.QSpinBox(parent)
+            editor.setRange(-9999, 9999)
+            editor.setToolTip("Lower number = preferred")
+            editor.setFrame(False)
+            return editor
+        return super().createEditor(parent, option, index)
+
+    def setEditorData(self, editor: QtWidgets.QWidget, index: QtCore.QModelIndex) -> None:  # noqa: N802
+        if isinstance(editor, QtWidgets.QSpinBox):
+            # only once: a live update arriving while the user types must not overwrite the value
+            if not editor.property("ncc_initialised"):
+                value = index.data(Qt.ItemDataRole.EditRole)
+                editor.setValue(int(value) if value is not None else 0)
+                editor.setProperty("ncc_initialised", True)
+            return
+        super().setEditorData(editor, index)
+
+    def setModelData(self, editor: QtWidgets.QWidget, model: Any, index: QtCore.QModelIndex) -> None:  # noqa: N802
+        if isinstance(editor, QtWidgets.QSpinBox):
+            editor.interpretText()
+            model.setData(index, editor.value(), Qt.ItemDataRole.EditRole)
+            return
+        super().setModelData(editor, model, index)
+
+
+class ServerTableView(QtWidgets.QTableView):
+    """The table widget: sortable through a proxy, priority edited in place."""
+
+    def __init__(self, model: ServerTableModel, parent: Optional[QtWidgets.QWidget] = None) -> None:
+        super().__init__(parent)
+        self.proxy = QtCore.QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(model)
+        self.proxy.setSortRole(SortRole)
+        self.proxy.setDynamicSortFilter(True)
+        self.setModel(self.proxy)
+        self.setItemDelegate(ServerTableDelegate(self))
+        self.setSortingEnabled(True)
+        self.sortByColumn(COL_NAME, Qt.SortOrder.AscendingOrder)
+        self.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(
+            QtWidgets.QAbstractItemView.EditTrigger.DoubleClicked
+            | QtWidgets.QAbstractItemView.EditTrigger.EditKeyPressed
+            | QtWidgets.QAbstractItemView.EditTrigger.SelectedClicked
+        )
+        self.setAlternatingRowColors(True)
+        self.setWordWrap(False)
+        self.verticalHeader().setVisible(False)
+        header = self.horizontalHeader()
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Interactive)
+        for col, width in ((COL_STATUS, 104), (COL_NAME, 120), (COL_ADDRESS, 130), (COL_QUEUE, 64), (COL_PRIORITY, 58), (COL_ENABLED, 62), (COL_LATENCY, 64), (COL_GPU, 150), (COL_VRAM, 120)):
+            self.setColumnWidth(col, width)
+
+    def source_row(self, proxy_row: int) -> int:
+        return self.proxy.mapToSource(self.proxy.index(proxy_row, 0)).row()
+
+    def selected_server(self) -> Optional[str]:
+        rows = self.selectionModel().selectedRows()
+        if not rows:
+            return None
+        return rows[0].data(NameRole)
+
+
+def names_in_view_order(view: ServerTableView) -> Sequence[str]:
+    """Server names as the (sorted) view shows them."""
+    proxy = view.proxy
+    return [proxy.index(r, COL_NAME).data(NameRole) for r in range(proxy.rowCount())]

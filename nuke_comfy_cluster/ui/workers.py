@@ -1,0 +1,283 @@
+"""Threads for the UI: blocking work on QThreads, core callbacks turned into queued signals.
+
+The GUI thread never does network I/O. Three kinds of helpers:
+
+- :class:`TaskRunner` runs a blocking callable (refresh, test connection, submit,
+  reload the pool) on its own :class:`QtCore.QThread` and hands the result, or the
+  error as a sentence plus traceback, back by a signal on the GUI thread.
+- :class:`SnapshotBridge` is what a pool listener calls from a pool thread: it
+  keeps only the newest :class:`PoolSnapshot` and delivers it on the GUI thread,
+  so a burst of status pushes costs the GUI one update, not one per push.
+- :class:`BatchBridge` does the same per batch for :class:`BatchSnapshot`.
+
+Shutdown: every QThread started here is remembered in a module-level set until it
+has finished, so no QThread object is ever destroyed while running (the
+"QThread: Destroyed while thread is still running" abort). :func:`wait_for_tasks`
+waits for them; the work itself is bounded by network timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from ..core.errors import user_message
+from .qt import QtCore, Signal
+
+log = logging.getLogger(__name__)
+
+#: QThreads that may still run; a strong reference keeps each alive until it finished
+_live_threads: Set["_TaskThread"] = set()
+_live_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """A task failed: a sentence for the user and the traceback for "details"."""
+
+    message: str
+    traceback: str
+    exception: Optional[BaseException] = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _TaskThread(QtCore.QThread):
+    """Runs one callable; ``completed(result, error)`` is emitted from the thread."""
+
+    completed = Signal(object, object)
+
+    def __init__(self, name: str, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self.setObjectName("ncc-{}".format(name))
+        self.task_name = name
+        self._fn = fn
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        result: Any = None
+        error: Optional[TaskError] = None
+        try:
+            result = self._fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the GUI, never lost
+            error = TaskError(user_message(e), traceback.format_exc(), e)
+        self._fn = None  # drop references the closure holds (pool, dialog data) early
+        self.completed.emit(result, error)
+
+
+class _Receiver(QtCore.QObject):
+    """Lives on the GUI thread as a child of the runner (itself a child of a widget):
+    when the widget is destroyed the connection goes with it, so a late result never
+    reaches a deleted widget; after :meth:`TaskRunner.shutdown` results are dropped."""
+
+    def __init__(
+        self,
+        runner: "TaskRunner",
+        on_done: Optional[Callable[[Any], None]],
+        on_error: Optional[Callable[[TaskError], None]],
+    ) -> None:
+        super().__init__(runner)
+        self._runner = runner
+        self._on_done = on_done
+        self._on_error = on_error
+
+    def deliver(self, result: Any, error: Optional[TaskError]) -> None:
+        try:
+            if self._runner.closed:
+                return
+            if error is None:
+                if self._on_done is not None:
+                    self._on_done(result)
+            elif self._on_error is not None:
+                self._on_error(error)
+            else:
+                log.warning("background task failed: %s\n%s", error.message, error.traceback)
+        finally:
+            self._on_done = self._on_error = None
+            self._runner = None  # type: ignore[assignment]
+            self.deleteLater()
+
+
+def _forget(thread: "_TaskThread") -> None:
+    with _live_lock:
+        _live_threads.discard(thread)
+    thread.deleteLater()
+
+
+class TaskRunner(QtCore.QObject):
+    """Starts named tasks on QThreads and reports them on the GUI thread.
+
+    ``task_started(name)`` / ``task_finished(name)`` let widgets show a busy state.
+    At most one task per name runs at a time when ``exclusive`` is asked for.
+    """
+
+    task_started = Signal(str)
+    task_finished = Signal(str)
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._threads: Dict[int, _TaskThread] = {}
+        self._closed = False
+
+    def run(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        on_done: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[TaskError], None]] = None,
+        *,
+        exclusive: bool = False,
+    ) -> bool:
+        """Run ``fn()`` on a new QThread. Returns False (and runs nothing) when closed,
+        or when ``exclusive`` and a task of that name is still running."""
+        if self._closed or (exclusive and self.is_running(name)):
+            return False
+        thread = _TaskThread(name, fn)
+        receiver = _Receiver(self, on_done, on_error)
+        thread.completed.connect(receiver.deliver, QtCore.Qt.ConnectionType.QueuedConnection)
+        thread.finished.connect(self._thread_finished, QtCore.Qt.ConnectionType.QueuedConnection)
+        with _live_lock:
+            _live_threads.add(thread)
+        self._threads[id(thread)] = thread
+        thread.start()
+        self.task_started.emit(name)
+        return True
+
+    def _thread_finished(self) -> None:
+        done = [key for key, t in self._threads.items() if t.isFinished()]
+        for key in done:
+            thread = self._threads.pop(key)
+            self.task_finished.emit(thread.task_name)
+            _forget(thread)
+
+    def is_running(self, name: Optional[str] = None) -> bool:
+        return any(
+            not t.isFinished() and (name is None or t.task_name == name) for t in list(self._threads.values())
+        )
+
+    def running_names(self) -> List[str]:
+        return [t.task_name for t in self._threads.values() if not t.isFinished()]
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Refuse new tasks and wait for the running ones. True when all have finished."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        ok = True
+        for thread in list(self._threads.values()):
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not thread.wait(left_ms):
+                ok = False
+                log.warning("task %s still running after %.0f s; it finishes in the background", thread.task_name, timeout)
+        self._thread_finished()
+        return ok
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def wait_for_tasks(timeout: float = 10.0) -> bool:
+    """Wait for every task thread of the process (call before the application object goes)."""
+    deadline = time.monotonic() + timeout
+    with _live_lock:
+        threads = list(_live_threads)
+    ok = True
+    for thread in threads:
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        ok = thread.wait(left_ms) and ok
+    return ok
+
+
+def running_task_count() -> int:
+    with _live_lock:
+        return sum(1 for t in _live_threads if not t.isFinished())
+
+
+class SnapshotBridge(QtCore.QObject):
+    """Pool listener -> ``snapshot_changed(PoolSnapshot)`` on the GUI thread, newest only.
+
+    :meth:`push` may be called from any thread (it is the pool listener). Delivery
+    always goes through the event loop, even from the GUI thread, so a pool call
+    made by a slot (e.g. ``set_enabled``) never re-enters the widgets.
+    """
+
+    snapshot_changed = Signal(object)
+    _poked = Signal()
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._lock = threading.Lock()
+        self._latest: Any = None
+        self._pending = False
+        self._dead = False
+        self._poked.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
+
+    def push(self, snapshot: Any) -> None:
+        with self._lock:
+            if self._dead:
+                return
+            self._latest = snapshot
+            if self._pending:
+                return
+            self._pending = True
+        try:
+            self._poked.emit()
+        except RuntimeError:  # the C++ object is gone (widget deleted): stop quietly
+            self._dead = True
+
+    def _deliver(self) -> None:
+        with self._lock:
+            snapshot, self._latest, self._pending = self._latest, None, False
+        if snapshot is not None and not self._dead:
+            self.snapshot_changed.emit(snapshot)
+
+    def close(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._latest = None
+
+
+class BatchBridge(QtCore.QObject):
+    """Batch listeners -> ``batch_changed(BatchSnapshot)`` on the GUI thread, newest per batch."""
+
+    batch_changed = Signal(object)
+    _poked = Signal()
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._lock = threading.Lock()
+        self._latest: Dict[str, Any] = {}
+        self._pending = False
+        self._dead = False
+        self._poked.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
+
+    def push(self, snapshot: Any) -> None:
+        with self._lock:
+            if self._dead:
+                return
+            self._latest[snapshot.id] = snapshot
+            if self._pending:
+                return
+            self._pending = True
+        try:
+            self._poked.emit()
+        except RuntimeError:
+            self._dead = True
+
+    def _deliver(self) -> None:
+        with self._lock:
+            latest, self._latest, self._pending = self._latest, {}, False
+        if self._dead:
+            return
+        for snapshot in latest.values():
+            self.batch_changed.emit(snapshot)
+
+    def close(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._latest = {}
