@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -687,3 +688,52 @@ def test_round_trip_through_json(servers):
     assert [i for i in issues if i.level == "error"] == []
     assert [server_to_dict(s) for s in parsed] == [server_to_dict(s) for s in servers]
     assert parsed == servers
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+@pytest.mark.timeout(10)
+def test_fifo_is_refused_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(str(fifo))
+    load = load_config({"NUKE_COMFYUI_SERVERS": str(fifo)})
+    assert load.source == "default" and "not a regular file" in load.errors[0]
+
+
+_env_values = st.text(max_size=40) | st.sampled_from(
+    ["[", "{", "[]", "~", "~nobody/x", "$HOME", "%X%", "${", '"', "''", "\x00", "8188", "::1", "[::1]", "0"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "NUKE_COMFYUI_SERVERS",
+                "NUKE_COMFYUI_IP",
+                "NUKE_COMFYUI_PORT",
+                "NUKE_COMFYUI_DIR_LOCAL",
+                "NUKE_COMFYUI_DIR_REMOTE",
+                "HOME",
+            ]
+        ),
+        _env_values,
+    )
+)
+def test_any_environment_gives_a_config(environ):
+    load = load_config(environ)
+    assert load.servers and load.source in ("file", "inline", "single", "default")
+    assert load.notice and "\n" not in load.notice
+    if load.source in ("single", "default"):
+        assert len(load.servers) == 1
+
+
+@pytest.mark.parametrize("key", ["X-Key\n", "X-Key\r\nEvil: 1", ""])
+def test_header_names_cannot_smuggle_line_breaks(key):
+    servers, _, errors, _ = one(entry(name="a", ip="h", headers={key: "v"}))
+    assert servers == [] and "not a valid HTTP header name" in errors[0]
+
+
+def test_host_and_port_text_cannot_end_in_a_line_break():
+    assert one(entry(name="a", ip="h", port="8188\n"))[0][0].port == 8188  # stripped, with a warning
+    assert one(entry(name="a", ip="gpu\n.lan"))[0] == []

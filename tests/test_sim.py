@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +31,9 @@ from nuke_comfy_cluster.sim.testkit import (
     wait_idle,
 )
 
-PROTO = Path(os.environ.get("COMFYUI_PROTOCOL_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "comfyui-protocol")
+PROTO = Path(
+    os.environ.get("COMFYUI_PROTOCOL_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "comfyui-protocol"
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -109,7 +111,8 @@ def observer(sim):
 
 
 def client_id_of(recorder: WsRecorder) -> str:
-    return recorder.conn.url.split("clientId=")[1]
+    assert recorder.client_id is not None
+    return recorder.client_id
 
 
 # ---- process helper -------------------------------------------------------------------------
@@ -149,19 +152,23 @@ def test_simulator_exits_when_its_parent_dies(tmp_path):
         "import sys, time\n"
         "from nuke_comfy_cluster.sim.process import SimProcess\n"
         "sim = SimProcess(seconds=0.1).start()\n"
-        "print(sim.pid, flush=True)\n"
+        "print(sim.pid, sim._tmp, flush=True)\n"
         "time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        sim_pid = int(parent.stdout.readline())
+        pid_text, workdir = parent.stdout.readline().split()
     finally:
         parent.kill()
         parent.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _running(sim_pid):
-        time.sleep(0.05)
-    assert not _running(sim_pid), "simulator outlived its parent"
+    sim_pid = int(pid_text)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _running(sim_pid):
+            time.sleep(0.05)
+        assert not _running(sim_pid), "simulator outlived its parent"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
@@ -269,7 +276,9 @@ def test_success_run_messages_history_and_png(sim, ws_a, observer):
     assert entry["status"]["status_str"] == "success" and entry["outputs"]["2"]["images"] == [image]
     assert [m[0] for m in entry["status"]["messages"]] == ["execution_start", "execution_cached", "execution_success"]
 
-    view = requests.get(sim.url + "/view", params={"filename": image["filename"], "subfolder": "", "type": "output"}, timeout=T)
+    view = requests.get(
+        sim.url + "/view", params={"filename": image["filename"], "subfolder": "", "type": "output"}, timeout=T
+    )
     assert view.status_code == 200 and view.headers["Content-Type"] == "image/png"
     assert view.content.startswith(PNG_SIGNATURE)
     assert png_size(view.content) == (512, 512) and png_first_pixel(view.content) == (0x12, 0x34, 0x56)
@@ -306,9 +315,6 @@ def test_subfolder_prefix_and_counter(sim, ws_a):
 def test_interrupt_running_prompt(sim, ws_a, observer):
     prompt_id = post_prompt(sim, workflow("slow"), client_id_of(ws_a), extra_data={"sim_seconds": 4})["prompt_id"]
     ws_a.wait_for(lambda m: m["type"] == "executing" and m["data"]["node"] == "11")
-    # Reconnecting with the same clientId mid-run: status with sid, then the current node without prompt_id.
-    with WsRecorder(sim.ws_url, "late-" + uuid.uuid4().hex[:4]) as late:
-        late.wait_for(lambda m: m["type"] == "status")
     assert requests.post(sim.url + "/interrupt", timeout=T).status_code == 200
     messages = run_messages(ws_a, prompt_id)
     expected = capture_messages("ws_A_interrupted.jsonl", PROTO)
@@ -347,7 +353,9 @@ def test_runtime_error(sim, ws_a):
     messages = run_messages(ws_a, answer["prompt_id"])
     assert types_of(messages) == ws_types("ws_A_runtime_error.jsonl")
     error = next(m for m in messages if m["type"] == "execution_error")["data"]
-    want = next(m for m in capture_messages("ws_A_runtime_error.jsonl", PROTO) if m["type"] == "execution_error")["data"]
+    want = next(m for m in capture_messages("ws_A_runtime_error.jsonl", PROTO) if m["type"] == "execution_error")[
+        "data"
+    ]
     assert set(error) == set(want)
     for key in ("node_id", "node_type", "executed", "exception_message", "exception_type"):
         assert error[key] == want[key], key
@@ -446,7 +454,11 @@ def test_queue_front_delete_clear_and_interrupt(sim, ws_a, observer):
     busy = capture("get_queue_busy_1running_2pending.json")["body_json"]
     assert shape_of(queue) == shape_of(busy)
     assert [item[1] for item in queue["queue_running"]] == [running["prompt_id"]]
-    assert {item[1] for item in queue["queue_pending"]} == {normal["prompt_id"], doomed["prompt_id"], front["prompt_id"]}
+    assert {item[1] for item in queue["queue_pending"]} == {
+        normal["prompt_id"],
+        doomed["prompt_id"],
+        front["prompt_id"],
+    }
     assert requests.get(sim.url + "/prompt", timeout=T).json() == {"exec_info": {"queue_remaining": 4}}
 
     observer.clear()
@@ -470,9 +482,12 @@ def test_queue_front_delete_clear_and_interrupt(sim, ws_a, observer):
             starts.append(message["data"]["prompt_id"])
     assert starts == [running["prompt_id"], front["prompt_id"], normal["prompt_id"]]
     assert requests.get(f"{sim.url}/history/{doomed['prompt_id']}", timeout=T).json() == {}
-    assert requests.get(f"{sim.url}/history/{running['prompt_id']}", timeout=T).json()[running["prompt_id"]]["status"][
-        "status_str"
-    ] == "error"
+    assert (
+        requests.get(f"{sim.url}/history/{running['prompt_id']}", timeout=T).json()[running["prompt_id"]]["status"][
+            "status_str"
+        ]
+        == "error"
+    )
 
     # clear empties pending and keeps the running prompt.
     blocker = post_prompt(sim, workflow("slow"), cid, extra_data={"sim_seconds": 5})
@@ -540,7 +555,10 @@ def test_validation_errors_match_captures(sim, ws_a):
 
     more = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 99999, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bogus", "width": 8, "height": 8, "crop": "disabled"}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "bogus", "width": 8, "height": 8, "crop": "disabled"},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
     }
     body = requests.post(sim.url + "/prompt", json={"prompt": more}, timeout=T).json()
@@ -564,8 +582,13 @@ def test_upload_rename_then_loadimage_runs(sim, ws_a):
         fields = {"type": "input", "subfolder": ""}
         if overwrite is not None:
             fields["overwrite"] = overwrite
-        response = requests.post(sim.url + "/upload/image", files={"image": (name, data, "image/png")}, data=fields, timeout=T)
-        assert response.status_code == 200 and response.headers["Content-Type"] == expected["first_upload_overwrite_true"]["content_type"]
+        response = requests.post(
+            sim.url + "/upload/image", files={"image": (name, data, "image/png")}, data=fields, timeout=T
+        )
+        assert (
+            response.status_code == 200
+            and response.headers["Content-Type"] == expected["first_upload_overwrite_true"]["content_type"]
+        )
         return response.json()
 
     stem = name[:-4]
@@ -575,7 +598,9 @@ def test_upload_rename_then_loadimage_runs(sim, ws_a):
     assert upload(rig + b"different") == {"name": f"{stem} (1).png", "subfolder": "", "type": "input"}
     assert upload(rig + b"other") == {"name": f"{stem} (2).png", "subfolder": "", "type": "input"}
     assert (Path(sim.input_dir) / name).read_bytes() == rig
-    listed = requests.get(sim.url + "/object_info/LoadImage", timeout=T).json()["LoadImage"]["input"]["required"]["image"][0]
+    listed = requests.get(sim.url + "/object_info/LoadImage", timeout=T).json()["LoadImage"]["input"]["required"][
+        "image"
+    ][0]
     assert {name, f"{stem} (1).png"} <= set(listed)
 
     prompt = workflow("loadimage")
@@ -584,7 +609,9 @@ def test_upload_rename_then_loadimage_runs(sim, ws_a):
     messages = run_messages(ws_a, prompt_id)
     assert types_of(messages) == ws_types("ws_A_loadimage.jsonl")
     saved = next(m for m in messages if m["type"] == "executed")["data"]["output"]["images"][0]
-    data = requests.get(sim.url + "/api/view", params={"filename": saved["filename"], "type": "output"}, timeout=T).content
+    data = requests.get(
+        sim.url + "/api/view", params={"filename": saved["filename"], "type": "output"}, timeout=T
+    ).content
     red, green, blue = png_first_pixel(rig)
     assert png_size(data) == png_size(rig) and png_first_pixel(data) == (255 - red, 255 - green, 255 - blue)
 
@@ -691,7 +718,10 @@ def test_sigstop_times_out_and_sigcont_resumes(sim):
     finally:
         sim.sigcont()
     assert requests.get(sim.url + "/prompt", timeout=T).status_code == 200
-    wait_idle(sim.url)
-    history = requests.get(sim.url + "/history", timeout=T).json()
-    ghosts = [e for e in history.values() if e["prompt"][2]["1"]["inputs"]["color"] == colour]
+    deadline = time.monotonic() + 10
+    ghosts: List[Dict[str, Any]] = []
+    while not ghosts and time.monotonic() < deadline:
+        history = requests.get(sim.url + "/history", timeout=T).json()
+        ghosts = [e for e in history.values() if e["prompt"][2]["1"]["inputs"].get("color") == colour]
+        time.sleep(0.05)
     assert len(ghosts) == 1 and ghosts[0]["status"]["status_str"] == "success"

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -217,9 +218,9 @@ def _bad_char(text: str) -> Optional[str]:
 
 # --------------------------------------------------------------------------- field checks
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_INT_TEXT = re.compile(r"^[+-]?[0-9]{1,12}$")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,12}")
 _HOST_EXPECTED = "expected an IPv4/IPv6 address or host name"
 
 
@@ -256,11 +257,11 @@ def _check_host(value: str) -> Tuple[Optional[str], Optional[str], Optional[str]
             return None, f'{_HOST_EXPECTED}, got {shown} (put the port in "port")', None
     if ":" in host:
         return None, f"expected a valid IPv6 address, got {shown}", None
-    if re.match(r"^[0-9.]+$", host):
+    if re.fullmatch(r"[0-9.]+", host):
         return None, f"expected a valid IPv4 address, got {shown}", None
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         return None, f"{_HOST_EXPECTED}, got {shown} (host names use letters, digits, '-' and '.')", None
     warning = None
     if "_" in name:
@@ -274,7 +275,7 @@ def _parse_int(value: Any, lo: Optional[int], hi: Optional[int]) -> Tuple[Option
         return None, False
     if isinstance(value, int):
         number, from_text = value, False
-    elif isinstance(value, str) and _INT_TEXT.match(value.strip()):
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         number, from_text = int(value.strip()), True
     else:
         return None, False
@@ -471,7 +472,7 @@ def _server_from_entry(entry: Any, e: _Entry) -> Optional[ServerConfig]:
             e.error("headers", f"expected an object of header names to string values, got {_kind(raw_headers)}")
         else:
             for key, value in raw_headers.items():
-                if not _HEADER_NAME.match(key):
+                if not _HEADER_NAME.fullmatch(key):
                     e.error("headers", f"{_show(key)} is not a valid HTTP header name")
                 elif not isinstance(value, str):
                     e.error("headers", f'value of "{key}": expected a string, got {_kind(value)}')
@@ -818,10 +819,16 @@ def _read_config_file(path: str, origin: str) -> Tuple[Optional[str], Optional[C
         return None, ConfigIssue(f"{origin}: cannot read {path}: {cause}", "error"), short
 
     try:
-        if os.path.isdir(path):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
             return fail("it is a folder, not a JSON file", "points to a folder " + path)
+        if not stat.S_ISREG(mode):
+            # a FIFO or a device could block or never end
+            return fail("not a regular file", "points to something that is not a file " + path)
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
+    except ValueError:  # an embedded NUL byte
+        return fail("not a usable file name", "is not a usable file name")
     except FileNotFoundError:
         return fail("file not found", "points to a missing file " + path)
     except PermissionError:

@@ -93,6 +93,8 @@ class ServerConnection:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(auth_headers(config))
+        #: requests sent, by "METHOD route" (for the status-layer request-rate figures)
+        self.request_counts: Dict[str, int] = {}
 
     def url(self, path: str) -> str:
         return "{}/{}".format(self.base_url, path.lstrip("/"))
@@ -115,6 +117,8 @@ class ServerConnection:
     ) -> requests.Response:
         url = self.url(path)
         where = dict(server=self.name, url=url, job_id=job_id)
+        route = "{} {}".format(method, path.split("?")[0].split("/")[0])
+        self.request_counts[route] = self.request_counts.get(route, 0) + 1
         try:
             response = self.session.request(method, url, timeout=timeout or self.timeout, **kw)
         except requests.exceptions.ConnectTimeout as e:

@@ -292,6 +292,8 @@ class Batch:
     def snapshot(self) -> BatchSnapshot:
         with self.lock:
             jobs = tuple(j.snapshot() for j in self.jobs)
+            if self.finished_at is None and all(j.state.finished for j in jobs):
+                self.finished_at = max((j.finished_at or 0.0 for j in jobs), default=0.0) or time.time()
             seen = {}
             for j in jobs:
                 if j.error is not None and j.error.kind != "cancelled" and j.error.key not in seen:
@@ -309,10 +311,6 @@ class Batch:
 
     def changed(self) -> None:
         snap = self.snapshot()
-        if snap.finished and self.finished_at is None:
-            with self.lock:
-                self.finished_at = time.time()
-            snap = self.snapshot()
         with self.lock:
             listeners = list(self._listeners)
         for callback in listeners:

@@ -338,7 +338,7 @@ class SimServer:
         return web.json_response({"checkpoints": CHECKPOINTS, "upscale_models": UPSCALE_MODELS}.get(folder, []))
 
     async def get_extensions(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response([])
+        return web.json_response(["/extensions/core/groupNode.js", "/extensions/core/widgetInputs.js"])
 
     def _dir_by_type(self, kind: Optional[str]) -> Tuple[Optional[str], str]:
         kind = kind or "input"

@@ -104,6 +104,7 @@ class WsRecorder:
     """
 
     def __init__(self, url: str, client_id: Optional[str] = None, timeout: float = 5.0) -> None:
+        self.client_id = client_id
         full = url if client_id is None else f"{url}?clientId={client_id}"
         self.conn = websocket.create_connection(full, timeout=timeout)
         self.messages: List[Dict[str, Any]] = []
@@ -172,9 +173,11 @@ class WsRecorder:
     def wait_done(self, prompt_id: str, timeout: float = 10.0) -> Dict[str, Any]:
         """Wait for the final ``executing {node: null}`` of ``prompt_id``."""
         return self.wait_for(
-            lambda m: m.get("type") == "executing"
-            and m["data"].get("node") is None
-            and m["data"].get("prompt_id") == prompt_id,
+            lambda m: (
+                m.get("type") == "executing"
+                and m["data"].get("node") is None
+                and m["data"].get("prompt_id") == prompt_id
+            ),
             timeout,
         )
 
@@ -198,7 +201,7 @@ class WsRecorder:
             pass
         self._thread.join(timeout=2)
 
-    def __enter__(self) -> "WsRecorder":
+    def __enter__(self) -> WsRecorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:

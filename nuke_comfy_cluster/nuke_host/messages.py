@@ -1,0 +1,137 @@
+"""What the ComfyUI Cluster node tells the artist: status lines, progress text, error reports.
+
+Pure Python over :class:`~nuke_comfy_cluster.core.jobs.BatchSnapshot`, so every
+sentence can be tested without Nuke.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence
+
+from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
+from ..core.state import JobState
+
+#: traceback lines kept in the node's details (the end is where the cause is)
+TRACEBACK_TAIL = 6
+
+
+def compact_numbers(numbers: Iterable[int]) -> str:
+    """``[1001, 1002, 1003, 1007]`` -> ``"1001-1003, 1007"``."""
+    values = sorted(set(numbers))
+    parts: List[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else "{}-{}".format(values[i], values[j]))
+        i = j + 1
+    return ", ".join(parts)
+
+
+def where(jobs: Sequence[JobSnapshot]) -> str:
+    """Which frames (or iterations, counted from 1) a set of jobs covers."""
+    if not jobs:
+        return ""
+    if any(j.iteration is not None for j in jobs):
+        numbers = [j.iteration + 1 for j in jobs if j.iteration is not None]
+        return "{} {}".format("iteration" if len(numbers) == 1 else "iterations", compact_numbers(numbers))
+    frames = [j.frame for j in jobs if j.frame is not None]
+    if not frames:
+        return ""
+    return "{} {}".format("frame" if len(frames) == 1 else "frames", compact_numbers(frames))
+
+
+def _jobs_with(snapshot: BatchSnapshot, error: JobError) -> List[JobSnapshot]:
+    return [j for j in snapshot.jobs if j.error is not None and j.error.key == error.key]
+
+
+def describe_error(error: JobError, jobs: Sequence[JobSnapshot]) -> str:
+    """One sentence: the ComfyUI node and message for workflow errors, servers for the rest."""
+    at = where(jobs)
+    if error.kind == "workflow":
+        node = ""
+        if error.node_id or error.node_type:
+            node = " in node {}{}".format(error.node_id or "?", " ({})".format(error.node_type) if error.node_type else "")
+        server = " on {}".format(error.server) if error.server else ""
+        text = "Workflow error{}{}: {}".format(node, server, error.message)
+    else:
+        tried: List[str] = []
+        for job in jobs:
+            for name in job.failed_servers + ((job.server,) if job.server else ()):
+                if name not in tried:
+                    tried.append(name)
+        if error.server and error.server not in tried:
+            tried.insert(0, error.server)
+        text = error.message
+        if tried and not any(name in error.message for name in tried):
+            text = "{} (servers: {})".format(text, ", ".join(tried))
+        elif len(tried) > 1:
+            text = "{} (servers tried: {})".format(text, ", ".join(tried))
+    return "{} [{}]".format(text, at) if at else text
+
+
+def error_lines(snapshot: BatchSnapshot) -> List[str]:
+    """Each distinct failure once, most frequent first."""
+    described = [(len(_jobs_with(snapshot, e)), describe_error(e, _jobs_with(snapshot, e))) for e in snapshot.errors]
+    described.sort(key=lambda item: -item[0])
+    return [text for _, text in described]
+
+
+def error_details(snapshot: BatchSnapshot) -> str:
+    """Every distinct failure with the end of its traceback, for the node's details."""
+    blocks: List[str] = []
+    for error in snapshot.errors:
+        lines = [describe_error(error, _jobs_with(snapshot, error))]
+        if error.traceback:
+            tail = [line.rstrip() for line in error.traceback.strip().splitlines() if line.strip()][-TRACEBACK_TAIL:]
+            lines.extend("    " + line for line in tail)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _unit(snapshot: BatchSnapshot) -> str:
+    return "iterations" if any(j.iteration is not None for j in snapshot.jobs) else "frames"
+
+
+def progress_message(snapshot: BatchSnapshot) -> str:
+    """The ProgressTask line: counts, and which servers are doing the work."""
+    total = len(snapshot.jobs)
+    parts = ["{}/{} {} done".format(snapshot.done, total, _unit(snapshot))]
+    active = sorted({j.server for j in snapshot.jobs if j.server and j.state in (JobState.SUBMITTED, JobState.RUNNING)})
+    if active:
+        parts.append("on " + ", ".join(active))
+    if snapshot.failed:
+        parts.append("{} failed".format(snapshot.failed))
+    if snapshot.message:
+        parts.append(snapshot.message)
+    return " | ".join(parts)
+
+
+def status_line(snapshot: BatchSnapshot, cancelling: bool = False) -> str:
+    """The node's one-line status while a run is active or after it ended."""
+    total = len(snapshot.jobs)
+    unit = _unit(snapshot)
+    if not snapshot.finished:
+        head = "Cancelling" if cancelling else "Running"
+        return "{}: {}".format(head, progress_message(snapshot))
+    state = snapshot.state
+    if state == "done":
+        used = ", ".join("{} {}".format(name, n) for name, n in sorted(snapshot.servers.items()))
+        return "Done: {} {}{}".format(total, unit, " ({})".format(used) if used else "")
+    cancelled = snapshot.count(JobState.CANCELLED)
+    if state == "cancelled":
+        return "Cancelled: {} of {} {} done, {} cancelled".format(snapshot.done, total, unit, cancelled)
+    first = error_lines(snapshot)
+    reason = first[0] if first else "unknown error"
+    more = " (+{} other errors, see details)".format(len(first) - 1) if len(first) > 1 else ""
+    return "Failed: {} of {} {} done, {} failed. {}{}".format(snapshot.done, total, unit, snapshot.failed, reason, more)
+
+
+def failure_popup(snapshot: BatchSnapshot, node_name: str) -> Optional[str]:
+    """The message box text for a run that ended with failures; None when there is nothing to say."""
+    if not snapshot.finished or snapshot.failed == 0:
+        return None
+    lines = error_lines(snapshot)
+    head = "{}: {} of {} {} failed.".format(node_name, snapshot.failed, len(snapshot.jobs), _unit(snapshot))
+    return "\n\n".join([head] + lines)

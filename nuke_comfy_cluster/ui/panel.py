@@ -1,0 +1,526 @@
+"""The cluster panel: servers, override, refresh, configuration banner and jobs, in one dockable widget.
+
+Nuke registers ``nuke_comfy_cluster.ui.panel.ClusterPanel`` and builds it with no
+arguments, so the panel then serves the process-wide
+:func:`~nuke_comfy_cluster.core.api.default_cluster`. The standalone window and the
+tests pass their own cluster.
+
+Threads: the pool reports through a listener (pool thread) that only hands the
+newest snapshot to a :class:`SnapshotBridge`; batches likewise through a
+:class:`BatchBridge`. Refresh and submissions run on :class:`TaskRunner` QThreads.
+Widgets only ever read immutable snapshots on the GUI thread; the calls the panel
+makes on the GUI thread (``set_enabled``, ``set_priority``, ``set_override``,
+``cancel``, ``retry_failed``) do no network I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+
+from ..core.errors import ClusterError, user_message
+from ..core.state import PoolSnapshot, ServerSnapshot
+from .jobs_view import JobsView
+from .qt import QtCore, QtGui, QtWidgets, Signal
+from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView, status_colour_name
+from .workers import BatchBridge, SnapshotBridge, TaskError, TaskRunner
+
+log = logging.getLogger(__name__)
+Qt = QtCore.Qt
+
+AUTO_LABEL = "Auto (least loaded)"
+_STRATEGY_LABELS = {"least_loaded": "least loaded", "round_robin": "round robin", "priority": "by priority"}
+#: how often "last seen" ages and cooldowns are redrawn, and batches looked for (no network)
+TICK_MS = 1000
+#: the longest a closing panel waits for its worker threads (each is bounded by network timeouts)
+SHUTDOWN_WAIT_S = 15.0
+
+_open_panels: "weakref.WeakSet[ClusterPanel]" = weakref.WeakSet()
+
+
+def announce_batch(batch: Any) -> None:
+    """Show ``batch`` in every open panel (any thread). The Nuke node and scripts call this."""
+    for panel in list(_open_panels):
+        panel.watch_batch(batch)
+
+
+class ConfigBanner(QtWidgets.QFrame):
+    """Where the configuration came from, and what is wrong with it."""
+
+    edit_requested = Signal()
+
+    STYLES = {
+        "info": "",
+        "warning": "ConfigBanner { background: rgba(224, 161, 0, 45); border: 1px solid rgba(224, 161, 0, 160); border-radius: 3px; }",
+        "error": "ConfigBanner { background: rgba(214, 69, 65, 55); border: 1px solid rgba(214, 69, 65, 190); border-radius: 3px; }",
+    }
+
+    def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
+        super().__init__(parent)
+        self.level = "info"
+        self.label = QtWidgets.QLabel(self)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details = QtWidgets.QLabel(self)
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.edit_button = QtWidgets.QPushButton("Edit configuration…", self)
+        self.edit_button.clicked.connect(self.edit_requested)
+        text = QtWidgets.QVBoxLayout()
+        text.setContentsMargins(0, 0, 0, 0)
+        text.setSpacing(2)
+        text.addWidget(self.label)
+        text.addWidget(self.details)
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.addLayout(text, 1)
+        layout.addWidget(self.edit_button, 0, Qt.AlignmentFlag.AlignTop)
+
+    def set_state(self, notice: str, warnings: Sequence[str], errors: Sequence[str]) -> None:
+        level = "error" if errors else "warning" if warnings else "info"
+        self.level = level
+        self.setStyleSheet(self.STYLES[level])
+        self.label.setText(notice or "No configuration loaded")
+        problems = list(errors) + list(warnings)
+        shown = problems[:3]
+        lines = ["{} {}".format("Error:" if i < len(errors) else "Warning:", p) for i, p in enumerate(shown)]
+        if len(problems) > len(shown):
+            lines.append("… and {} more (hover for all)".format(len(problems) - len(shown)))
+        self.details.setText("\n".join(lines))
+        self.details.setVisible(bool(lines))
+        everything = [notice] + ["Error: " + e for e in errors] + ["Warning: " + w for w in warnings]
+        self.setToolTip("\n".join(t for t in everything if t))
+
+    def text(self) -> str:
+        return "\n".join(t for t in (self.label.text(), self.details.text()) if t)
+
+
+class ClusterPanel(QtWidgets.QWidget):
+    """The docked panel: live server table, override, refresh, config banner and jobs."""
+
+    #: a refresh began / ended (seconds it took); ``snapshot_applied`` after the widgets show one
+    refresh_started = Signal()
+    refresh_finished = Signal(float)
+    snapshot_applied = Signal(object)
+    batch_watched = Signal(str)
+    _batch_announced = Signal(object)
+
+    def __init__(
+        self,
+        cluster: Any = None,
+        parent: Optional[QtWidgets.QWidget] = None,
+        *,
+        auto_refresh: bool = True,
+    ) -> None:
+        super().__init__(parent)
+        if cluster is None:
+            from ..core.api import default_cluster
+
+            cluster = default_cluster()
+        self.cluster = cluster
+        self.pool = cluster.pool
+        self.setObjectName("ComfyUIClusterPanel")
+        self.setWindowTitle("ComfyUI Cluster")
+        self._closed = False
+        self._batches: Dict[str, Any] = {}
+        self._dismissed: Set[str] = set()
+        self._last_refresh_s: Optional[float] = None
+        self._refresh_started_at = 0.0
+        self.last_message = ""
+        self.config_editor: Optional[QtWidgets.QDialog] = None
+
+        self.runner = TaskRunner(self)
+        self.snapshot_bridge = SnapshotBridge(self)
+        self.batch_bridge = BatchBridge(self)
+
+        self._build()
+
+        self.snapshot_bridge.snapshot_changed.connect(self._apply_snapshot)
+        self.batch_bridge.batch_changed.connect(self.jobs.update_batch)
+        self._batch_announced.connect(self._watch_batch_gui)
+        self.pool.add_listener(self.snapshot_bridge.push)
+        self._dispatcher_hook = self._hook_dispatcher()
+
+        self._tick = QtCore.QTimer(self)
+        self._tick.setInterval(TICK_MS)
+        self._tick.timeout.connect(self._on_tick)
+        self._tick.start()
+
+        app = QtWidgets.QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+        _open_panels.add(self)
+
+        self._apply_snapshot(self.pool.snapshot())
+        self._scan_batches()
+        if auto_refresh:
+            QtCore.QTimer.singleShot(0, self.refresh)
+
+    # -- layout ------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.banner = ConfigBanner(self)
+        self.banner.edit_requested.connect(self.open_config_editor)
+
+        self.override_combo = QtWidgets.QComboBox(self)
+        self.override_combo.setToolTip(
+            "Where submissions go when they do not choose a server: automatic, or pinned to one server"
+        )
+        self.override_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.override_combo.setMinimumContentsLength(18)
+        self.override_combo.activated.connect(self._override_chosen)
+        self.override_warning = QtWidgets.QLabel(self)
+        self.override_warning.setStyleSheet("color: {};".format(STATUS_COLOURS["offline"]))
+        self.override_warning.setVisible(False)
+        self.refresh_button = QtWidgets.QPushButton("Refresh", self)
+        self.refresh_button.setToolTip("Ask every server for its status now")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.config_button = QtWidgets.QPushButton("Configure…", self)
+        self.config_button.setToolTip("Edit the server list (NUKE_COMFYUI_SERVERS)")
+        self.config_button.clicked.connect(self.open_config_editor)
+
+        bar = QtWidgets.QHBoxLayout()
+        bar.setContentsMargins(0, 0, 0, 0)
+        bar.addWidget(QtWidgets.QLabel("Send to:", self))
+        bar.addWidget(self.override_combo)
+        bar.addWidget(self.override_warning, 1)
+        bar.addStretch(0)
+        bar.addWidget(self.refresh_button)
+        bar.addWidget(self.config_button)
+
+        self.model = ServerTableModel(self)
+        self.model.enabled_toggled.connect(self.set_server_enabled)
+        self.model.priority_edited.connect(self.set_server_priority)
+        self.table = ServerTableView(self.model, self)
+
+        self.jobs = JobsView(self)
+        self.jobs.cancel_requested.connect(self.cancel_batch)
+        self.jobs.retry_requested.connect(self.retry_batch)
+        self.jobs.cleared.connect(self._batches_cleared)
+        jobs_box = QtWidgets.QGroupBox("Jobs", self)
+        jobs_layout = QtWidgets.QVBoxLayout(jobs_box)
+        jobs_layout.setContentsMargins(4, 4, 4, 4)
+        jobs_layout.addWidget(self.jobs)
+
+        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical, self)
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(jobs_box)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setChildrenCollapsible(False)
+
+        self.status_label = QtWidgets.QLabel(self)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.banner)
+        layout.addLayout(bar)
+        layout.addWidget(self.splitter, 1)
+        layout.addWidget(self.status_label)
+
+    def sizeHint(self) -> QtCore.QSize:  # noqa: N802
+        return QtCore.QSize(1000, 620)
+
+    # -- snapshots -----------------------------------------------------------------------
+    def _apply_snapshot(self, snap: PoolSnapshot) -> None:
+        if self._closed:
+            return
+        now = time.time()
+        self.model.set_snapshot(snap, now)
+        self.banner.set_state(snap.source, snap.warnings, snap.errors)
+        self._update_override(snap, now)
+        self._update_status_line(snap, now)
+        self.snapshot_applied.emit(snap)
+
+    def _update_override(self, snap: PoolSnapshot, now: float) -> None:
+        combo = self.override_combo
+        strategy = _STRATEGY_LABELS.get(getattr(self.pool, "strategy", ""), "least loaded")
+        auto = "Auto ({})".format(strategy)
+        items: List[Any] = [(auto, None, None)]
+        for server in snap.servers:
+            reason = server.unavailable_reason(now) if server.status.value != "unknown" or not server.enabled else None
+            text = server.name if reason is None else "{} — {}".format(server.name, _short(reason))
+            items.append((text, server.name, reason))
+        names = [name for _, name, _ in items]
+        current = [combo.itemData(i) for i in range(combo.count())]
+        combo.blockSignals(True)
+        try:
+            if names != current:
+                combo.clear()
+                for text, name, _ in items:
+                    combo.addItem(text, name)
+            grey = QtGui.QBrush(QtGui.QColor(STATUS_COLOURS["disabled"]))
+            for i, (text, name, reason) in enumerate(items):
+                combo.setItemText(i, text)
+                combo.setItemData(i, grey if reason else None, Qt.ItemDataRole.ForegroundRole)
+                tip = "Unavailable: {}".format(reason) if reason else (
+                    "Pin submissions to {}".format(name) if name else "Each prompt goes where it finishes first"
+                )
+                combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+            override = self.pool.override
+            index = names.index(override) if override in names else 0
+            combo.setCurrentIndex(index)
+        finally:
+            combo.blockSignals(False)
+        pinned = self.pool.override
+        reason = None
+        if pinned:
+            server = snap.by_name().get(pinned)
+            reason = server.unavailable_reason(now) if server is not None else "not configured"
+        self.override_warning.setVisible(bool(reason))
+        self.override_warning.setText(
+            "{} is unavailable ({}): submissions pinned to it will fail".format(pinned, _short(reason or ""))
+            if reason
+            else ""
+        )
+
+    def _update_status_line(self, snap: PoolSnapshot, now: float) -> None:
+        total = len(snap.servers)
+        up = sum(1 for s in snap.servers if s.is_available(now))
+        parts = ["{}/{} servers available".format(up, total)]
+        if snap.next_server:
+            parts.append("next: {}".format(snap.next_server))
+        if self._last_refresh_s is not None:
+            parts.append("last refresh took {:.2f} s".format(self._last_refresh_s))
+        if self.last_message:
+            parts.append(self.last_message)
+        self.status_label.setText(" · ".join(parts))
+
+    def _on_tick(self) -> None:
+        now = time.time()
+        self.model.tick(now)
+        snap = self.model.snapshot
+        if snap is not None:
+            self._update_override(snap, now)
+        if self._dispatcher_hook is None:
+            self._scan_batches()
+
+    @property
+    def snapshot(self) -> Optional[PoolSnapshot]:
+        """The snapshot the panel shows now."""
+        return self.model.snapshot
+
+    def _message(self, text: str, error: bool = False) -> None:
+        self.last_message = text
+        self.status_label.setStyleSheet("color: {};".format(STATUS_COLOURS["offline"]) if error else "")
+        snap = self.model.snapshot
+        if snap is not None:
+            self._update_status_line(snap, time.time())
+        else:
+            self.status_label.setText(text)
+
+    # -- user actions on servers -------------------------------------------------------------
+    def set_server_enabled(self, name: str, enabled: bool) -> None:
+        try:
+            self.pool.set_enabled(name, enabled)
+        except ClusterError as e:
+            self._message(user_message(e), error=True)
+            return
+        self._message("{} {}".format(name, "enabled" if enabled else "disabled"))
+        if enabled:
+            self.refresh_server(name)
+
+    def set_server_priority(self, name: str, priority: int) -> None:
+        try:
+            self.pool.set_priority(name, priority)
+        except ClusterError as e:
+            self._message(user_message(e), error=True)
+            return
+        self._message("{} priority set to {}".format(name, priority))
+
+    def _override_chosen(self, index: int) -> None:
+        self.set_override(self.override_combo.itemData(index))
+
+    def set_override(self, name: Optional[str]) -> None:
+        """Pin submissions that do not choose a server to ``name`` (None: automatic)."""
+        try:
+            self.pool.set_override(name or None)
+        except ClusterError as e:
+            self._message(user_message(e), error=True)
+            return
+        self._message("submissions go to {}".format(name) if name else "submissions are balanced automatically")
+        snap = self.model.snapshot
+        if snap is not None:
+            self._update_override(snap, time.time())
+
+    # -- refresh -----------------------------------------------------------------------------
+    @property
+    def refreshing(self) -> bool:
+        return self.runner.is_running("refresh")
+
+    def refresh(self) -> bool:
+        """Poll every server now, on a worker thread. False when one is already running."""
+        if self._closed:
+            return False
+        pool = self.pool
+        started = self.runner.run(
+            "refresh",
+            lambda: pool.update_all_server_status(force=True),
+            self._refresh_done,
+            self._refresh_failed,
+            exclusive=True,
+        )
+        if started:
+            self._refresh_started_at = time.monotonic()
+            self.refresh_button.setEnabled(False)
+            self.refresh_button.setText("Refreshing…")
+            self.setCursor(Qt.CursorShape.BusyCursor)
+            self.refresh_started.emit()
+        return started
+
+    def refresh_server(self, name: str) -> None:
+        """Poll one server now (e.g. just re-enabled), on a worker thread."""
+        server = self.pool.get_server_by_name(name)
+        if server is None or self._closed:
+            return
+        self.runner.run("refresh-" + name, server.update_status, lambda _snap: None, exclusive=True)
+
+    def _refresh_ended(self) -> float:
+        elapsed = time.monotonic() - self._refresh_started_at
+        self._last_refresh_s = elapsed
+        self.refresh_button.setEnabled(True)
+        self.refresh_button.setText("Refresh")
+        self.unsetCursor()
+        return elapsed
+
+    def _refresh_done(self, snap: PoolSnapshot) -> None:
+        elapsed = self._refresh_ended()
+        self.last_message = ""
+        self.status_label.setStyleSheet("")
+        self._apply_snapshot(snap)
+        self.refresh_finished.emit(elapsed)
+
+    def _refresh_failed(self, error: TaskError) -> None:
+        elapsed = self._refresh_ended()
+        self._message("Refresh failed: {}".format(error.message), error=True)
+        log.warning("refresh failed: %s\n%s", error.message, error.traceback)
+        self.refresh_finished.emit(elapsed)
+
+    # -- batches -----------------------------------------------------------------------------
+    def _hook_dispatcher(self) -> Optional[Callable[[Any], None]]:
+        """Use a dispatcher batch hook when the core has one; else batches are found by a
+        cheap in-memory scan of ``dispatcher.batches`` on the tick, plus :meth:`watch_batch`."""
+        dispatcher = getattr(self.cluster, "dispatcher", None)
+        add = getattr(dispatcher, "add_batch_listener", None)
+        if add is None:
+            return None
+        hook = self.watch_batch
+        add(hook)
+        return hook
+
+    def _scan_batches(self) -> None:
+        dispatcher = getattr(self.cluster, "dispatcher", None)
+        for batch in list(getattr(dispatcher, "batches", ()) or ()):
+            if batch.id not in self._batches and batch.id not in self._dismissed:
+                self._watch_batch_gui(batch)
+
+    def watch_batch(self, batch: Any) -> None:
+        """Show ``batch`` in the jobs view and follow it. Safe from any thread."""
+        if self._closed:
+            return
+        try:
+            self._batch_announced.emit(batch)
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _watch_batch_gui(self, batch: Any) -> None:
+        if self._closed or batch.id in self._batches:
+            return
+        self._batches[batch.id] = batch
+        self._dismissed.discard(batch.id)
+        batch.add_listener(self.batch_bridge.push)
+        # after subscribing, so a batch finishing meanwhile is still shown finished
+        self.jobs.update_batch(batch.snapshot())
+        self.batch_watched.emit(batch.id)
+
+    def batch(self, batch_id: str) -> Optional[Any]:
+        return self._batches.get(batch_id)
+
+    def cancel_batch(self, batch_id: str) -> None:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        self.cluster.cancel(batch)  # queued to the dispatcher thread: no I/O here
+        self._message("cancelling {}".format(batch.name))
+
+    def retry_batch(self, batch_id: str) -> None:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        self.cluster.retry_failed(batch)
+        self._message("retrying the failed frames of {}".format(batch.name))
+
+    def _batches_cleared(self, ids: List[str]) -> None:
+        for batch_id in ids:
+            batch = self._batches.pop(batch_id, None)
+            if batch is not None:
+                batch.remove_listener(self.batch_bridge.push)
+            self._dismissed.add(batch_id)
+
+    def submit_in_background(self, submit: Callable[[], Any], name: str = "submit") -> bool:
+        """Run ``submit()`` (a Cluster.submit* call: it may touch the network) on a worker;
+        the batch it returns is shown in the jobs view, an error in the status line."""
+
+        def failed(error: TaskError) -> None:
+            self._message("Submit failed: {}".format(error.message), error=True)
+
+        return self.runner.run(name, submit, self.watch_batch, failed)
+
+    # -- configuration -------------------------------------------------------------------------
+    def open_config_editor(self) -> QtWidgets.QDialog:
+        """Open (or raise) the configuration editor for this panel's pool."""
+        if self.config_editor is None or not self.config_editor.isVisible():
+            from .config_editor import ConfigEditorDialog
+
+            self.config_editor = ConfigEditorDialog(self.pool, parent=self, runner=self.runner)
+        self.config_editor.show()
+        self.config_editor.raise_()
+        self.config_editor.activateWindow()
+        return self.config_editor
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802
+        editor = self.config_editor
+        if editor is not None and editor.isVisible() and not editor.close():
+            event.ignore()  # the user kept unsaved configuration changes open
+            return
+        self.shutdown()
+        super().closeEvent(event)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def shutdown(self, timeout: float = SHUTDOWN_WAIT_S) -> bool:
+        """Stop listening and wait for this panel's worker threads. Idempotent.
+
+        The cluster is not closed: in Nuke it is the process-wide one; whoever made
+        a cluster closes it.
+        """
+        if self._closed:
+            return True
+        self._closed = True
+        _open_panels.discard(self)
+        self._tick.stop()
+        self.pool.remove_listener(self.snapshot_bridge.push)
+        self.snapshot_bridge.close()
+        if self._dispatcher_hook is not None:
+            remove = getattr(self.cluster.dispatcher, "remove_batch_listener", None)
+            if remove is not None:
+                remove(self._dispatcher_hook)
+        for batch in self._batches.values():
+            batch.remove_listener(self.batch_bridge.push)
+        self.batch_bridge.close()
+        return self.runner.shutdown(timeout)
+
+
+def _short(reason: str, limit: int = 60) -> str:
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def server_colour(server: ServerSnapshot) -> str:
+    """The status colour name of one server now (for other widgets, e.g. the Nuke node)."""
+    return status_colour_name(server, time.time())
