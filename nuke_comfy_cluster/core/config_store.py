@@ -382,8 +382,9 @@ def restore_backup(path: PathLike, backup: Union[PathLike, BackupInfo], *, keep_
     try:
         return save_servers(path, text, keep_backups=keep_backups)
     except ConfigError as exc:
-        if exc.issues:
-            raise ConfigError(f"Not restored: backup {source} is not valid: {exc.issues[0]}", exc.issues) from exc
+        errors = [i for i in exc.issues if getattr(i, "level", "") == "error"]
+        if errors:
+            raise ConfigError(f"Not restored: backup {source} is not valid: {errors[0]}", exc.issues) from exc
         raise
 
 

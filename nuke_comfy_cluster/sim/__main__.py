@@ -46,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # Imported here so --help works without aiohttp installed.
-    from .server import SimSettings, serve
-
     args = build_parser().parse_args(argv)
+    try:
+        # Imported after parsing so --help works without aiohttp installed.
+        from .server import SimSettings, serve
+    except ImportError as ex:
+        sys.stderr.write(f"the simulator needs aiohttp (pip install 'nuke_comfy_cluster[sim]'): {ex}\n")
+        return 2
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         stream=sys.stderr,
@@ -97,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         asyncio.run(serve(settings, exit_with_parent=args.exit_with_parent))
     except KeyboardInterrupt:
         pass
-    except OSError as ex:
+    except (OSError, ValueError) as ex:
         logging.getLogger("nuke_comfy_cluster.sim").error("cannot start: %s", ex)
         return 1
     finally:
