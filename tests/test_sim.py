@@ -130,7 +130,8 @@ def test_context_manager_stops_and_cleans_up():
     with SimProcess(seconds=0.1) as sim:
         pid, workdir = sim.pid, sim._tmp
         assert requests.get(sim.url + "/prompt", timeout=T).status_code == 200
-    assert not sim.alive and workdir is not None and not os.path.exists(workdir)
+    assert not sim.alive and sim.returncode == 0  # SIGTERM is a clean exit
+    assert workdir is not None and not os.path.exists(workdir)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -310,6 +311,32 @@ def test_subfolder_prefix_and_counter(sim, ws_a):
     first, second = (int(n["filename"].split("_")[1]) for n in names)
     assert second == first + 1 and names[0]["filename"] == f"comp_{first:05d}_.png"
     assert (Path(sim.output_dir) / "shots" / "sh010" / names[1]["filename"]).is_file()
+
+
+def test_preview_image_goes_to_temp_and_escaping_prefix_fails(sim, ws_a):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 2, "color": 0xFF0000}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "area", "width": 32, "height": 0, "crop": "disabled"},
+        },
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    prompt_id = post_prompt(sim, prompt, client_id_of(ws_a))["prompt_id"]
+    executed = ws_a.wait_for(lambda m: m["type"] == "executed" and m["data"]["prompt_id"] == prompt_id)
+    images = executed["data"]["output"]["images"]
+    assert len(images) == 2 and {i["type"] for i in images} == {"temp"}
+    assert images[0]["filename"].startswith("ComfyUI_temp_")
+    view = requests.get(sim.url + "/view", params={"filename": images[1]["filename"], "type": "temp"}, timeout=T)
+    assert png_size(view.content) == (32, 16) and png_first_pixel(view.content) == (255, 0, 0)
+    ws_a.wait_done(prompt_id)
+
+    escape = workflow("fast")
+    escape["2"]["inputs"]["filename_prefix"] = "../../escaped"
+    prompt_id = post_prompt(sim, escape, client_id_of(ws_a))["prompt_id"]
+    error = ws_a.wait_for(lambda m: m["type"] == "execution_error" and m["data"]["prompt_id"] == prompt_id)["data"]
+    assert error["node_id"] == "2" and "outside the output folder" in error["exception_message"]
+    assert not list(Path(sim.output_dir).parent.parent.glob("escaped*"))
 
 
 def test_interrupt_running_prompt(sim, ws_a, observer):
@@ -519,6 +546,25 @@ def test_speed_and_sim_seconds_set_the_run_time(tmp_path):
     second = (stamps[other]["execution_success"] - stamps[other]["execution_start"]) / 1000.0
     assert 0.25 <= first <= 1.0  # 0.6 s / speed 2
     assert 0.75 <= second <= 1.6  # 1.6 s / speed 2
+
+
+def test_jitter_is_bounded_and_seeded():
+    import random
+
+    from nuke_comfy_cluster.sim.executor import Executor, Timing
+    from nuke_comfy_cluster.sim.nodes import Dirs
+    from nuke_comfy_cluster.sim.prompt_queue import PromptQueue
+
+    def durations(seed: int) -> List[float]:
+        executor = Executor(
+            PromptQueue(lambda: None), None, None, None, Dirs("", "", ""), Timing(2.0, 1.0, 0.2), random.Random(seed)
+        )  # type: ignore[arg-type]
+        return [executor._duration({}) for _ in range(200)] + [executor._duration({"sim_seconds": 3})]
+
+    first = durations(7)
+    assert first == durations(7) and first != durations(8)
+    assert all(0.4 <= d <= 0.6 for d in first[:-1]) and max(first) - min(first[:-1]) > 0.1
+    assert 1.2 <= first[-1] <= 1.8
 
 
 # ---- validation -----------------------------------------------------------------------------

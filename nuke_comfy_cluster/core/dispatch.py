@@ -283,7 +283,7 @@ class Dispatcher:
                 job.state = JobState.PENDING
                 job.server = None
                 job.prompt_id = None
-                job.started_at = job.started_mono = None
+                job.started_at = job.started_mono = job.server_done_mono = None
                 job.progress_value = job.progress_max = 0.0
                 job.outputs = []
             batch.message = reason
@@ -355,9 +355,12 @@ class Dispatcher:
                 self._touch(batch)
             loads = []
             for snap in usable:
-                ours = [j for j in batch.jobs if j.server == snap.name and j.state in (JobState.SUBMITTED, JobState.RUNNING)]
-                ours += [j for j in batch.jobs if j.server == snap.name and j.id in self._submitting]
-                running = [j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None]
+                ours = [j for j in batch.jobs if j.server == snap.name and self._occupies_server(j)]
+                # one prompt runs at a time: an older RUNNING one is a missed finish
+                running = sorted(
+                    (j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None),
+                    key=lambda j: j.started_mono or 0.0,
+                )[-1:]
                 age = now_wall - snap.last_status_check if snap.last_status_check else 1e9
                 server = self.pool.get_server_by_name(snap.name)
                 loads.append(
@@ -380,6 +383,12 @@ class Dispatcher:
                 server = self.pool.get_server_by_name(name)
                 if server is not None:
                     self._start_submit(batch, job, server)
+
+    def _occupies_server(self, job: Job) -> bool:
+        """Queued or running there (a job whose result is being fetched no longer is)."""
+        if job.id in self._submitting:
+            return True
+        return job.state in (JobState.SUBMITTED, JobState.RUNNING) and job.server_done_mono is None
 
     def _targets(self, batch: Batch, loads: List[ServerLoad], pending: int) -> List[str]:
         sched = self._schedulers[batch.id]
@@ -612,6 +621,13 @@ class Dispatcher:
         if server is None:
             return
         self._busy.add(("complete", job.id))
+        if job.server_done_mono is None:
+            # the server is free now, whatever the download takes: learn and plan from this instant
+            job.server_done_mono = time.monotonic()
+            sched = self._schedulers.get(batch.id)
+            if sched is not None:
+                started_at = job.started_mono if job.started_mono is not None else job.server_done_mono
+                sched.job_finished(server.name, started_at, job.server_done_mono)
         token = job.attempt_token
         outputs = list(job.outputs)
         prompt_id = job.prompt_id or ""
@@ -660,10 +676,8 @@ class Dispatcher:
             except (OSError, ClusterError) as e:
                 self._finish(batch, job, JobState.FAILED, JobError("infrastructure", f"could not write {batch.output_dir}: {e}", server.name))
                 return
-        sched = self._schedulers.get(batch.id)
-        if sched is not None:
-            sched.job_finished(server.name, started if started is not None else now, now)
-        server.record_success((now - started) if started is not None else None)
+        done = job.server_done_mono if job.server_done_mono is not None else now
+        server.record_success((done - started) if started is not None else None)
         self._finish(batch, job, JobState.DONE)
 
     # -- health, reconciliation, orphans ----------------------------------------------
@@ -674,7 +688,7 @@ class Dispatcher:
         for batch in list(self._batches):
             sched = self._schedulers.get(batch.id)
             for job in batch.jobs:
-                if job.state not in (JobState.SUBMITTED, JobState.RUNNING) or not job.server:
+                if not job.server or not self._occupies_server(job) or job.id in self._submitting:
                     continue
                 snap = snaps.get(job.server)
                 if snap is None:
@@ -702,7 +716,7 @@ class Dispatcher:
             (b, j)
             for b in self._batches
             for j in b.jobs
-            if j.server == name and j.state in (JobState.SUBMITTED, JobState.RUNNING) and j.prompt_id
+            if j.server == name and j.prompt_id and self._occupies_server(j)
         ]
 
     def _reconcile_server(self, name: str) -> None:

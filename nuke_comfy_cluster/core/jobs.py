@@ -150,6 +150,8 @@ class Job:
         self.queued_at: Optional[float] = None
         self.started_at: Optional[float] = None
         self.started_mono: Optional[float] = None
+        #: when the server reported success; results may still be on their way to us
+        self.server_done_mono: Optional[float] = None
         self.finished_at: Optional[float] = None
         self.outputs: List[OutputFile] = []
         self.error: Optional[JobError] = None

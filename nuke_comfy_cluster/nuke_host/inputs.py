@@ -161,8 +161,10 @@ class InputMapper:
             self.uploads.append((server.name, value))
         return value
 
-    def cleanup(self, run_dir: Optional[str]) -> None:
-        """Remove the run's rendered inputs and our copies (uploads stay: ComfyUI has no delete)."""
-        paths = ([run_dir] if run_dir else []) + sorted({os.path.dirname(p) for p in self.copies})
-        for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_run_files(run_dir: Optional[str], copies: Sequence[str] = ()) -> None:
+    """Remove a run's rendered inputs and our copies (uploads stay: ComfyUI has no delete route)."""
+    paths = ([run_dir] if run_dir else []) + sorted({os.path.dirname(p) for p in copies})
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

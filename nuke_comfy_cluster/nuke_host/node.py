@@ -105,9 +105,9 @@ class NodeSettings:
 
 
 def load_workflow(path: str) -> Dict[str, Any]:
-    """Read and check an API-format workflow file; WorkflowError says what is wrong."""
+    """Read and check an API-format workflow file; SettingsError / WorkflowError say what is wrong."""
     if not path:
-        raise WorkflowError("No workflow file: choose an API-format JSON file (ComfyUI 'Save (API Format)')")
+        raise SettingsError("No workflow file: choose an API-format JSON file (ComfyUI 'Save (API Format)')")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-none", action="store_true", help="disable the output cache (resubmits rerun)")
     parser.add_argument("--preview-method", choices=("none", "auto"), default="none", help="auto: binary previews")
     parser.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process goes away")
+    parser.add_argument(
+        "--require-token",
+        default="",
+        metavar="TOKEN",
+        help='answer 401 unless a request carries "Authorization: Bearer TOKEN" (like a reverse proxy)',
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     faults = parser.add_argument_group("faults (also settable at run time with POST /sim/fault)")
     faults.add_argument("--fail-next", type=int, default=0, metavar="N", help="next N requests answer 500")
@@ -96,6 +102,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             cache=not args.cache_none,
             previews=args.preview_method == "auto",
             faults=faults,
+            require_token=args.require_token,
         )
         asyncio.run(serve(settings, exit_with_parent=args.exit_with_parent))
     except KeyboardInterrupt:

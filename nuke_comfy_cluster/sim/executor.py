@@ -9,6 +9,9 @@ only; a prompt without ``client_id`` gets none, except the broadcast error /
 interrupted message and ``progress`` (sent to everyone with ``node: null``),
 exactly as ComfyUI 0.3.39 behaves.
 
+``POST /interrupt`` takes effect at once, reported on the node that was
+running (a real server reacts at its next check, 0-1.5 s later).
+
 Time: a prompt takes ``seconds / speed`` x uniform(1 - jitter, 1 + jitter)
 (``extra_data["sim_seconds"]`` overrides ``seconds`` for one prompt), shared
 among the nodes that actually run by their weights. Cached nodes cost nothing.
@@ -25,7 +28,7 @@ import random
 import struct
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .nodes import (
     BEHAVIOURS,
@@ -77,7 +80,7 @@ class Executor:
         queue: PromptQueue,
         publish: Publish,
         publish_binary: PublishBinary,
-        flush: Callable[[], asyncio.Future[Any]],
+        flush: Callable[[], Awaitable[None]],
         dirs: Dirs,
         timing: Timing,
         rng: random.Random,

@@ -236,6 +236,8 @@ class SimProcess:
 
     def start(self, timeout: float = 15.0) -> SimProcess:
         """Launch and wait (bounded) for ``SIM READY``; kills the child on failure."""
+        if self.alive:
+            raise RuntimeError(f"simulator already running (pid {self.pid})")
         port = self.port or self.requested_port
         deadline = time.monotonic() + timeout
         while True:
@@ -360,7 +362,7 @@ class SimProcess:
 
     # ---- admin routes ---------------------------------------------------------------------
 
-    def _admin(self, method: str, path: str, body: Optional[Dict[str, Any]] = None, timeout: float = 5.0) -> Any:
+    def _admin(self, method: str, path: str, body: Optional[Dict[str, Any]] = None, timeout: float = 3.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import mimetypes
@@ -75,6 +76,8 @@ class SimSettings(NamedTuple):
     cache: bool = True
     previews: bool = False
     faults: Dict[str, Any] = {}
+    #: when set, every route but /sim/* wants "Authorization: Bearer <token>" (as a reverse proxy would)
+    require_token: str = ""
 
 
 def _empty(status: int = 200) -> web.Response:
@@ -176,6 +179,16 @@ class SimServer:
     # ---- middleware ------------------------------------------------------------------------
 
     @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.settings.require_token
+        if token and not request.path.startswith("/sim/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {token}".encode("utf-8")):
+                # like a proxy: no hint of the expected value, and the given one is never logged
+                return web.Response(status=401, text="401 Unauthorized", content_type="text/plain")
+        return await handler(request)
+
+    @web.middleware
     async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/sim/"):
             return await handler(request)
@@ -214,7 +227,8 @@ class SimServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._fault_middleware, self._error_middleware], client_max_size=512 * 1024**2
+            middlewares=[self._auth_middleware, self._fault_middleware, self._error_middleware],
+            client_max_size=512 * 1024**2,
         )
         comfy_routes: List[Tuple[str, str, Handler]] = [
             ("GET", "/ws", self.ws_handler),

@@ -326,8 +326,9 @@ class Client:
                         v.running_since = max(prev, v.last_finish)
                         self.started(j, v.running_since)
                         break
-        self.world.at(now + self.ttl, self._poll)
         self.react()
+        if self.pending or any(v.queued or v.running is not None for v in self.views.values()):
+            self.world.at(now + self.ttl, self._poll)
 
     # -- hooks
     def started(self, job: VirtualJob, at: float) -> None:

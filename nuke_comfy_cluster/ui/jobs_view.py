@@ -45,7 +45,7 @@ class _BatchEntry:
 
 def batch_counts_text(snap: BatchSnapshot) -> str:
     """``12/24 done · 2 running · 1 failed`` (only the parts that are not zero, after "done")."""
-    parts = ["{}/{} done".format(snap.done, len(snap.jobs))]
+    parts = [f"{snap.done}/{len(snap.jobs)} done"]
     for label, count in (
         ("running", snap.running),
         ("queued", snap.count(JobState.SUBMITTED)),
@@ -53,41 +53,42 @@ def batch_counts_text(snap: BatchSnapshot) -> str:
         ("cancelled", snap.count(JobState.CANCELLED)),
     ):
         if count:
-            parts.append("{} {}".format(count, label))
+            parts.append(f"{count} {label}")
     return " · ".join(parts)
 
 
 def batch_servers_text(snap: BatchSnapshot) -> str:
-    """Which server runs what: ``gpu-a 5✓ 1▶ · gpu-b 3✓`` as plain words."""
-    per: Dict[str, List[int]] = {}
+    """Which server did what: ``sim-1x 5 · sim-0.5x 3 (+2 running)`` (frames done per server)."""
+    done: Dict[str, int] = {}
+    active = 0
     for job in snap.jobs:
-        if not job.server:
-            continue
-        counts = per.setdefault(job.server, [0, 0])
-        if job.state is JobState.DONE:
-            counts[0] += 1
-        elif job.state in (JobState.RUNNING, JobState.SUBMITTED):
-            counts[1] += 1
-    parts = []
-    for name in sorted(per):
-        done, active = per[name]
-        text = "{}: {} done".format(name, done)
-        if active:
-            text += ", {} active".format(active)
-        parts.append(text)
-    return " · ".join(parts)
+        if job.server and job.state is JobState.DONE:
+            done[job.server] = done.get(job.server, 0) + 1
+        elif job.server and job.state in (JobState.RUNNING, JobState.SUBMITTED):
+            done.setdefault(job.server, 0)
+            active += 1
+    text = " · ".join(f"{name} {count}" for name, count in sorted(done.items(), key=lambda kv: (-kv[1], kv[0])))
+    return text + (f" (+{active} running)" if active else "")
+
+
+def batch_servers_tooltip(snap: BatchSnapshot) -> str:
+    per: Dict[str, List[str]] = {}
+    for job in snap.jobs:
+        if job.server:
+            per.setdefault(job.server, []).append(f"{job.label} {job.state.value}")
+    return "\n".join(f"{name}: " + ", ".join(items) for name, items in sorted(per.items()))
 
 
 def error_details(error: JobError, job: Optional[JobSnapshot] = None) -> str:
     """The whole story of one failure, for the "Show error" box."""
     lines = []
     if job is not None:
-        lines.append("{} — {}".format(job.label, job.state.value))
-    lines.append("{} error: {}".format(error.kind.capitalize(), error.message))
+        lines.append(f"{job.label} — {job.state.value}")
+    lines.append(f"{error.kind.capitalize()} error: {error.message}")
     if error.node_id or error.node_type:
-        lines.append("Node: {}{}".format(error.node_id or "?", " ({})".format(error.node_type) if error.node_type else ""))
+        lines.append("Node: {}{}".format(error.node_id or "?", f" ({error.node_type})" if error.node_type else ""))
     if error.server:
-        lines.append("Server: {}".format(error.server))
+        lines.append(f"Server: {error.server}")
     if job is not None and job.failed_servers:
         lines.append("Failed on: {}".format(", ".join(job.failed_servers)))
     return "\n".join(lines)
@@ -200,7 +201,11 @@ class JobsModel(QtCore.QAbstractItemModel):
         return len(HEADERS)
 
     def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(HEADERS):
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.DisplayRole
+            and 0 <= section < len(HEADERS)
+        ):
             return HEADERS[section]
         return None
 
@@ -230,7 +235,7 @@ class JobsModel(QtCore.QAbstractItemModel):
             if col == COL_STATE:
                 return state
             if col == COL_PROGRESS:
-                return "{:.0f}%".format(snap.progress * 100)
+                return f"{snap.progress * 100:.0f}%"
             if col == COL_FRAMES:
                 return batch_counts_text(snap)
             if col == COL_SERVER:
@@ -241,7 +246,7 @@ class JobsModel(QtCore.QAbstractItemModel):
                 if snap.errors:
                     first = snap.errors[0].message
                     more = len(snap.errors) - 1
-                    return first + (" (+{} more)".format(more) if more else "")
+                    return first + (f" (+{more} more)" if more else "")
                 return snap.message
             return None
         if role == ProgressRole:
@@ -255,15 +260,17 @@ class JobsModel(QtCore.QAbstractItemModel):
             font.setBold(True)
             return font
         if role == Qt.ItemDataRole.ToolTipRole:
+            if col == COL_SERVER:
+                return batch_servers_tooltip(snap) or None
             lines = [snap.name, batch_counts_text(snap)]
             if snap.pinned:
-                lines.append("Pinned to {}".format(snap.pinned))
+                lines.append(f"Pinned to {snap.pinned}")
             if snap.message:
                 lines.append(snap.message)
             for error in snap.errors[:5]:
                 lines.append("• " + error.message)
             if snap.makespan is not None:
-                lines.append("Took {:.1f} s".format(snap.makespan))
+                lines.append(f"Took {snap.makespan:.1f} s")
             return "\n".join(lines)
         return None
 
@@ -274,7 +281,7 @@ class JobsModel(QtCore.QAbstractItemModel):
             if col == COL_STATE:
                 return job.state.value
             if col == COL_PROGRESS:
-                return "{:.0f}%".format(job.fraction * 100)
+                return f"{job.fraction * 100:.0f}%"
             if col == COL_FRAMES:
                 return "" if job.frame is None else str(job.frame)
             if col == COL_SERVER:
@@ -314,7 +321,7 @@ class ProgressDelegate(QtWidgets.QStyledItemDelegate):
         bar.minimum = 0
         bar.maximum = 1000
         bar.progress = int(round(max(0.0, min(1.0, fraction)) * 1000))
-        bar.text = "{:.0f}%".format(fraction * 100)
+        bar.text = f"{fraction * 100:.0f}%"
         bar.textVisible = True
         bar.state = option.state | QtWidgets.QStyle.StateFlag.State_Horizontal
         widget = option.widget
@@ -340,7 +347,14 @@ class JobsView(QtWidgets.QWidget):
         self.tree.setUniformRowHeights(True)
         self.tree.setAlternatingRowColors(True)
         self.tree.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        for col, width in ((COL_NAME, 150), (COL_STATE, 72), (COL_PROGRESS, 110), (COL_FRAMES, 190), (COL_SERVER, 210), (COL_ATTEMPTS, 40)):
+        for col, width in (
+            (COL_NAME, 190),
+            (COL_STATE, 76),
+            (COL_PROGRESS, 110),
+            (COL_FRAMES, 230),
+            (COL_SERVER, 250),
+            (COL_ATTEMPTS, 40),
+        ):
             self.tree.setColumnWidth(col, width)
         self.tree.header().setStretchLastSection(True)
         self.tree.doubleClicked.connect(self._double_clicked)
@@ -386,6 +400,10 @@ class JobsView(QtWidgets.QWidget):
     def _rows_inserted(self, parent: QtCore.QModelIndex, first: int, last: int) -> None:
         if parent.isValid():
             return
+        for col in (COL_NAME, COL_FRAMES, COL_SERVER):
+            wanted = min(self.tree.sizeHintForColumn(col) + 12, 360)
+            if wanted > self.tree.columnWidth(col):
+                self.tree.setColumnWidth(col, wanted)
         if self.tree.selectionModel() is not None and not self.tree.selectionModel().hasSelection():
             self.select_batch(self.model.batches()[last].id)
         self._update_buttons()
@@ -425,7 +443,7 @@ class JobsView(QtWidgets.QWidget):
     def _summary_text(batch: Optional[BatchSnapshot]) -> str:
         if batch is None:
             return ""
-        text = "{}: {}".format(batch.name, batch_counts_text(batch))
+        text = f"{batch.name}: {batch_counts_text(batch)}"
         if batch.message:
             text += " — " + batch.message
         return text
@@ -460,12 +478,16 @@ class JobsView(QtWidgets.QWidget):
         if batch is None or not batch.errors:
             return None
         failed = [j for j in batch.jobs if j.state is JobState.FAILED]
-        head = "{}: {} of {} failed".format(batch.name, len(failed), len(batch.jobs))
+        head = f"{batch.name}: {len(failed)} of {len(batch.jobs)} failed"
         return head + "\n\n" + "\n\n".join(error_details(e) for e in batch.errors)
 
     def error_traceback(self) -> Optional[str]:
         job = self.selected_job()
-        errors = [job.error] if job is not None and job.error is not None else list(getattr(self.selected_batch(), "errors", ()) or ())
+        errors = (
+            [job.error]
+            if job is not None and job.error is not None
+            else list(getattr(self.selected_batch(), "errors", ()) or ())
+        )
         tracebacks = [e.traceback for e in errors if e.traceback]
         return "\n\n".join(tracebacks) if tracebacks else None
 

@@ -21,10 +21,10 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from ..core.errors import ClusterError, user_message
-from ..core.state import PoolSnapshot, ServerSnapshot
+from ..core.state import PoolSnapshot
 from .jobs_view import JobsView
 from .qt import QtCore, QtGui, QtWidgets, Signal
-from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView, status_colour_name
+from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView
 from .workers import BatchBridge, SnapshotBridge, TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ TICK_MS = 1000
 #: the longest a closing panel waits for its worker threads (each is bounded by network timeouts)
 SHUTDOWN_WAIT_S = 15.0
 
-_open_panels: "weakref.WeakSet[ClusterPanel]" = weakref.WeakSet()
+_open_panels: weakref.WeakSet[ClusterPanel] = weakref.WeakSet()
 
 
 def announce_batch(batch: Any) -> None:
@@ -87,7 +87,7 @@ class ConfigBanner(QtWidgets.QFrame):
         shown = problems[:3]
         lines = ["{} {}".format("Error:" if i < len(errors) else "Warning:", p) for i, p in enumerate(shown)]
         if len(problems) > len(shown):
-            lines.append("… and {} more (hover for all)".format(len(problems) - len(shown)))
+            lines.append(f"… and {len(problems) - len(shown)} more (hover for all)")
         self.details.setText("\n".join(lines))
         self.details.setVisible(bool(lines))
         everything = [notice] + ["Error: " + e for e in errors] + ["Warning: " + w for w in warnings]
@@ -209,6 +209,8 @@ class ClusterPanel(QtWidgets.QWidget):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
+        self._splitter_set_by_user = False
+        self.splitter.splitterMoved.connect(self._splitter_moved)
 
         self.status_label = QtWidgets.QLabel(self)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -223,12 +225,39 @@ class ClusterPanel(QtWidgets.QWidget):
     def sizeHint(self) -> QtCore.QSize:  # noqa: N802
         return QtCore.QSize(1000, 620)
 
+    def _splitter_moved(self, *_: Any) -> None:
+        self._splitter_set_by_user = True
+
+    def _fit_table(self) -> None:
+        """Give the server table the height of its rows (until the user drags the splitter)."""
+        if self._closed:
+            return
+        total = sum(self.splitter.sizes())
+        if self._splitter_set_by_user or total <= 0:
+            return
+        table = self.table
+        rows = max(self.model.rowCount(), 3)
+        wanted = table.horizontalHeader().sizeHint().height() + table.verticalHeader().defaultSectionSize() * rows
+        # room for a horizontal scroll bar: a narrow dock often needs one
+        wanted += 2 * table.frameWidth() + table.horizontalScrollBar().sizeHint().height() + 2
+        wanted = min(wanted, int(total * 0.6))
+        self.splitter.setSizes([wanted, total - wanted])
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        # after the layout has given the splitter its new size
+        QtCore.QTimer.singleShot(0, self._fit_table)
+
     # -- snapshots -----------------------------------------------------------------------
     def _apply_snapshot(self, snap: PoolSnapshot) -> None:
         if self._closed:
             return
         now = time.time()
+        rows = self.model.rowCount()
         self.model.set_snapshot(snap, now)
+        if self.model.rowCount() != rows:
+            self.table.fit_columns()
+            self._fit_table()
         self.banner.set_state(snap.source, snap.warnings, snap.errors)
         self._update_override(snap, now)
         self._update_status_line(snap, now)
@@ -237,11 +266,11 @@ class ClusterPanel(QtWidgets.QWidget):
     def _update_override(self, snap: PoolSnapshot, now: float) -> None:
         combo = self.override_combo
         strategy = _STRATEGY_LABELS.get(getattr(self.pool, "strategy", ""), "least loaded")
-        auto = "Auto ({})".format(strategy)
+        auto = f"Auto ({strategy})"
         items: List[Any] = [(auto, None, None)]
         for server in snap.servers:
             reason = server.unavailable_reason(now) if server.status.value != "unknown" or not server.enabled else None
-            text = server.name if reason is None else "{} — {}".format(server.name, _short(reason))
+            text = server.name if reason is None else f"{server.name} — {_short(reason)}"
             items.append((text, server.name, reason))
         names = [name for _, name, _ in items]
         current = [combo.itemData(i) for i in range(combo.count())]
@@ -255,8 +284,10 @@ class ClusterPanel(QtWidgets.QWidget):
             for i, (text, name, reason) in enumerate(items):
                 combo.setItemText(i, text)
                 combo.setItemData(i, grey if reason else None, Qt.ItemDataRole.ForegroundRole)
-                tip = "Unavailable: {}".format(reason) if reason else (
-                    "Pin submissions to {}".format(name) if name else "Each prompt goes where it finishes first"
+                tip = (
+                    f"Unavailable: {reason}"
+                    if reason
+                    else (f"Pin submissions to {name}" if name else "Each prompt goes where it finishes first")
                 )
                 combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
             override = self.pool.override
@@ -279,11 +310,11 @@ class ClusterPanel(QtWidgets.QWidget):
     def _update_status_line(self, snap: PoolSnapshot, now: float) -> None:
         total = len(snap.servers)
         up = sum(1 for s in snap.servers if s.is_available(now))
-        parts = ["{}/{} servers available".format(up, total)]
+        parts = [f"{up}/{total} servers available"]
         if snap.next_server:
-            parts.append("next: {}".format(snap.next_server))
+            parts.append(f"next: {snap.next_server}")
         if self._last_refresh_s is not None:
-            parts.append("last refresh took {:.2f} s".format(self._last_refresh_s))
+            parts.append(f"last refresh took {self._last_refresh_s:.2f} s")
         if self.last_message:
             parts.append(self.last_message)
         self.status_label.setText(" · ".join(parts))
@@ -328,7 +359,7 @@ class ClusterPanel(QtWidgets.QWidget):
         except ClusterError as e:
             self._message(user_message(e), error=True)
             return
-        self._message("{} priority set to {}".format(name, priority))
+        self._message(f"{name} priority set to {priority}")
 
     def _override_chosen(self, index: int) -> None:
         self.set_override(self.override_combo.itemData(index))
@@ -340,7 +371,7 @@ class ClusterPanel(QtWidgets.QWidget):
         except ClusterError as e:
             self._message(user_message(e), error=True)
             return
-        self._message("submissions go to {}".format(name) if name else "submissions are balanced automatically")
+        self._message(f"submissions go to {name}" if name else "submissions are balanced automatically")
         snap = self.model.snapshot
         if snap is not None:
             self._update_override(snap, time.time())
@@ -375,7 +406,13 @@ class ClusterPanel(QtWidgets.QWidget):
         server = self.pool.get_server_by_name(name)
         if server is None or self._closed:
             return
-        self.runner.run("refresh-" + name, server.update_status, lambda _snap: None, exclusive=True)
+        pool = self.pool
+
+        def poll() -> PoolSnapshot:
+            server.update_status()
+            return pool.snapshot()
+
+        self.runner.run("refresh-" + name, poll, self._apply_snapshot, exclusive=True)
 
     def _refresh_ended(self) -> float:
         elapsed = time.monotonic() - self._refresh_started_at
@@ -394,7 +431,7 @@ class ClusterPanel(QtWidgets.QWidget):
 
     def _refresh_failed(self, error: TaskError) -> None:
         elapsed = self._refresh_ended()
-        self._message("Refresh failed: {}".format(error.message), error=True)
+        self._message(f"Refresh failed: {error.message}", error=True)
         log.warning("refresh failed: %s\n%s", error.message, error.traceback)
         self.refresh_finished.emit(elapsed)
 
@@ -443,14 +480,14 @@ class ClusterPanel(QtWidgets.QWidget):
         if batch is None:
             return
         self.cluster.cancel(batch)  # queued to the dispatcher thread: no I/O here
-        self._message("cancelling {}".format(batch.name))
+        self._message(f"cancelling {batch.name}")
 
     def retry_batch(self, batch_id: str) -> None:
         batch = self._batches.get(batch_id)
         if batch is None:
             return
         self.cluster.retry_failed(batch)
-        self._message("retrying the failed frames of {}".format(batch.name))
+        self._message(f"retrying the failed frames of {batch.name}")
 
     def _batches_cleared(self, ids: List[str]) -> None:
         for batch_id in ids:
@@ -464,7 +501,7 @@ class ClusterPanel(QtWidgets.QWidget):
         the batch it returns is shown in the jobs view, an error in the status line."""
 
         def failed(error: TaskError) -> None:
-            self._message("Submit failed: {}".format(error.message), error=True)
+            self._message(f"Submit failed: {error.message}", error=True)
 
         return self.runner.run(name, submit, self.watch_batch, failed)
 
@@ -519,8 +556,3 @@ class ClusterPanel(QtWidgets.QWidget):
 def _short(reason: str, limit: int = 60) -> str:
     reason = " ".join(reason.split())
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
-
-
-def server_colour(server: ServerSnapshot) -> str:
-    """The status colour name of one server now (for other widgets, e.g. the Nuke node)."""
-    return status_colour_name(server, time.time())

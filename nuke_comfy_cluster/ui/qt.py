@@ -43,7 +43,7 @@ def _load() -> Tuple[str, Any, Any, Any]:
             gui = importlib.import_module(name + ".QtGui")
             widgets = importlib.import_module(name + ".QtWidgets")
         except ImportError as e:
-            errors.append("{}: {}".format(name, e))
+            errors.append(f"{name}: {e}")
             continue
         return name, core, gui, widgets
     raise ImportError("No Qt binding found (tried {}). Install PySide6 or PySide2.".format("; ".join(errors)))
@@ -61,7 +61,7 @@ QAction = QtGui.QAction if hasattr(QtGui, "QAction") else QtWidgets.QAction
 
 def exec_(obj: Any, *args: Any) -> Any:
     """``obj.exec()`` (PySide6) or ``obj.exec_()`` (PySide2): apps, dialogs, menus, event loops."""
-    method = getattr(obj, "exec", None) or getattr(obj, "exec_")
+    method = getattr(obj, "exec", None) or obj.exec_
     return method(*args)
 
 

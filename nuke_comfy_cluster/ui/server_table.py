@@ -23,8 +23,8 @@ StatusColourRole = int(Qt.ItemDataRole.UserRole) + 2
 #: the server name of the row, whatever the column
 NameRole = int(Qt.ItemDataRole.UserRole) + 3
 
-COL_STATUS, COL_NAME, COL_ADDRESS, COL_QUEUE, COL_PRIORITY, COL_ENABLED, COL_LATENCY, COL_GPU, COL_VRAM, COL_SEEN = range(
-    10
+COL_STATUS, COL_NAME, COL_ADDRESS, COL_QUEUE, COL_PRIORITY, COL_ENABLED, COL_LATENCY, COL_GPU, COL_VRAM, COL_SEEN = (
+    range(10)
 )
 HEADERS = ("Status", "Name", "Host:port", "Queue", "Priority", "Enabled", "Latency", "GPU", "VRAM free", "Last seen")
 HEADER_TIPS = (
@@ -37,7 +37,7 @@ HEADER_TIPS = (
     "Round trip of the last status request",
     "The server's first device",
     "Free / total video memory",
-    "Time since the server last answered",
+    "Live: connected by websocket (queue pushed); else the time since it last answered",
 )
 
 #: colours by status; COOLING is for a reachable server skipped after failures
@@ -70,19 +70,17 @@ def status_tooltip(server: ServerSnapshot, now: float) -> str:
     lines = []
     reason = server.unavailable_reason(now)
     if reason is not None and server.status is not ServerStatus.UNKNOWN:
-        lines.append("Not used: {}".format(reason))
+        lines.append(f"Not used: {reason}")
     elif server.status is ServerStatus.UNKNOWN and server.enabled:
         lines.append("Not checked yet")
     else:
         lines.append("Available")
     if server.last_error and server.last_error not in (reason or ""):
-        lines.append("Last error: {}".format(server.last_error))
+        lines.append(f"Last error: {server.last_error}")
     lines.append("Status by {}".format("websocket push (live)" if server.live else "polling"))
     counters = server.counters
     if counters.dispatches or counters.failures:
-        lines.append(
-            "Sent {} · completed {} · failed {}".format(counters.dispatches, counters.completed, counters.failures)
-        )
+        lines.append(f"Sent {counters.dispatches} · completed {counters.completed} · failed {counters.failures}")
     return "\n".join(lines)
 
 
@@ -93,15 +91,15 @@ def format_age(seconds: Optional[float]) -> str:
     if seconds < 2:
         return "just now"
     if seconds < 90:
-        return "{:.0f} s ago".format(seconds)
+        return f"{seconds:.0f} s ago"
     if seconds < 90 * 60:
-        return "{:.0f} min ago".format(seconds / 60)
-    return "{:.1f} h ago".format(seconds / 3600)
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
 
 
 def format_bytes(n: int) -> str:
     gib = n / float(1024**3)
-    return "{:.1f} GB".format(gib) if gib >= 1 else "{:.0f} MB".format(n / float(1024**2))
+    return f"{gib:.1f} GB" if gib >= 1 else f"{n / float(1024**2):.0f} MB"
 
 
 def short_gpu_name(name: str) -> str:
@@ -128,9 +126,7 @@ def dot_icon(colour: str, shape: str = "dot") -> QtGui.QIcon:
         painter.setPen(QtCore.Qt.PenStyle.NoPen)
         painter.setBrush(QtGui.QColor(colour))
         if shape == "arrow":
-            painter.drawPolygon(
-                QtGui.QPolygonF([QtCore.QPointF(2, 1), QtCore.QPointF(11, 6), QtCore.QPointF(2, 11)])
-            )
+            painter.drawPolygon(QtGui.QPolygonF([QtCore.QPointF(2, 1), QtCore.QPointF(11, 6), QtCore.QPointF(2, 11)]))
         else:
             painter.drawEllipse(QtCore.QRectF(1, 1, 10, 10))
         painter.end()
@@ -275,26 +271,28 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         if col == COL_NAME:
             return server.name
         if col == COL_ADDRESS:
-            host = "[{}]".format(server.host) if ":" in server.host else server.host
-            return "{}:{}".format(host, server.port)
+            host = f"[{server.host}]" if ":" in server.host else server.host
+            return f"{host}:{server.port}"
         if col == COL_QUEUE:
             if server.status is ServerStatus.UNKNOWN or not server.status.reachable:
                 return "–"
-            text = "{} / {}".format(server.queue_running, server.queue_pending)
-            return text + " (+{})".format(server.in_flight) if server.in_flight else text
+            text = f"{server.queue_running} / {server.queue_pending}"
+            return text + f" (+{server.in_flight})" if server.in_flight else text
         if col == COL_PRIORITY:
             return str(server.priority)
         if col == COL_ENABLED:
             return ""
         if col == COL_LATENCY:
-            return "–" if server.latency_ms is None else "{:.0f} ms".format(server.latency_ms)
+            return "–" if server.latency_ms is None else f"{server.latency_ms:.0f} ms"
         if col == COL_GPU:
             return short_gpu_name(server.device.name) or "–"
         if col == COL_VRAM:
             if not server.device.vram_total:
                 return "–"
-            return "{} / {}".format(format_bytes(server.device.vram_free), format_bytes(server.device.vram_total))
+            return f"{format_bytes(server.device.vram_free)} / {format_bytes(server.device.vram_total)}"
         if col == COL_SEEN:
+            if server.live and server.status.reachable:
+                return "live"
             seen = server.last_status_check
             return format_age(None if seen is None else now - seen)
         return None
@@ -317,7 +315,7 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         if col == COL_SEEN:
             return -(server.last_status_check or 0.0)  # most recent first
         if col == COL_ADDRESS:
-            return "{}:{:05d}".format(server.host.lower(), server.port)
+            return f"{server.host.lower()}:{server.port:05d}"
         return str(self._display(server, col, now)).lower()
 
     def _tooltip(self, server: ServerSnapshot, col: int, now: float, is_next: bool) -> Optional[str]:
@@ -334,18 +332,24 @@ class ServerTableModel(QtCore.QAbstractTableModel):
             return "{} running, {} waiting{}".format(
                 server.queue_running,
                 server.queue_pending,
-                "; {} sent by us not yet in its queue".format(server.in_flight) if server.in_flight else "",
+                f"; {server.in_flight} sent by us not yet in its queue" if server.in_flight else "",
             )
         if col == COL_GPU:
             device = server.device
             if not device.name:
                 return None
-            extra = " · ComfyUI {}".format(device.comfyui_version) if device.comfyui_version else ""
+            extra = f" · ComfyUI {device.comfyui_version}" if device.comfyui_version else ""
             return device.name + extra
-        if col == COL_SEEN and server.last_status_check:
-            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(server.last_status_check))
+        if col == COL_SEEN:
+            last = server.last_status_check
+            when = (
+                "Last answer {}".format(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)))
+                if last
+                else "Never answered"
+            )
+            return when + ("\nLive: the server pushes its queue over the websocket" if server.live else "")
         if col == COL_LATENCY and server.counters.mean_latency_ms is not None:
-            return "Mean frame time here: {:.1f} s".format(server.counters.mean_latency_ms / 1000.0)
+            return f"Mean frame time here: {server.counters.mean_latency_ms / 1000.0:.1f} s"
         return None
 
     def setData(self, index: QtCore.QModelIndex, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
@@ -408,7 +412,7 @@ class ServerTableView(QtWidgets.QTableView):
         self.setModel(self.proxy)
         self.setItemDelegate(ServerTableDelegate(self))
         self.setSortingEnabled(True)
-        self.sortByColumn(COL_NAME, Qt.SortOrder.AscendingOrder)
+        self.sortByColumn(COL_PRIORITY, Qt.SortOrder.AscendingOrder)
         self.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(
@@ -422,8 +426,25 @@ class ServerTableView(QtWidgets.QTableView):
         header = self.horizontalHeader()
         header.setStretchLastSection(True)
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Interactive)
-        for col, width in ((COL_STATUS, 104), (COL_NAME, 120), (COL_ADDRESS, 130), (COL_QUEUE, 64), (COL_PRIORITY, 58), (COL_ENABLED, 62), (COL_LATENCY, 64), (COL_GPU, 150), (COL_VRAM, 120)):
+        for col, width in (
+            (COL_STATUS, 104),
+            (COL_NAME, 130),
+            (COL_ADDRESS, 130),
+            (COL_QUEUE, 84),
+            (COL_PRIORITY, 58),
+            (COL_ENABLED, 62),
+            (COL_LATENCY, 64),
+            (COL_GPU, 150),
+            (COL_VRAM, 130),
+        ):
             self.setColumnWidth(col, width)
+        self._min_widths = {col: self.columnWidth(col) for col in range(len(HEADERS) - 1)}
+
+    def fit_columns(self) -> None:
+        """Widen columns to their contents (fonts differ between hosts); never narrower than the defaults."""
+        for col, minimum in self._min_widths.items():
+            self.resizeColumnToContents(col)
+            self.setColumnWidth(col, max(minimum, min(self.columnWidth(col), 360)))
 
     def source_row(self, proxy_row: int) -> int:
         return self.proxy.mapToSource(self.proxy.index(proxy_row, 0)).row()

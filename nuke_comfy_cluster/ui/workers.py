@@ -31,7 +31,7 @@ from .qt import QtCore, Signal
 log = logging.getLogger(__name__)
 
 #: QThreads that may still run; a strong reference keeps each alive until it finished
-_live_threads: Set["_TaskThread"] = set()
+_live_threads: Set[_TaskThread] = set()
 _live_lock = threading.Lock()
 
 
@@ -54,7 +54,7 @@ class _TaskThread(QtCore.QThread):
 
     def __init__(self, name: str, fn: Callable[[], Any]) -> None:
         super().__init__()
-        self.setObjectName("ncc-{}".format(name))
+        self.setObjectName(f"ncc-{name}")
         self.task_name = name
         self._fn = fn
         self.started_at = time.monotonic()
@@ -77,7 +77,7 @@ class _Receiver(QtCore.QObject):
 
     def __init__(
         self,
-        runner: "TaskRunner",
+        runner: TaskRunner,
         on_done: Optional[Callable[[Any], None]],
         on_error: Optional[Callable[[TaskError], None]],
     ) -> None:
@@ -103,7 +103,7 @@ class _Receiver(QtCore.QObject):
             self.deleteLater()
 
 
-def _forget(thread: "_TaskThread") -> None:
+def _forget(thread: _TaskThread) -> None:
     with _live_lock:
         _live_threads.discard(thread)
     thread.deleteLater()
@@ -156,9 +156,7 @@ class TaskRunner(QtCore.QObject):
             _forget(thread)
 
     def is_running(self, name: Optional[str] = None) -> bool:
-        return any(
-            not t.isFinished() and (name is None or t.task_name == name) for t in list(self._threads.values())
-        )
+        return any(not t.isFinished() and (name is None or t.task_name == name) for t in list(self._threads.values()))
 
     def running_names(self) -> List[str]:
         return [t.task_name for t in self._threads.values() if not t.isFinished()]
@@ -172,7 +170,9 @@ class TaskRunner(QtCore.QObject):
             left_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not thread.wait(left_ms):
                 ok = False
-                log.warning("task %s still running after %.0f s; it finishes in the background", thread.task_name, timeout)
+                log.warning(
+                    "task %s still running after %.0f s; it finishes in the background", thread.task_name, timeout
+                )
         self._thread_finished()
         return ok
 

@@ -1,0 +1,385 @@
+"""``python -m nuke_comfy_cluster install / uninstall``: put the plugin where Nuke finds it.
+
+Layout written under the Nuke folder (``~/.nuke`` by default, or ``--nuke-dir``,
+e.g. a studio folder on ``NUKE_PATH``)::
+
+    <nuke_dir>/init.py                          + a marked block: nuke.pluginAddPath(<plugin>)
+    <nuke_dir>/nuke_comfy_cluster_plugin/
+        init.py, menu.py                        the entry points
+        nuke_comfy_cluster/                     this package
+        resources/                              the toolbar icon
+        site-packages/                          requests, urllib3, idna, charset_normalizer,
+                                                certifi, websocket (copied from this Python,
+                                                no network)
+        install.json                            what install did, so uninstall undoes exactly that
+
+Install is idempotent (the block is replaced, never duplicated; the plugin folder
+is rebuilt). Uninstall removes the plugin folder and the block and leaves every
+other line of the user's init.py as it was; an init.py that install created and
+that holds nothing else is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .. import __version__
+from .icon import ICON_NAME, icon_png
+
+PLUGIN_DIR = "nuke_comfy_cluster_plugin"
+VENDOR_DIR = "site-packages"
+MANIFEST = "install.json"
+BEGIN = "# >>> nuke_comfy_cluster >>>"
+END = "# <<< nuke_comfy_cluster <<<"
+
+#: (distribution, top-level import name): requests, websocket-client and what they need
+DEPENDENCIES = (
+    ("requests", "requests"),
+    ("urllib3", "urllib3"),
+    ("idna", "idna"),
+    ("charset-normalizer", "charset_normalizer"),
+    ("certifi", "certifi"),
+    ("websocket-client", "websocket"),
+)
+#: the oldest Python a Nuke we support runs (Nuke 14)
+NUKE_PYTHON = (3, 9)
+
+# Written when the package was installed without its checkout's top-level files;
+# tests/nuke/test_install.py checks they match the repository's init.py / menu.py.
+INIT_PY = """\
+# ComfyUI Cluster for Nuke: runs in every session (GUI, nuke -t, render farm).
+# Only makes the vendored dependencies importable; the menus come from menu.py.
+try:
+    from nuke_comfy_cluster.nuke_host import startup as _ncc_startup
+
+    _ncc_startup.init()
+except Exception:  # keep Nuke starting even if the plugin is broken
+    import traceback
+
+    traceback.print_exc()
+"""
+MENU_PY = """\
+# ComfyUI Cluster for Nuke: the docked panel, the node toolbar entry and the menu commands.
+# install() checks nuke.GUI and logs instead of raising, so Nuke always starts.
+try:
+    import nuke_comfy_cluster.nuke_host.startup as _ncc_startup
+
+    _ncc_startup.install()
+except Exception:  # keep Nuke starting even if the plugin is broken
+    import traceback
+
+    traceback.print_exc()
+"""
+
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+
+
+@dataclass
+class InstallReport:
+    """What install / uninstall did, for the command line and the tests."""
+
+    nuke_dir: str
+    plugin_dir: str
+    init_py: str
+    actions: List[str] = field(default_factory=list)
+    vendored: Dict[str, str] = field(default_factory=dict)  # distribution -> version
+    warnings: List[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = list(self.actions)
+        if self.vendored:
+            lines.append("vendored: " + ", ".join("{} {}".format(k, v) for k, v in sorted(self.vendored.items())))
+        lines += ["warning: " + w for w in self.warnings]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def default_nuke_dir() -> str:
+    """The user's .nuke folder, found the way Nuke finds it (HOME first on Windows too)."""
+    if os.name == "nt":
+        home = os.environ.get("HOME") or os.environ.get("USERPROFILE") or os.path.expanduser("~")
+    else:
+        home = os.path.expanduser("~")
+    return os.path.join(home, ".nuke")
+
+
+def _source_root() -> Path:
+    """The folder holding the package (and, in a checkout, init.py / menu.py / resources)."""
+    return Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_atomic(path: Path, text: str, newline: str = "\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ncc-", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_text(path: Path) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _newline_of(text: str) -> str:
+    return "\r\n" if "\r\n" in text else "\n"
+
+
+def block_for(plugin_dir: str) -> str:
+    path = Path(plugin_dir).as_posix()
+    return "\n".join(
+        [
+            BEGIN + " added by `python -m nuke_comfy_cluster install`; remove with `uninstall`",
+            "import nuke",
+            "nuke.pluginAddPath({!r})".format(path),
+            END,
+        ]
+    )
+
+
+def strip_block(text: str) -> str:
+    """``text`` without our marked block(s); other lines untouched."""
+    lines = text.splitlines(keepends=True)
+    out: List[str] = []
+    inside = False
+    for line in lines:
+        stripped = line.strip()
+        if not inside and stripped.startswith(BEGIN):
+            inside = True
+            continue
+        if inside:
+            if stripped.startswith(END):
+                inside = False
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def add_block(text: str, plugin_dir: str) -> str:
+    """``text`` with exactly one block at the end (replacing an older one)."""
+    newline = _newline_of(text) if text else "\n"
+    base = strip_block(text)
+    if base and not base.endswith(("\n", "\r")):
+        base += newline
+    return base + block_for(plugin_dir).replace("\n", newline) + newline
+
+
+# --------------------------------------------------------------------------- vendoring
+
+
+def _dist_files(dist_name: str, top: str) -> Optional[List[Path]]:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    base = Path(str(dist.locate_file(""))).resolve()
+    files = []
+    for entry in dist.files or []:
+        path = Path(str(dist.locate_file(entry))).resolve()
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue  # console scripts in bin/ and the like
+        if rel.parts and (rel.parts[0] == top or rel.parts[0].endswith(".dist-info")) and "__pycache__" not in rel.parts:
+            if path.suffix not in (".pyc", ".pyo") and path.is_file():
+                files.append(path)
+    return files
+
+
+def _requires_python_ok(dist_name: str, warnings: List[str]) -> str:
+    try:
+        meta = importlib.metadata.metadata(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+    spec = meta.get("Requires-Python") or ""
+    low = [part.strip()[2:] for part in spec.split(",") if part.strip().startswith(">=")]
+    for version in low:
+        numbers = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+        if numbers and numbers > NUKE_PYTHON:
+            warnings.append(
+                "{} {} needs Python {}: Nuke 14 runs {}.{}; install an older {} into this Python first".format(
+                    dist_name, meta.get("Version"), spec, NUKE_PYTHON[0], NUKE_PYTHON[1], dist_name
+                )
+            )
+    return str(meta.get("Version") or "")
+
+
+def vendor(target: Path, report: InstallReport) -> None:
+    """Copy the dependencies from this Python's environment into ``target`` (no network)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for dist_name, top in DEPENDENCIES:
+        files = _dist_files(dist_name, top)
+        if files:
+            base = Path(str(importlib.metadata.distribution(dist_name).locate_file(""))).resolve()
+            for path in files:
+                dest = target / path.relative_to(base)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(str(path), str(dest))
+            report.vendored[dist_name] = _requires_python_ok(dist_name, report.warnings)
+            continue
+        spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            report.warnings.append("{} is not installed in this Python: Nuke must provide it".format(dist_name))
+            continue
+        shutil.copytree(list(spec.submodule_search_locations)[0], str(target / top), ignore=_IGNORE)
+        report.vendored[dist_name] = "?"
+    # mypyc-compiled modules for this Python are skipped by Nuke's Python, which then
+    # uses the pure-Python fallbacks these packages ship alongside
+
+
+# --------------------------------------------------------------------------- install / uninstall
+
+
+def _copy_plugin(plugin: Path, report: InstallReport) -> None:
+    source = _source_root()
+    shutil.copytree(str(source / "nuke_comfy_cluster"), str(plugin / "nuke_comfy_cluster"), ignore=_IGNORE)
+    for name, fallback in (("init.py", INIT_PY), ("menu.py", MENU_PY)):
+        if (source / name).is_file():
+            shutil.copy2(str(source / name), str(plugin / name))
+        else:
+            _write_atomic(plugin / name, fallback)
+    resources = source / "resources"
+    if resources.is_dir():
+        shutil.copytree(str(resources), str(plugin / "resources"), ignore=_IGNORE)
+    else:
+        (plugin / "resources").mkdir()
+        (plugin / "resources" / ICON_NAME).write_bytes(icon_png())
+        report.warnings.append("resources/ not found beside the package: icon drawn afresh")
+
+
+def _manifest(plugin: Path) -> Dict[str, object]:
+    try:
+        return json.loads((plugin / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def install(nuke_dir: Optional[str] = None) -> InstallReport:
+    """Install (or refresh) the plugin into ``nuke_dir`` and hook it into its init.py."""
+    root = Path(nuke_dir or default_nuke_dir()).expanduser().resolve()
+    plugin = root / PLUGIN_DIR
+    init_py = root / "init.py"
+    report = InstallReport(str(root), str(plugin), str(init_py))
+    previous = _manifest(plugin)
+    original = _read_text(init_py)
+    created_init = bool(previous.get("created_init")) if previous else original is None
+
+    # build beside, then swap in: a failed copy never leaves half a plugin behind
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ncc-install-", dir=str(root)))
+    try:
+        _copy_plugin(staging, report)
+        vendor(staging / VENDOR_DIR, report)
+        manifest = {
+            "version": __version__,
+            "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "python": sys.version.split()[0],
+            "created_init": created_init,
+            "vendored": report.vendored,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if plugin.exists():
+            shutil.rmtree(str(plugin))
+            report.actions.append("replaced {}".format(plugin))
+        else:
+            report.actions.append("installed {}".format(plugin))
+        os.replace(str(staging), str(plugin))
+    finally:
+        if staging.exists():
+            shutil.rmtree(str(staging), ignore_errors=True)
+
+    text = original or ""
+    updated = add_block(text, str(plugin))
+    if updated != text:
+        _write_atomic(init_py, updated, newline="")
+        report.actions.append("{} {}: nuke.pluginAddPath({})".format("created" if original is None else "updated", init_py, plugin.as_posix()))
+    else:
+        report.actions.append("{} already loads the plugin".format(init_py))
+    return report
+
+
+def uninstall(nuke_dir: Optional[str] = None) -> InstallReport:
+    """Remove what :func:`install` added; other lines of init.py stay as they are."""
+    root = Path(nuke_dir or default_nuke_dir()).expanduser().resolve()
+    plugin = root / PLUGIN_DIR
+    init_py = root / "init.py"
+    report = InstallReport(str(root), str(plugin), str(init_py))
+    manifest = _manifest(plugin)
+    text = _read_text(init_py)
+    if text is not None and BEGIN in text:
+        rest = strip_block(text)
+        if manifest.get("created_init") and not rest.strip():
+            init_py.unlink()
+            report.actions.append("removed {} (install had created it)".format(init_py))
+        else:
+            _write_atomic(init_py, rest, newline="")
+            report.actions.append("removed the nuke_comfy_cluster block from {}".format(init_py))
+    if plugin.exists():
+        shutil.rmtree(str(plugin))
+        report.actions.append("removed {}".format(plugin))
+    if not report.actions:
+        report.actions.append("nothing to remove in {}".format(root))
+    return report
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nuke_comfy_cluster " + command,
+        description="{} the ComfyUI Cluster plugin {} Nuke's user folder.".format(
+            command.capitalize(), "into" if command == "install" else "from"
+        ),
+    )
+    parser.add_argument(
+        "--nuke-dir",
+        default=None,
+        help="the .nuke folder or a folder on NUKE_PATH (default: {})".format(default_nuke_dir()),
+    )
+    return parser
+
+
+def _main(command: str, argv: Optional[Sequence[str]]) -> int:
+    args = _parser(command).parse_args(list(argv) if argv is not None else None)
+    try:
+        report = install(args.nuke_dir) if command == "install" else uninstall(args.nuke_dir)
+    except OSError as e:
+        print("{} failed: {}".format(command, e), file=sys.stderr)
+        return 1
+    print(report.text())
+    if command == "install":
+        print("Restart Nuke: the node is under Nodes > ComfyUI Cluster, the panel under Pane > ComfyUI Cluster.")
+    return 0
+
+
+def main_install(argv: Optional[Sequence[str]] = None) -> int:
+    return _main("install", argv)
+
+
+def main_uninstall(argv: Optional[Sequence[str]] = None) -> int:
+    return _main("uninstall", argv)

@@ -1,0 +1,928 @@
+"""A small, explicit fake of ``nuke`` and ``nukescripts`` for the Nuke host tests.
+
+Only what the plugin uses is here, and it is strict where Nuke is fragile:
+
+- anything not implemented raises :class:`Missing` (no MagicMock: a call the fake
+  does not know is a test failure, not a silent success);
+- nodes, knobs, menus, ``execute`` and ``message`` must be used on the main thread
+  (:class:`OffMainThread` otherwise), ``ProgressTask`` only from another thread;
+  ``executeInMainThread`` queues calls that the test runs with :meth:`FakeNuke.pump`;
+- a deleted node raises ``ValueError`` like Nuke ("not attached to a node");
+- every call is recorded in :attr:`FakeNuke.calls`.
+
+``execute`` on a Write "renders" by writing a small PNG per frame whose colour
+encodes (upstream node, frame), so tests can tell which frame reached which prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import sys
+import threading
+import time
+import types
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+STARTLINE = 0x1000
+INVISIBLE = 0x400
+NO_ANIMATION = 0x100
+
+
+class Missing(NotImplementedError):
+    """The plugin used something this fake does not implement."""
+
+
+class OffMainThread(RuntimeError):
+    """Nuke's API was used from the wrong thread."""
+
+
+def _on_main(what: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise OffMainThread("{} called from thread {!r}: use nuke.executeInMainThread".format(what, threading.current_thread().name))
+
+
+class Strict:
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise Missing("fake nuke: {}.{} is not implemented".format(type(self).__name__, name))
+
+
+def _strict_module(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    def __getattr__(attr: str) -> Any:  # noqa: N807 - PEP 562 module hook
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise Missing("fake nuke: {}.{} is not implemented".format(name, attr))
+
+    module.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    return module
+
+
+def png_bytes(rgb: Tuple[int, int, int], size: int = 4) -> bytes:
+    raw = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def frame_colour(source: str, frame: int) -> Tuple[int, int, int]:
+    """The colour the fake renders for ``source`` at ``frame``."""
+    return frame % 256, (frame // 256) % 256, zlib.crc32(source.encode()) % 256
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+class Knob(Strict):
+    kind = "Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, value: Any = "") -> None:
+        self._name = name
+        self._label = name if label is None else label
+        self._value = value
+        self._flags: set = set()
+        self._tooltip = ""
+        self.node: Optional["Node"] = None
+
+    def _touch(self, what: str) -> None:
+        _on_main("Knob.{}".format(what))
+        if self.node is not None:
+            self.node._check(what)
+
+    def Class(self) -> str:  # noqa: N802 - Nuke's name
+        return self.kind
+
+    def name(self) -> str:
+        return self._name
+
+    def label(self) -> str:
+        return self._label
+
+    def value(self) -> Any:
+        self._touch("value")
+        return self._value
+
+    def evaluate(self) -> str:
+        self._touch("evaluate")
+        return str(self._value)
+
+    def _coerce(self, value: Any) -> Any:
+        return value
+
+    def setValue(self, value: Any) -> bool:  # noqa: N802
+        self._touch("setValue")
+        FakeNuke.current.record("Knob.setValue", self._name, value)
+        self._value = self._coerce(value)
+        return True
+
+    def setFlag(self, flag: int) -> None:  # noqa: N802
+        self._touch("setFlag")
+        self._flags.add(flag)
+
+    def clearFlag(self, flag: int) -> None:  # noqa: N802
+        self._touch("clearFlag")
+        self._flags.discard(flag)
+
+    def getFlag(self, flag: int) -> bool:  # noqa: N802
+        return flag in self._flags
+
+    def setTooltip(self, text: str) -> None:  # noqa: N802
+        self._touch("setTooltip")
+        self._tooltip = text
+
+
+class Int_Knob(Knob):  # noqa: N801
+    kind = "Int_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None) -> None:
+        super().__init__(name, label, 0)
+
+    def _coerce(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("Int_Knob {}: expected a number, got {!r}".format(self._name, value))
+        return int(value)
+
+
+class Boolean_Knob(Knob):  # noqa: N801
+    kind = "Boolean_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None) -> None:
+        super().__init__(name, label, False)
+
+    def _coerce(self, value: Any) -> Any:
+        return bool(value)
+
+
+class String_Knob(Knob):  # noqa: N801
+    kind = "String_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, text: str = "") -> None:
+        super().__init__(name, label, text)
+
+    def _coerce(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise TypeError("{} {}: expected text, got {!r}".format(self.kind, self._name, value))
+        return value
+
+
+class File_Knob(String_Knob):  # noqa: N801
+    kind = "File_Knob"
+
+
+class Text_Knob(String_Knob):  # noqa: N801
+    kind = "Text_Knob"
+
+
+class Tab_Knob(Knob):  # noqa: N801
+    kind = "Tab_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None) -> None:
+        super().__init__(name, label, None)
+
+
+class PyScript_Knob(Knob):  # noqa: N801
+    kind = "PyScript_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, command: str = "") -> None:
+        super().__init__(name, label, command)
+
+    def execute(self) -> None:
+        self._touch("execute")
+        FakeNuke.current.record("PyScript_Knob.execute", self._name)
+        if self._value:
+            FakeNuke.current.run_script(self._value, self.node, self)
+
+
+class Enumeration_Knob(Knob):  # noqa: N801
+    kind = "Enumeration_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, values: Optional[List[str]] = None) -> None:
+        values = list(values or [])
+        super().__init__(name, label, values[0] if values else "")
+        self._values = values
+
+    def values(self) -> List[str]:
+        self._touch("values")
+        return list(self._values)
+
+    def setValues(self, values: List[str]) -> None:  # noqa: N802
+        self._touch("setValues")
+        FakeNuke.current.record("Enumeration_Knob.setValues", self._name, list(values))
+        self._values = [str(v) for v in values]
+        if self._value not in self._values:
+            self._value = self._values[0] if self._values else ""
+
+    def _coerce(self, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self._values[value]
+        if value not in self._values:
+            raise ValueError("Enumeration_Knob {}: {!r} is not one of {}".format(self._name, value, self._values))
+        return value
+
+
+class Script_Knob(Knob):
+    """The hidden ``knobChanged`` knob of a Group: Python run on every knob change."""
+
+    kind = "String_Knob"
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class Node(Strict):
+    def __init__(self, fake: "FakeNuke", cls: str, parent: Optional["Group"], knobs: List[Knob]) -> None:
+        self._fake = fake
+        self._class = cls
+        self._name = ""
+        self._parent = parent
+        self._alive = True
+        self._knobs: Dict[str, Knob] = {}
+        self._inputs: Dict[int, "Node"] = {}
+        self._x = self._y = 0
+        self._selected = False
+        self.channels_list = ["rgba.red", "rgba.green", "rgba.blue"]
+        for knob in [String_Knob("label"), *knobs]:
+            self._attach(knob)
+
+    def _attach(self, knob: Knob) -> None:
+        knob.node = self
+        self._knobs[knob.name()] = knob
+
+    def _check(self, what: str) -> None:
+        _on_main("Node.{}".format(what))
+        if not self._alive:
+            raise ValueError("A PythonObject is not attached to a node")
+
+    def __repr__(self) -> str:
+        return "<fake {} {}>".format(self._class, self._name)
+
+    def Class(self) -> str:  # noqa: N802
+        self._check("Class")
+        return self._class
+
+    def name(self) -> str:
+        self._check("name")
+        return self._name
+
+    def fullName(self) -> str:  # noqa: N802
+        self._check("fullName")
+        parent = self._parent
+        if parent is None or isinstance(parent, Root):
+            return self._name
+        return parent.fullName() + "." + self._name
+
+    def setName(self, name: str, uncollide: bool = True, updateExpressions: bool = False) -> None:  # noqa: N802, N803
+        self._check("setName")
+        self._fake.record("Node.setName", self._name, name)
+        siblings = {n._name for n in (self._parent._children if self._parent else []) if n is not self}
+        final = name
+        if final in siblings:
+            if not uncollide:
+                raise ValueError("name {} is already used".format(name))
+            # like Nuke: Read1 -> Read2, Foo -> Foo1
+            base = name.rstrip("0123456789")
+            n = int(name[len(base) :]) + 1 if len(base) < len(name) else 1
+            while "{}{}".format(base, n) in siblings:
+                n += 1
+            final = "{}{}".format(base, n)
+        self._name = final
+
+    def knob(self, name: str) -> Optional[Knob]:
+        self._check("knob")
+        return self._knobs.get(name)
+
+    def knobs(self) -> Dict[str, Knob]:
+        self._check("knobs")
+        return dict(self._knobs)
+
+    def __getitem__(self, name: str) -> Knob:
+        self._check("__getitem__")
+        if name not in self._knobs:
+            raise NameError("knob {} does not exist".format(name))
+        return self._knobs[name]
+
+    def addKnob(self, knob: Knob) -> None:  # noqa: N802
+        self._check("addKnob")
+        if knob.name() in self._knobs:
+            raise ValueError("{} already has a knob {}".format(self._name, knob.name()))
+        self._fake.record("Node.addKnob", self._name, knob.name(), knob.Class())
+        self._attach(knob)
+
+    def maxInputs(self) -> int:  # noqa: N802
+        return 1
+
+    def input(self, i: int) -> Optional["Node"]:
+        self._check("input")
+        node = self._inputs.get(i)
+        return node if node is not None and node._alive else None
+
+    def setInput(self, i: int, node: Optional["Node"]) -> bool:  # noqa: N802
+        self._check("setInput")
+        if i >= self.maxInputs():
+            return False
+        self._fake.record("Node.setInput", self._name, i, node._name if node else None)
+        if node is None:
+            self._inputs.pop(i, None)
+        else:
+            self._inputs[i] = node
+        return True
+
+    def firstFrame(self) -> int:  # noqa: N802
+        self._check("firstFrame")
+        upstream = self.input(0)
+        return upstream.firstFrame() if upstream is not None else int(self._fake.root_node["first_frame"].value())
+
+    def lastFrame(self) -> int:  # noqa: N802
+        self._check("lastFrame")
+        upstream = self.input(0)
+        return upstream.lastFrame() if upstream is not None else int(self._fake.root_node["last_frame"].value())
+
+    def channels(self) -> List[str]:
+        self._check("channels")
+        return list(self.channels_list)
+
+    def xpos(self) -> int:
+        self._check("xpos")
+        return self._x
+
+    def ypos(self) -> int:
+        self._check("ypos")
+        return self._y
+
+    def setXYpos(self, x: int, y: int) -> None:  # noqa: N802
+        self._check("setXYpos")
+        self._x, self._y = int(x), int(y)
+
+    def setSelected(self, selected: bool) -> None:  # noqa: N802
+        self._check("setSelected")
+        self._selected = bool(selected)
+
+    def isSelected(self) -> bool:  # noqa: N802
+        self._check("isSelected")
+        return self._selected
+
+
+class Read(Node):
+    def __init__(self, fake: "FakeNuke", parent: Optional["Group"]) -> None:
+        on_error = Enumeration_Knob("on_error", "missing frames", ["error", "black", "checkerboard", "nearest frame"])
+        knobs = [File_Knob("file"), Int_Knob("first"), Int_Knob("last"), Int_Knob("origfirst"), Int_Knob("origlast"), on_error]
+        super().__init__(fake, "Read", parent, knobs + [PyScript_Knob("reload", "Reload", "")])
+
+    def maxInputs(self) -> int:  # noqa: N802
+        return 0
+
+    def firstFrame(self) -> int:  # noqa: N802
+        return int(self["first"].value())
+
+    def lastFrame(self) -> int:  # noqa: N802
+        return int(self["last"].value())
+
+
+class Write(Node):
+    FILE_TYPES = ("png", "exr", "jpeg", "tiff")
+
+    def __init__(self, fake: "FakeNuke", parent: Optional["Group"]) -> None:
+        file_type = Enumeration_Knob("file_type", "file type", [""] + list(self.FILE_TYPES))
+        datatype = Enumeration_Knob("datatype", "data type", ["8 bit", "16 bit"])
+        channels = Enumeration_Knob("channels", "channels", ["rgb", "rgba", "alpha", "all"])
+        super().__init__(fake, "Write", parent, [File_Knob("file"), file_type, datatype, channels])
+
+
+class Group(Node):
+    def __init__(self, fake: "FakeNuke", parent: Optional["Group"], cls: str = "Group") -> None:
+        super().__init__(fake, cls, parent, [Script_Knob("knobChanged")])
+        self._children: List[Node] = []
+
+    def maxInputs(self) -> int:  # noqa: N802
+        return sum(1 for n in self._children if n._class == "Input" and n._alive)
+
+    def nodes(self) -> List[Node]:
+        self._check("nodes")
+        return [n for n in self._children if n._alive]
+
+    def begin(self) -> "Group":
+        self._check("begin")
+        self._fake.context.append(self)
+        return self
+
+    def end(self) -> None:
+        self._check("end")
+        if self._fake.context[-1] is not self:
+            raise RuntimeError("end() of {} does not match begin()".format(self._name))
+        self._fake.context.pop()
+
+    def __enter__(self) -> "Group":
+        return self.begin()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.end()
+
+
+class Root(Group):
+    def __init__(self, fake: "FakeNuke") -> None:
+        super().__init__(fake, None, "Root")
+        self._name = "root"
+        for knob in (Int_Knob("first_frame"), Int_Knob("last_frame"), File_Knob("name")):
+            self._attach(knob)
+        self._knobs["first_frame"]._value = 1
+        self._knobs["last_frame"]._value = 100
+
+
+class Nodes(Strict):
+    """``nuke.nodes.<Class>(**knobs)``: only the classes the plugin creates."""
+
+    def __init__(self, fake: "FakeNuke") -> None:
+        self._fake = fake
+
+    def __getattr__(self, cls: str) -> Callable[..., Node]:
+        if cls not in ("Group", "Input", "Output", "Write", "Read"):
+            return Strict.__getattr__(self, cls)
+
+        def create(**knobs: Any) -> Node:
+            return self._fake.create(cls, **knobs)
+
+        return create
+
+
+# --------------------------------------------------------------------------- menus
+
+
+class MenuItem(Strict):
+    def __init__(self, name: str, command: Any, icon: str, shortcut: str) -> None:
+        self._name, self.command, self._icon, self.shortcut = name, command, icon, shortcut
+
+    def name(self) -> str:
+        return self._name
+
+    def icon(self) -> str:
+        return self._icon
+
+    def invoke(self) -> Any:
+        _on_main("MenuItem.invoke")
+        if callable(self.command):
+            return self.command()
+        exec(compile(self.command, "<menu {}>".format(self._name), "exec"), {"__name__": "__main__"})
+        return None
+
+
+def _check_icon(icon: Optional[str]) -> str:
+    if icon and os.path.isabs(icon) and not os.path.isfile(icon):
+        raise FileNotFoundError("icon {} does not exist".format(icon))
+    return icon or ""
+
+
+class Menu(Strict):
+    def __init__(self, name: str, icon: str = "") -> None:
+        self._name = name
+        self._icon = icon
+        self._items: List[Any] = []
+
+    def name(self) -> str:
+        return self._name
+
+    def icon(self) -> str:
+        return self._icon
+
+    def items(self) -> List[Any]:
+        return list(self._items)
+
+    def _find(self, name: str) -> Optional[Any]:
+        return next((i for i in self._items if i.name() == name), None)
+
+    def findItem(self, path: str) -> Optional[Any]:  # noqa: N802
+        head, _, rest = path.partition("/")
+        item = self._find(head)
+        if rest:
+            return item.findItem(rest) if isinstance(item, Menu) else None
+        return item
+
+    def addMenu(self, name: str, icon: Optional[str] = None, tooltip: str = "", index: int = -1) -> "Menu":  # noqa: N802
+        _on_main("Menu.addMenu")
+        FakeNuke.current.record("Menu.addMenu", self._name, name, icon)
+        existing = self._find(name)
+        if isinstance(existing, Menu):
+            return existing
+        menu = Menu(name, _check_icon(icon))
+        self._items.append(menu)
+        return menu
+
+    def addCommand(  # noqa: N802
+        self,
+        name: str,
+        command: Any = None,
+        shortcut: str = "",
+        icon: Optional[str] = None,
+        tooltip: str = "",
+        index: int = -1,
+        readonly: bool = False,
+        shortcutContext: int = 0,  # noqa: N803
+        tag: int = 0,
+    ) -> MenuItem:
+        _on_main("Menu.addCommand")
+        FakeNuke.current.record("Menu.addCommand", self._name, name, icon)
+        head, _, rest = name.partition("/")
+        if rest:
+            return self.addMenu(head).addCommand(rest, command, shortcut, icon)
+        item = MenuItem(name, command, _check_icon(icon), shortcut)
+        existing = self._find(name)
+        if existing is not None:
+            self._items[self._items.index(existing)] = item  # Nuke replaces a command of the same name
+        else:
+            self._items.append(item)
+        return item
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class TaskRecord:
+    """What one ProgressTask showed; ``cancel()`` is the artist pressing its cancel button."""
+
+    def __init__(self, title: str, thread: str) -> None:
+        self.title = title
+        self.thread = thread
+        self.progress: List[int] = []
+        self.messages: List[str] = []
+        self.cancelled = False
+        self.closed = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ProgressTask(Strict):
+    def __init__(self, title: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise OffMainThread("ProgressTask created on the main thread: Nuke would freeze until it ends")
+        self._record = TaskRecord(title, threading.current_thread().name)
+        FakeNuke.current.tasks.append(self._record)
+        FakeNuke.current.record("ProgressTask", title)
+
+    def _off_main(self, what: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise OffMainThread("ProgressTask.{} on the main thread".format(what))
+
+    def setProgress(self, value: int) -> None:  # noqa: N802
+        self._off_main("setProgress")
+        if not isinstance(value, int) or not 0 <= value <= 100:
+            raise ValueError("setProgress wants an int 0-100, got {!r}".format(value))
+        self._record.progress.append(value)
+
+    def setMessage(self, text: str) -> None:  # noqa: N802
+        self._off_main("setMessage")
+        self._record.messages.append(str(text))
+
+    def isCancelled(self) -> bool:  # noqa: N802
+        return self._record.cancelled
+
+    def __del__(self) -> None:
+        self._record.closed = True
+
+
+# --------------------------------------------------------------------------- panels
+
+
+class FakePanel(Strict):
+    """What ``registerWidgetAsPanel``'s Pane command builds: the widget class, resolved like Nuke does."""
+
+    def __init__(self, widget: str, name: str, panel_id: str) -> None:
+        self.widget_expression = widget
+        self.title = name
+        self.id = panel_id
+        self.widget: Any = None
+
+    def widget_class(self) -> Any:
+        # Nuke evaluates "<widget>" inside a PyCustom_Knob script, in __main__'s namespace
+        return eval(self.widget_expression, dict(vars(sys.modules["__main__"])))  # noqa: S307
+
+    def addToPane(self, pane: Any = None) -> "FakePanel":  # noqa: N802
+        _on_main("PythonPanel.addToPane")
+        self.widget = self.widget_class()()
+        return self
+
+
+# --------------------------------------------------------------------------- the fake
+
+
+class FakeNuke:
+    """One fake Nuke session: modules, node graph, menus, main-thread queue, records."""
+
+    current: "FakeNuke"
+
+    def __init__(self, gui: bool = True) -> None:
+        FakeNuke.current = self
+        self.calls: List[Tuple[str, tuple, str]] = []
+        self.tasks: List[TaskRecord] = []
+        self.messages: List[str] = []
+        self.main_queue: "queue.Queue[Tuple[Callable[..., Any], tuple, dict, str]]" = queue.Queue()
+        self.marshalled: List[Tuple[str, str]] = []  # (function, calling thread)
+        self.menus: Dict[str, Menu] = {}
+        self.panels: Dict[str, Callable[[], Any]] = {}
+        self.registered_widgets: List[Tuple[str, str, str]] = []
+        self.plugin_paths: List[str] = []
+        self.current_frame = 1
+        self.root_node = Root(self)
+        self.context: List[Group] = [self.root_node]
+        self._this: List[Tuple[Optional[Node], Optional[Knob]]] = []
+        self._running_init = 0
+        self.nuke = self._build_nuke(gui)
+        self.nukescripts, self.panels_module = self._build_nukescripts()
+
+    def record(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args, threading.current_thread().name))
+
+    def called(self, name: str) -> List[tuple]:
+        return [args for call, args, _ in self.calls if call == name]
+
+    # -- modules ---------------------------------------------------------------------------
+    def _build_nuke(self, gui: bool) -> types.ModuleType:
+        m = _strict_module("nuke")
+        m.GUI = gui
+        m.STARTLINE, m.INVISIBLE, m.NO_ANIMATION = STARTLINE, INVISIBLE, NO_ANIMATION
+        for cls in (Int_Knob, Boolean_Knob, String_Knob, File_Knob, Text_Knob, Tab_Knob, PyScript_Knob, Enumeration_Knob):
+            setattr(m, cls.__name__, self._knob_factory(cls))
+        m.ProgressTask = ProgressTask
+        m.nodes = Nodes(self)
+        for name in (
+            "root",
+            "toNode",
+            "allNodes",
+            "selectedNodes",
+            "delete",
+            "frame",
+            "execute",
+            "executeInMainThread",
+            "message",
+            "thisNode",
+            "thisKnob",
+            "menu",
+            "toolbar",
+            "pluginAddPath",
+            "pluginPath",
+        ):
+            setattr(m, name, getattr(self, "api_" + name))
+        return m
+
+    def _knob_factory(self, cls: type) -> Callable[..., Knob]:
+        def make(*args: Any, **kw: Any) -> Knob:
+            _on_main(cls.__name__)
+            return cls(*args, **kw)
+
+        make.__name__ = cls.__name__
+        return make
+
+    def _build_nukescripts(self) -> Tuple[types.ModuleType, types.ModuleType]:
+        ns = _strict_module("nukescripts")
+        panels = _strict_module("nukescripts.panels")
+        panels.registerWidgetAsPanel = self.api_registerWidgetAsPanel
+        panels.restorePanel = self.api_restorePanel
+        ns.panels = panels
+        return ns, panels
+
+    def install(self, monkeypatch: Any) -> None:
+        monkeypatch.setitem(sys.modules, "nuke", self.nuke)
+        monkeypatch.setitem(sys.modules, "nukescripts", self.nukescripts)
+        monkeypatch.setitem(sys.modules, "nukescripts.panels", self.panels_module)
+
+    # -- graph -----------------------------------------------------------------------------
+    def create(self, cls: str, **knobs: Any) -> Node:
+        _on_main("nuke.nodes." + cls)
+        parent = self.context[-1]
+        self.record("nuke.nodes." + cls, parent._name, tuple(sorted(knobs)))
+        node: Node
+        if cls == "Group":
+            node = Group(self, parent)
+        elif cls == "Read":
+            node = Read(self, parent)
+        elif cls == "Write":
+            node = Write(self, parent)
+        else:
+            node = Node(self, cls, parent, [])
+        name = knobs.pop("name", None)
+        parent._children.append(node)
+        node.setName(name or cls + "1")
+        for key, value in knobs.items():
+            node[key].setValue(value)
+        return node
+
+    def _walk(self, path: str) -> Optional[Node]:
+        node: Optional[Node] = self.context[-1]
+        for part in path.split("."):
+            if not isinstance(node, Group):
+                return None
+            node = next((n for n in node._children if n._alive and n._name == part), None)
+        return node
+
+    def api_root(self) -> Root:
+        _on_main("nuke.root")
+        return self.root_node
+
+    def api_toNode(self, name: str) -> Optional[Node]:  # noqa: N802
+        _on_main("nuke.toNode")
+        if name == "root":
+            return self.root_node
+        if name.startswith("root."):
+            return self._walk_from_root(name[5:])
+        return self._walk(name)
+
+    def _walk_from_root(self, path: str) -> Optional[Node]:
+        self.context.append(self.root_node)
+        try:
+            return self._walk(path)
+        finally:
+            self.context.pop()
+
+    def api_allNodes(self, filter: Optional[str] = None, group: Optional[Group] = None) -> List[Node]:  # noqa: A002, N802
+        _on_main("nuke.allNodes")
+        parent = group or self.context[-1]
+        return [n for n in parent._children if n._alive and (filter is None or n._class == filter)]
+
+    def api_selectedNodes(self) -> List[Node]:  # noqa: N802
+        _on_main("nuke.selectedNodes")
+        return [n for n in self.context[-1]._children if n._alive and n._selected]
+
+    def api_delete(self, node: Node) -> None:
+        _on_main("nuke.delete")
+        self.record("nuke.delete", node._name)
+        node._check("delete")
+        node._alive = False
+
+    def api_frame(self) -> int:
+        _on_main("nuke.frame")
+        return self.current_frame
+
+    # -- rendering -------------------------------------------------------------------------
+    def api_execute(self, node: Node, first: int, last: int, incr: int = 1) -> None:
+        _on_main("nuke.execute")
+        self.record("nuke.execute", node.name(), first, last, incr)
+        if node.Class() != "Write":
+            raise Missing("fake nuke: execute only renders Write nodes")
+        upstream = node.input(0)
+        if upstream is None:
+            raise RuntimeError("{}: no input connected".format(node.name()))
+        pattern = node["file"].value()
+        if node["file_type"].value() != "png":
+            raise Missing("fake nuke: only renders png")
+        for frame in range(first, last + 1, incr):
+            path = pattern.replace("####", "{:04d}".format(frame))
+            if not os.path.isdir(os.path.dirname(path)):
+                raise RuntimeError("{}: Can't write {}: No such file or directory".format(node.name(), path))
+            with open(path, "wb") as f:
+                f.write(png_bytes(frame_colour(upstream.name(), frame)))
+
+    # -- threads ---------------------------------------------------------------------------
+    def api_executeInMainThread(self, call: Callable[..., Any], args: tuple = (), kwargs: Optional[dict] = None) -> None:  # noqa: N802
+        if not isinstance(args, tuple):
+            raise TypeError("executeInMainThread args must be a tuple")
+        thread = threading.current_thread().name
+        self.marshalled.append((getattr(call, "__name__", repr(call)), thread))
+        self.main_queue.put((call, args, dict(kwargs or {}), thread))
+
+    def pump(self, until: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+        """Be Nuke's main thread: run queued calls until ``until()`` holds (bounded)."""
+        _on_main("pump")
+        deadline = time.monotonic() + timeout
+        while True:
+            while True:
+                try:
+                    call, args, kwargs, _ = self.main_queue.get_nowait()
+                except queue.Empty:
+                    break
+                call(*args, **kwargs)
+            if until():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("fake nuke: {} not reached in {} s".format(what, timeout))
+            try:
+                call, args, kwargs, _ = self.main_queue.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            call(*args, **kwargs)
+
+    def api_message(self, text: str) -> None:
+        _on_main("nuke.message")
+        self.record("nuke.message", text)
+        self.messages.append(text)
+
+    # -- callbacks -------------------------------------------------------------------------
+    def api_thisNode(self) -> Node:  # noqa: N802
+        if not self._this or self._this[-1][0] is None:
+            raise RuntimeError("nuke.thisNode() outside a node callback")
+        return self._this[-1][0]  # type: ignore[return-value]
+
+    def api_thisKnob(self) -> Knob:  # noqa: N802
+        if not self._this or self._this[-1][1] is None:
+            raise RuntimeError("nuke.thisKnob() outside a knob callback")
+        return self._this[-1][1]  # type: ignore[return-value]
+
+    def run_script(self, script: str, node: Optional[Node], knob: Optional[Knob]) -> None:
+        self._this.append((node, knob))
+        try:
+            # no names handed in: the plugin's scripts must import what they use
+            exec(compile(script, "<knob script>", "exec"), {"__name__": "__main__"})
+        finally:
+            self._this.pop()
+
+    def press(self, node: Node, knob_name: str) -> None:
+        """The artist clicks a button knob."""
+        knob = node[knob_name]
+        if not isinstance(knob, PyScript_Knob):
+            raise TypeError("{} is not a button".format(knob_name))
+        knob.execute()
+
+    def knob_changed(self, node: Node, knob: Knob) -> None:
+        script = node.knob("knobChanged")
+        if script is not None and script.value():
+            self.run_script(script.value(), node, knob)
+
+    def user_set(self, node: Node, knob_name: str, value: Any) -> None:
+        """The artist edits a knob in the properties panel (knobChanged follows)."""
+        node[knob_name].setValue(value)
+        self.knob_changed(node, node[knob_name])
+
+    def user_connect(self, node: Node, index: int, upstream: Optional[Node]) -> None:
+        node.setInput(index, upstream)
+        self.knob_changed(node, Knob("inputChange"))
+
+    def open_properties(self, node: Node) -> None:
+        self.knob_changed(node, Knob("showPanel"))
+
+    # -- menus and panels ------------------------------------------------------------------
+    def api_menu(self, name: str) -> Menu:
+        _on_main("nuke.menu")
+        if name not in ("Nuke", "Pane", "Nodes", "Node Graph", "Properties", "Viewer"):
+            raise Missing("fake nuke: menu {!r}".format(name))
+        return self.menus.setdefault(name, Menu(name))
+
+    def api_toolbar(self, name: str) -> Menu:
+        _on_main("nuke.toolbar")
+        if name != "Nodes":
+            raise Missing("fake nuke: toolbar {!r}".format(name))
+        return self.api_menu("Nodes")
+
+    def api_registerWidgetAsPanel(self, widget: str, name: str, panel_id: str, create: bool = False) -> Any:  # noqa: N802
+        _on_main("registerWidgetAsPanel")
+        self.record("registerWidgetAsPanel", widget, name, panel_id)
+        if not isinstance(widget, str):
+            raise TypeError("registerWidgetAsPanel wants the widget's dotted class path as a string")
+        self.registered_widgets.append((widget, name, panel_id))
+
+        def add_panel() -> FakePanel:
+            return FakePanel(widget, name, panel_id).addToPane()
+
+        # what nukescripts.panels.registerWidgetAsPanel does: a Pane menu entry and a restorable id
+        self.api_menu("Pane").addCommand(name, add_panel)
+        self.panels[panel_id] = add_panel
+        return FakePanel(widget, name, panel_id) if create else None
+
+    def api_restorePanel(self, panel_id: str) -> Any:  # noqa: N802
+        _on_main("restorePanel")
+        self.record("restorePanel", panel_id)
+        return self.panels[panel_id]()
+
+    # -- start-up --------------------------------------------------------------------------
+    def api_pluginAddPath(self, path: str, addToSysPath: bool = True) -> None:  # noqa: N802, N803
+        self.record("pluginAddPath", path)
+        path = os.path.abspath(path)
+        if path in self.plugin_paths:
+            self.plugin_paths.remove(path)
+        self.plugin_paths.insert(0, path)
+        if addToSysPath and path not in sys.path:
+            sys.path.insert(0, path)
+        init = os.path.join(path, "init.py")
+        if self._running_init and os.path.isfile(init):
+            self.run_file(init)  # Nuke runs a plugin folder's init.py when an init.py adds it
+
+    def api_pluginPath(self) -> List[str]:  # noqa: N802
+        return list(self.plugin_paths)
+
+    def run_file(self, path: str) -> Dict[str, Any]:
+        """Run an init.py / menu.py the way Nuke does (``nuke`` already imported)."""
+        is_init = os.path.basename(path) == "init.py"
+        self._running_init += is_init
+        try:
+            namespace = {"__name__": "__main__", "nuke": self.nuke}
+            with open(path, encoding="utf-8") as f:
+                exec(compile(f.read(), path, "exec"), namespace)
+            return namespace
+        finally:
+            self._running_init -= is_init
+
+    def start_session(self, nuke_dir: str) -> None:
+        """Nuke's start-up: the user's init.py (and the plugins it adds), then every menu.py."""
+        init = os.path.join(nuke_dir, "init.py")
+        if os.path.isfile(init):
+            self.run_file(init)
+        if self.nuke.GUI:
+            for path in list(reversed(self.plugin_paths)) + [nuke_dir]:
+                menu = os.path.join(path, "menu.py")
+                if os.path.isfile(menu):
+                    self.run_file(menu)
