@@ -63,7 +63,7 @@ def _wait_history(url: str, ids: List[str], timeout: float) -> None:
         if pending:
             time.sleep(0.05)
     if pending:
-        raise RuntimeError("{} prompts did not finish on {}".format(len(pending), url))
+        raise RuntimeError(f"{len(pending)} prompts did not finish on {url}")
 
 
 def baseline_sequential(proc: SimProcess, frames: int) -> float:
@@ -102,7 +102,7 @@ def baseline_least_queue(procs: Sequence[SimProcess], frames: int) -> float:
 
 
 def ours(procs: Sequence[SimProcess], frames: int) -> Dict[str, Any]:
-    servers = [ServerConfig(name="sim{}".format(i), ip="127.0.0.1", port=p.port, priority=i) for i, p in enumerate(procs)]
+    servers = [ServerConfig(name=f"sim{i}", ip="127.0.0.1", port=p.port, priority=i) for i, p in enumerate(procs)]
     with Cluster.from_servers(servers) as cluster:
         cluster.pool.update_all_server_status(force=True)
         time.sleep(0.5)  # websockets connect
@@ -117,7 +117,7 @@ def ours(procs: Sequence[SimProcess], frames: int) -> Dict[str, Any]:
             for route, n in s.connection.request_counts.items():
                 counts[route] = counts.get(route, 0) + n
     if not snap.ok:
-        raise RuntimeError("our batch did not finish: {}".format(snap.state))
+        raise RuntimeError(f"our batch did not finish: {snap.state}")
     makespan = snap.makespan or 0.0
     status_requests = sum(n for r, n in counts.items() if r in STATUS_ROUTES)
     return {

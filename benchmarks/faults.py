@@ -99,6 +99,8 @@ class Result:
     messages: List[str] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
     failed_over: int = 0
+    #: frames not delivered: "label: state on server (attempts, failed servers, error)"
+    undelivered: List[str] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -481,6 +483,17 @@ def run_scenario(scenario: Scenario, settings: Settings, *, work_dir: Optional[s
                 with open(path, "rb") as fh:
                     if fh.read(8) == b"\x89PNG\r\n\x1a\n":
                         files_ok += 1
+                        continue
+            result.undelivered.append(
+                "{}: {} on {} (attempts {}, failed on {}){}".format(
+                    job.label,
+                    job.state.value,
+                    job.server,
+                    job.attempts,
+                    ",".join(job.failed_servers) or "-",
+                    f": {job.error.message}" if job.error else "",
+                )
+            )
         result.delivered = files_ok
         result.lost = settings.frames - files_ok
         rec = run.recorder

@@ -26,7 +26,7 @@ def run(args, env_extra=None, timeout=60):
 
 
 def servers_json(procs, extra=()):
-    entries = [{"name": "sim{}".format(i), "ip": "127.0.0.1", "port": p.port, "priority": i} for i, p in enumerate(procs)]
+    entries = [{"name": f"sim{i}", "ip": "127.0.0.1", "port": p.port, "priority": i} for i, p in enumerate(procs)]
     return json.dumps(entries + list(extra))
 
 
@@ -101,7 +101,7 @@ def test_submit_frames_json_and_out(start_sims, tmp_path):
     data = json.loads(out.stdout)
     assert data["makespan_s"] > 0 and [j["frame"] for j in data["jobs"]] == [1, 2, 3, 4, 5, 6]
     assert all(j["state"] == "done" and j["prompt_id"] and j["server"] for j in data["jobs"])
-    assert sorted(os.listdir(out_dir / "")) == [".downloads"] + ["wf.{:04d}.png".format(i) for i in range(1, 7)]
+    assert sorted(os.listdir(out_dir / "")) == [".downloads"] + [f"wf.{i:04d}.png" for i in range(1, 7)]
 
 
 def test_submit_to_unreachable_cluster_fails_cleanly(tmp_path):

@@ -41,7 +41,7 @@ def assert_each_frame_once(snap, out, name, frames):
     assert snap.state == "done", [(j.label, j.state, j.error) for j in snap.jobs if j.state is not JobState.DONE]
     assert sorted(j.frame for j in snap.jobs) == list(frames)
     files = sorted(f for f in os.listdir(out) if f.startswith(name + "."))
-    assert files == ["{}.{:04d}.png".format(name, f) for f in frames]
+    assert files == [f"{name}.{f:04d}.png" for f in frames]
     for f in files:
         with open(os.path.join(out, f), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

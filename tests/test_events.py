@@ -42,5 +42,5 @@ def test_bad_queue_values_are_not_trusted():
 def test_parse_never_raises(text):
     event = parse_message("a", text, 0.0)
     if event is not None:
-        event.queue_remaining
-        event.node
+        assert event.queue_remaining is None or event.queue_remaining >= 0
+        assert event.node is None or isinstance(event.node, str)

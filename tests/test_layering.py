@@ -39,7 +39,7 @@ def test_nothing_but_nuke_host_imports_nuke():
             stripped = line.strip()
             if stripped.startswith(("import nuke", "from nuke ", "import nukescripts", "from nukescripts")):
                 if not stripped.startswith(("import nuke_comfy_cluster", "from nuke_comfy_cluster")):
-                    offenders.append("{}: {}".format(path.relative_to(REPO), stripped))
+                    offenders.append(f"{path.relative_to(REPO)}: {stripped}")
     assert offenders == []
 
 
@@ -51,7 +51,7 @@ def test_ui_imports_qt_only_through_the_shim():
         for line in path.read_text(encoding="utf-8").splitlines():
             s = line.strip()
             if s.startswith(("import PySide", "from PySide", "import shiboken", "from shiboken")):
-                offenders.append("{}: {}".format(path.name, s))
+                offenders.append(f"{path.name}: {s}")
     assert offenders == []
 
 

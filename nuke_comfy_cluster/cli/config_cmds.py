@@ -62,12 +62,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             with open(args.file, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            print("error: cannot read {}: {}".format(args.file, e.strerror or e), file=sys.stderr)
+            print(f"error: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
             return 1
         servers, issues = parse_servers(text, origin=args.file)
         ok = bool(servers) and not any(i.level == "error" for i in issues)
         source = args.file
-        notice = "{}: {} server(s)".format(args.file, len(servers))
+        notice = f"{args.file}: {len(servers)} server(s)"
     else:
         loaded: ConfigLoad = load_config()
         servers, issues, ok = list(loaded.servers), list(loaded.issues), loaded.ok
@@ -88,7 +88,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(notice)
         for issue in issues:
-            print("{}: {}".format(issue.level, issue.message))
+            print(f"{issue.level}: {issue.message}")
         print("valid" if ok else "INVALID")
     return 0 if ok else 1
 
@@ -96,7 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     path = config_file(args.file)
     if not os.path.exists(path):
-        raise ConfigError("no configuration file at {} to back up".format(path))
+        raise ConfigError(f"no configuration file at {path} to back up")
     print(config_store.backup_now(path))
     return 0
 
@@ -106,24 +106,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
     backups = config_store.list_backups(path)
     if not args.backup:
         if not backups:
-            print("no backups of {}".format(path))
+            print(f"no backups of {path}")
             return 0
         for n, b in enumerate(backups, 1):
-            count = "" if b.servers is None else " ({} servers)".format(b.servers)
+            count = "" if b.servers is None else f" ({b.servers} servers)"
             print("{:3d}  {}  {}{}".format(n, b.created.strftime("%Y-%m-%d %H:%M:%S"), b.path, count))
         return 0
     chosen = args.backup
     if chosen.isdigit() and 1 <= int(chosen) <= len(backups):
         chosen = str(backups[int(chosen) - 1].path)
     result = config_store.restore_backup(path, chosen)
-    print("restored {} from {} (previous version kept as {})".format(path, chosen, result.backup))
+    print(f"restored {path} from {chosen} (previous version kept as {result.backup})")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     loaded = load_config()
     config_store.export_config(list(loaded.servers), args.dest, include_secrets=args.include_secrets)
-    print("exported {} server(s) to {}".format(len(loaded.servers), args.dest))
+    print(f"exported {len(loaded.servers)} server(s) to {args.dest}")
     return 0
 
 
@@ -131,13 +131,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     servers, issues = config_store.import_config(args.src)
     errors = [i for i in issues if i.level == "error"]
     for issue in issues:
-        print("{}: {}".format(issue.level, issue.message), file=sys.stderr)
+        print(f"{issue.level}: {issue.message}", file=sys.stderr)
     if errors or not servers:
-        print("error: {} was not imported: fix the errors above".format(args.src), file=sys.stderr)
+        print(f"error: {args.src} was not imported: fix the errors above", file=sys.stderr)
         return 1
     path = config_file(args.file)
     result = config_store.save_servers(path, servers)
     print("imported {} server(s) into {}{}".format(
-        len(servers), result.path, " (previous version kept as {})".format(result.backup) if result.backup else ""
+        len(servers), result.path, f" (previous version kept as {result.backup})" if result.backup else ""
     ))
     return 0

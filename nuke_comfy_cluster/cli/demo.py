@@ -39,7 +39,7 @@ def run_demo(frames: int, seconds: float, out: str) -> Dict[str, Any]:
     procs = start_cluster(list(SPEEDS), seconds=seconds)
     try:
         servers = [
-            ServerConfig(name="sim-{}x".format(speed), ip="127.0.0.1", port=p.port, priority=i)
+            ServerConfig(name=f"sim-{speed}x", ip="127.0.0.1", port=p.port, priority=i)
             for i, (speed, p) in enumerate(zip(SPEEDS, procs))
         ]
         with Cluster.from_servers(servers) as cluster:
@@ -90,9 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(summary_table(snap))
         seq = result["sequential_estimate_s"]
         if seq and snap.makespan:
-            print("one server, frame after frame (fastest, measured): ~{:.1f} s -> cluster speed-up {:.2f}x".format(
-                seq, seq / snap.makespan))
-        print("sequence: {}/shot010_comfy.####.png".format(out))
+            print(f"one server, frame after frame (fastest, measured): ~{seq:.1f} s -> cluster speed-up {seq / snap.makespan:.2f}x")
+        print(f"sequence: {out}/shot010_comfy.####.png")
         print()
         print(format_table(result["status"]))
     return 0 if snap.ok else 1

@@ -11,12 +11,10 @@ from ..core.state import JobState
 
 
 def progress_line(snap: BatchSnapshot) -> str:
-    per_server = ", ".join("{} {}".format(k, v) for k, v in sorted(snap.servers.items()))
-    line = "{}: {}/{} done, {} running, {} failed [{:3.0f}%]".format(
-        snap.name, snap.done, len(snap.jobs), snap.running, snap.failed, snap.progress * 100
-    )
+    per_server = ", ".join(f"{k} {v}" for k, v in sorted(snap.servers.items()))
+    line = f"{snap.name}: {snap.done}/{len(snap.jobs)} done, {snap.running} running, {snap.failed} failed [{snap.progress * 100:3.0f}%]"
     if per_server:
-        line += "  ({})".format(per_server)
+        line += f"  ({per_server})"
     return line
 
 
@@ -51,10 +49,10 @@ def summary_table(snap: BatchSnapshot) -> str:
     lines = ["SERVER        FRAMES  MEAN FRAME TIME"]
     for name in sorted(per):
         times = per[name]
-        lines.append("{:<13} {:>6}  {:>8.2f} s".format(name, len(times), sum(times) / len(times)))
+        lines.append(f"{name:<13} {len(times):>6}  {sum(times) / len(times):>8.2f} s")
     if snap.makespan is not None:
-        lines.append("makespan: {:.2f} s for {} jobs ({})".format(snap.makespan, len(snap.jobs), snap.state))
+        lines.append(f"makespan: {snap.makespan:.2f} s for {len(snap.jobs)} jobs ({snap.state})")
     for err in snap.errors:
-        where = " node {} ({})".format(err.node_id, err.node_type) if err.node_id else ""
+        where = f" node {err.node_id} ({err.node_type})" if err.node_id else ""
         lines.append("error{}: {}{}".format(where, err.message, " on " + err.server if err.server else ""))
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def snapshot_dict(pool: ComfyUIServerPool, snap: PoolSnapshot) -> Dict[str, Any]
 
 
 def _gb(n: int) -> str:
-    return "{:.1f} GB".format(n / 1e9) if n else "-"
+    return f"{n / 1e9:.1f} GB" if n else "-"
 
 
 def format_table(snap: PoolSnapshot) -> str:
@@ -66,9 +66,9 @@ def format_table(snap: PoolSnapshot) -> str:
                 ">" if s.name == snap.next_server else "",
                 s.name,
                 s.status.value,
-                "{}/{}".format(s.queue_running, s.queue_pending),
+                f"{s.queue_running}/{s.queue_pending}",
                 str(s.priority),
-                "-" if s.latency_ms is None else "{:.0f} ms".format(s.latency_ms),
+                "-" if s.latency_ms is None else f"{s.latency_ms:.0f} ms",
                 s.device.name or "-",
                 _gb(s.device.vram_free),
                 "" if s.status.reachable else (s.last_error or "")[:60],
@@ -88,9 +88,9 @@ def _pool() -> ComfyUIServerPool:
 def _print_header(snap: PoolSnapshot) -> None:
     print(snap.source, file=sys.stderr)
     for w in snap.warnings:
-        print("warning: {}".format(w), file=sys.stderr)
+        print(f"warning: {w}", file=sys.stderr)
     for e in snap.errors:
-        print("error: {}".format(e), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -130,17 +130,17 @@ def cmd_health(args: argparse.Namespace) -> int:
                 print(json.dumps(out), flush=True)
             else:
                 word = {0: "OK", 1: "DEGRADED", 2: "DOWN"}[code]
-                print("{} {}".format(word, snap.source))
+                print(f"{word} {snap.source}")
                 for e in snap.errors:
-                    print("  config error: {}".format(e))
+                    print(f"  config error: {e}")
                 for s in snap.servers:
                     state = s.status.value
                     detail = (
-                        "queue {}/{} {:.0f} ms".format(s.queue_running, s.queue_pending, s.latency_ms or 0)
+                        f"queue {s.queue_running}/{s.queue_pending} {s.latency_ms or 0:.0f} ms"
                         if s.status.reachable
                         else (s.last_error or "")
                     )
-                    print("  {:<8} {} ({}) {}".format(state, s.name, s.url, detail).rstrip(), flush=True)
+                    print(f"  {state:<8} {s.name} ({s.url}) {detail}".rstrip(), flush=True)
             if not args.watch:
                 return code
             time.sleep(args.watch)

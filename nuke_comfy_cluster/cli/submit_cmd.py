@@ -35,15 +35,15 @@ def parse_frames(text: str) -> List[int]:
         part = part.strip()
         m = re.fullmatch(r"(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?", part)
         if not m:
-            raise ConfigError("--frames: cannot read {!r}; expected e.g. 1001-1024 or 1,3,5-7".format(part))
+            raise ConfigError(f"--frames: cannot read {part!r}; expected e.g. 1001-1024 or 1,3,5-7")
         first = int(m.group(1))
         last = int(m.group(2)) if m.group(2) is not None else first
         step = int(m.group(3) or 1)
         if last < first or step < 1:
-            raise ConfigError("--frames: {!r} is an empty range".format(part))
+            raise ConfigError(f"--frames: {part!r} is an empty range")
         frames.extend(range(first, last + 1, step))
     if len(set(frames)) != len(frames):
-        raise ConfigError("--frames: {!r} names a frame twice".format(text))
+        raise ConfigError(f"--frames: {text!r} names a frame twice")
     return frames
 
 
@@ -52,9 +52,9 @@ def load_workflow(path: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except OSError as e:
-        raise ConfigError("cannot read workflow {}: {}".format(path, e.strerror or e)) from e
+        raise ConfigError(f"cannot read workflow {path}: {e.strerror or e}") from e
     except ValueError as e:
-        raise WorkflowError("workflow {} is not valid JSON: {}".format(path, e)) from e
+        raise WorkflowError(f"workflow {path} is not valid JSON: {e}") from e
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -159,9 +159,7 @@ class ServerConnection:
 
     def _timeout(self, timeout: Optional[Tuple[float, float]], where: Dict[str, Any]) -> ServerTimeout:
         return ServerTimeout(
-            "{}: no answer from {} within {:.0f} s (server hung or overloaded)".format(
-                self.name, self.base_url, (timeout or self.timeout)[1]
-            ),
+            f"{self.name}: no answer from {self.base_url} within {(timeout or self.timeout)[1]:.0f} s (server hung or overloaded)",
             **where,
         )
 

@@ -44,6 +44,10 @@ __all__ = ["ServerLoad", "Scheduler"]
 
 # Relative tolerance under which two estimated finish times count as a tie.
 _TIE = 1e-9
+# Speculative second probe frame per unknown server: only when we may learn of a
+# probe's end this late (seconds), and the batch has this many frames per server.
+_SPECULATE_LEAD = 1.0
+_SPECULATE_SHARE = 6
 # Frame times below this are treated as this (guards divisions; a frame is never free).
 _MIN_FRAME = 1e-3
 
@@ -266,14 +270,25 @@ class Scheduler:
                 continue
             ft = max(ft, _MIN_FRAME)
             dev = est.dev if known else 0.1 * ft
-            remaining = 0.0
+            ours_end = now + load.ours_queued * ft
             if since is not None:
-                elapsed = max(0.0, now - since)
-                if elapsed >= ft:
-                    # Over-running: it is at least this slow; expect a little more.
-                    ft = elapsed * (1.0 + self._overrun)
-                remaining = ft - elapsed
-            backlog = remaining + load.ours_queued * ft
+                # It is known to run as of the last observation, or of the lead time
+                # ago (a finish would have been heard of by now): only that much
+                # running counts as evidence of a slow frame, not a stale view.
+                seen = min(now, max(load.observed_at, now - self._lead))
+                elapsed = max(0.0, seen - since)
+                run = ft
+                if not known:
+                    # A probe: the prior is only a guess, and one that has run for a
+                    # while can be expected to run about as long again.
+                    run = max(ft, 2.0 * elapsed)
+                    ft = max(ft, elapsed)
+                elif elapsed >= ft:
+                    # Over-running: at least this slow; expect a little more.
+                    run = elapsed * (1.0 + self._overrun)
+                    ft = elapsed
+                ours_end = max(now, since + run + load.ours_queued * ft)
+            backlog = ours_end - now
             if v.others:
                 others = v.others * ft
                 if since is None:
@@ -300,15 +315,19 @@ class Scheduler:
         return views
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
-        # Nothing known anywhere: one probe on every server that looks idle. If none
+        # Nothing known anywhere: a probe on every server that looks idle. If none
         # does and nothing of ours is out, queue one on the shortest queue anyway so
         # the batch always makes progress.
-        idle = sorted((v for v in views if v.in_flight == 0 and v.others == 0 and v.cap > 0), key=lambda v: v.key)
-        chosen = [v.name for v in idle[:pending]]
+        idle = sorted((v for v in views if v.in_flight == 0 and v.others == 0), key=lambda v: v.key)
+        chosen = [v.name for v in idle]
+        if self._lead >= _SPECULATE_LEAD and pending >= _SPECULATE_SHARE * len(views):
+            # Polling: a probe's end would be seen up to a lead time late, leaving
+            # the server idle. With a batch this long even a GPU at a third of the
+            # average speed earns two frames, so queue one behind each probe.
+            chosen += [v.name for v in idle if v.load.max_in_flight != 1]
         if not chosen and all(v.in_flight == 0 for v in views):
-            best = min(views, key=lambda v: (v.load.queue_remaining, v.key))
-            chosen = [best.name]
-        return chosen
+            chosen = [min(views, key=lambda v: (v.load.queue_remaining, v.key)).name]
+        return chosen[:pending]
 
     def _list_schedule(self, views: List[_View], pending: int, now: float) -> List[str]:
         picks: List[Tuple[float, Tuple[int, int, str], str]] = []

@@ -120,6 +120,8 @@ def test_24_frames_on_three_servers_end_in_one_read_on_a_complete_sequence(
         assert png_first_pixel(path.read_bytes()) == expected, frame
     assert not (tmp_path / "out" / "ComfyCluster1.1000.png").exists()
 
+    assert_main_thread_clean(fake, connects)  # before this test talks to the servers itself
+
     # every server read the frames through its own path to the share (dir_remote)
     images = [p["1"]["inputs"]["image"] for s in sims for p in history_prompts(s.url) if p["1"]["class_type"] == "LoadImage"]
     ours = [i for i in images if os.path.basename(os.path.dirname(i)) == os.path.basename(run.run_dir)]
@@ -132,7 +134,6 @@ def test_24_frames_on_three_servers_end_in_one_read_on_a_complete_sequence(
     assert task.title == "ComfyUI Cluster: ComfyCluster1"
     assert fake.messages == []
     assert node[N.K_RUN].value() == ""
-    assert_main_thread_clean(fake, connects)
 
 
 def test_without_a_shared_drive_inputs_are_uploaded_and_results_downloaded(
@@ -241,8 +242,6 @@ def test_several_nodes_run_at_once(fake: FakeNuke, configure, sims, plate, tmp_p
         wait(fake, run)
     assert [r.final.state for r in runs] == ["done", "done"]
     assert sorted(r.name() for r in reads(fake)) == ["ComfyCluster1_result", "ComfyCluster2_result"]
-    assert sorted(os.listdir(tmp_path / "b")) == [".downloads"] + ["ComfyCluster2.{:04d}.png".format(f) for f in range(1, 7)] or all(
-        (tmp_path / "b" / "ComfyCluster2.{:04d}.png".format(f)).is_file() for f in range(1, 7)
-    )
+    assert all((tmp_path / "b" / "ComfyCluster2.{:04d}.png".format(f)).is_file() for f in range(1, 7))
     assert len(fake.tasks) >= 2 and all(t.closed for t in fake.tasks)
     assert active_runs() == []
