@@ -315,10 +315,11 @@ class Scheduler:
         return views
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
-        # Nothing known anywhere: a probe on every server that looks idle. If none
-        # does and nothing of ours is out, queue one on the shortest queue anyway so
-        # the batch always makes progress.
-        idle = sorted((v for v in views if v.in_flight == 0 and v.others == 0), key=lambda v: v.key)
+        # Nothing known anywhere: a probe on every server that runs nothing or only
+        # one job of someone else's (the probe starts after at most one frame). If
+        # there is none and nothing of ours is out, queue one on the shortest queue
+        # anyway so that the batch always makes progress.
+        idle = sorted((v for v in views if v.in_flight == 0 and v.others <= 1), key=lambda v: (v.others, v.key))
         chosen = [v.name for v in idle]
         if self._lead >= _SPECULATE_LEAD and pending >= _SPECULATE_SHARE * len(views):
             # Polling: a probe's end would be seen up to a lead time late, leaving

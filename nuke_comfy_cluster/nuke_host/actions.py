@@ -29,7 +29,7 @@ def _explain(exc: BaseException, what: str) -> str:
     if isinstance(exc, ClusterError):
         return user_message(exc)
     log.exception("ComfyUI Cluster: %s failed", what)
-    return "{} failed: {}: {}".format(what, type(exc).__name__, exc)
+    return f"{what} failed: {type(exc).__name__}: {exc}"
 
 
 def _this() -> Any:
@@ -51,7 +51,7 @@ def submit_this() -> Optional[submit.SubmitRun]:
             node_knobs.set_status(node, "Not submitted: " + text)
         except Exception:  # noqa: BLE001 - the message box below still explains
             log.exception("ComfyUI Cluster: cannot update the node's status")
-        _message("{}: {}".format(node.name(), text))
+        _message(f"{node.name()}: {text}")
         return None
 
 
@@ -133,11 +133,11 @@ def status_summary(snapshot: Any) -> str:
         if not s.enabled:
             state = "disabled"
         elif s.status.reachable:
-            latency = " {:.0f} ms".format(s.latency_ms) if s.latency_ms is not None else ""
-            state = "{}, queue {}{}".format(s.status.value, s.queue_length, latency)
+            latency = f" {s.latency_ms:.0f} ms" if s.latency_ms is not None else ""
+            state = f"{s.status.value}, queue {s.queue_length}{latency}"
         else:
             state = "{}{}".format(s.status.value, ": " + s.last_error if s.last_error else "")
-        lines.append("{} ({}): {}".format(s.name, s.url, state))
+        lines.append(f"{s.name} ({s.url}): {state}")
     return "\n".join(lines) or "No server configured."
 
 

@@ -26,14 +26,19 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def encode_png(width: int, height: int, rgba: List[Tuple[int, int, int, int]]) -> bytes:
     """An 8-bit RGBA PNG from ``width * height`` pixels, row by row."""
     if len(rgba) != width * height:
-        raise ValueError("expected {} pixels, got {}".format(width * height, len(rgba)))
+        raise ValueError(f"expected {width * height} pixels, got {len(rgba)}")
     raw = bytearray()
     for y in range(height):
         raw.append(0)  # filter type: none
         for r, g, b, a in rgba[y * width : (y + 1) * width]:
             raw += bytes((r, g, b, a))
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(bytes(raw), 9))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _segment_distance(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:

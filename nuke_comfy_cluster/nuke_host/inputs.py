@@ -39,8 +39,10 @@ def _shares_drive(server: Any) -> bool:
 
 def stage_root(servers: Sequence[Any], pinned: Optional[str]) -> str:
     """Where inputs are rendered: the shared input folder of the pinned (or preferred) server, else temp."""
-    candidates = [s for s in servers if s.name == pinned] if pinned else sorted(
-        (s for s in servers if s.enabled), key=lambda s: s.priority
+    candidates = (
+        [s for s in servers if s.name == pinned]
+        if pinned
+        else sorted((s for s in servers if s.enabled), key=lambda s: s.priority)
     )
     for server in candidates:
         if _shares_drive(server):
@@ -152,7 +154,7 @@ class InputMapper:
     def _upload(self, local: str, server: Any) -> str:
         with open(local, "rb") as f:
             data = f.read()
-        subfolder = "{}/{}".format(INPUT_SUBFOLDER, self.tag)
+        subfolder = f"{INPUT_SUBFOLDER}/{self.tag}"
         answer = server.connection.upload_image(os.path.basename(local), data, subfolder=subfolder, image_type="input")
         name = str(answer["name"])
         sub = str(answer.get("subfolder") or "")
@@ -160,7 +162,6 @@ class InputMapper:
         with self._lock:
             self.uploads.append((server.name, value))
         return value
-
 
 
 def remove_run_files(run_dir: Optional[str], copies: Sequence[str] = ()) -> None:

@@ -99,7 +99,7 @@ class InstallReport:
     def text(self) -> str:
         lines = list(self.actions)
         if self.vendored:
-            lines.append("vendored: " + ", ".join("{} {}".format(k, v) for k, v in sorted(self.vendored.items())))
+            lines.append("vendored: " + ", ".join(f"{k} {v}" for k, v in sorted(self.vendored.items())))
         lines += ["warning: " + w for w in self.warnings]
         return "\n".join(lines)
 
@@ -155,7 +155,7 @@ def block_for(plugin_dir: str) -> str:
         [
             BEGIN + " added by `python -m nuke_comfy_cluster install`; remove with `uninstall`",
             "import nuke",
-            "nuke.pluginAddPath({!r})".format(path),
+            f"nuke.pluginAddPath({path!r})",
             END,
         ]
     )
@@ -204,7 +204,11 @@ def _dist_files(dist_name: str, top: str) -> Optional[List[Path]]:
             rel = path.relative_to(base)
         except ValueError:
             continue  # console scripts in bin/ and the like
-        if rel.parts and (rel.parts[0] == top or rel.parts[0].endswith(".dist-info")) and "__pycache__" not in rel.parts:
+        if (
+            rel.parts
+            and (rel.parts[0] == top or rel.parts[0].endswith(".dist-info"))
+            and "__pycache__" not in rel.parts
+        ):
             if path.suffix not in (".pyc", ".pyo") and path.is_file():
                 files.append(path)
     return files
@@ -243,7 +247,7 @@ def vendor(target: Path, report: InstallReport) -> None:
             continue
         spec = importlib.util.find_spec(top)
         if spec is None or not spec.submodule_search_locations:
-            report.warnings.append("{} is not installed in this Python: Nuke must provide it".format(dist_name))
+            report.warnings.append(f"{dist_name} is not installed in this Python: Nuke must provide it")
             continue
         shutil.copytree(list(spec.submodule_search_locations)[0], str(target / top), ignore=_IGNORE)
         report.vendored[dist_name] = "?"
@@ -304,9 +308,9 @@ def install(nuke_dir: Optional[str] = None) -> InstallReport:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if plugin.exists():
             shutil.rmtree(str(plugin))
-            report.actions.append("replaced {}".format(plugin))
+            report.actions.append(f"replaced {plugin}")
         else:
-            report.actions.append("installed {}".format(plugin))
+            report.actions.append(f"installed {plugin}")
         os.replace(str(staging), str(plugin))
     finally:
         if staging.exists():
@@ -316,9 +320,13 @@ def install(nuke_dir: Optional[str] = None) -> InstallReport:
     updated = add_block(text, str(plugin))
     if updated != text:
         _write_atomic(init_py, updated, newline="")
-        report.actions.append("{} {}: nuke.pluginAddPath({})".format("created" if original is None else "updated", init_py, plugin.as_posix()))
+        report.actions.append(
+            "{} {}: nuke.pluginAddPath({})".format(
+                "created" if original is None else "updated", init_py, plugin.as_posix()
+            )
+        )
     else:
-        report.actions.append("{} already loads the plugin".format(init_py))
+        report.actions.append(f"{init_py} already loads the plugin")
     return report
 
 
@@ -334,15 +342,15 @@ def uninstall(nuke_dir: Optional[str] = None) -> InstallReport:
         rest = strip_block(text)
         if manifest.get("created_init") and not rest.strip():
             init_py.unlink()
-            report.actions.append("removed {} (install had created it)".format(init_py))
+            report.actions.append(f"removed {init_py} (install had created it)")
         else:
             _write_atomic(init_py, rest, newline="")
-            report.actions.append("removed the nuke_comfy_cluster block from {}".format(init_py))
+            report.actions.append(f"removed the nuke_comfy_cluster block from {init_py}")
     if plugin.exists():
         shutil.rmtree(str(plugin))
-        report.actions.append("removed {}".format(plugin))
+        report.actions.append(f"removed {plugin}")
     if not report.actions:
-        report.actions.append("nothing to remove in {}".format(root))
+        report.actions.append(f"nothing to remove in {root}")
     return report
 
 
@@ -359,7 +367,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--nuke-dir",
         default=None,
-        help="the .nuke folder or a folder on NUKE_PATH (default: {})".format(default_nuke_dir()),
+        help=f"the .nuke folder or a folder on NUKE_PATH (default: {default_nuke_dir()})",
     )
     return parser
 
@@ -369,7 +377,7 @@ def _main(command: str, argv: Optional[Sequence[str]]) -> int:
     try:
         report = install(args.nuke_dir) if command == "install" else uninstall(args.nuke_dir)
     except OSError as e:
-        print("{} failed: {}".format(command, e), file=sys.stderr)
+        print(f"{command} failed: {e}", file=sys.stderr)
         return 1
     print(report.text())
     if command == "install":

@@ -24,7 +24,7 @@ def compact_numbers(numbers: Iterable[int]) -> str:
         j = i
         while j + 1 < len(values) and values[j + 1] == values[j] + 1:
             j += 1
-        parts.append(str(values[i]) if i == j else "{}-{}".format(values[i], values[j]))
+        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
         i = j + 1
     return ", ".join(parts)
 
@@ -52,9 +52,9 @@ def describe_error(error: JobError, jobs: Sequence[JobSnapshot]) -> str:
     if error.kind == "workflow":
         node = ""
         if error.node_id or error.node_type:
-            node = " in node {}{}".format(error.node_id or "?", " ({})".format(error.node_type) if error.node_type else "")
-        server = " on {}".format(error.server) if error.server else ""
-        text = "Workflow error{}{}: {}".format(node, server, error.message)
+            node = " in node {}{}".format(error.node_id or "?", f" ({error.node_type})" if error.node_type else "")
+        server = f" on {error.server}" if error.server else ""
+        text = f"Workflow error{node}{server}: {error.message}"
     else:
         tried: List[str] = []
         for job in jobs:
@@ -68,7 +68,7 @@ def describe_error(error: JobError, jobs: Sequence[JobSnapshot]) -> str:
             text = "{} (servers: {})".format(text, ", ".join(tried))
         elif len(tried) > 1:
             text = "{} (servers tried: {})".format(text, ", ".join(tried))
-    return "{} [{}]".format(text, at) if at else text
+    return f"{text} [{at}]" if at else text
 
 
 def error_lines(snapshot: BatchSnapshot) -> List[str]:
@@ -97,12 +97,12 @@ def _unit(snapshot: BatchSnapshot) -> str:
 def progress_message(snapshot: BatchSnapshot) -> str:
     """The ProgressTask line: counts, and which servers are doing the work."""
     total = len(snapshot.jobs)
-    parts = ["{}/{} {} done".format(snapshot.done, total, _unit(snapshot))]
+    parts = [f"{snapshot.done}/{total} {_unit(snapshot)} done"]
     active = sorted({j.server for j in snapshot.jobs if j.server and j.state in (JobState.SUBMITTED, JobState.RUNNING)})
     if active:
         parts.append("on " + ", ".join(active))
     if snapshot.failed:
-        parts.append("{} failed".format(snapshot.failed))
+        parts.append(f"{snapshot.failed} failed")
     if snapshot.message:
         parts.append(snapshot.message)
     return " | ".join(parts)
@@ -114,18 +114,18 @@ def status_line(snapshot: BatchSnapshot, cancelling: bool = False) -> str:
     unit = _unit(snapshot)
     if not snapshot.finished:
         head = "Cancelling" if cancelling else "Running"
-        return "{}: {}".format(head, progress_message(snapshot))
+        return f"{head}: {progress_message(snapshot)}"
     state = snapshot.state
     if state == "done":
-        used = ", ".join("{} {}".format(name, n) for name, n in sorted(snapshot.servers.items()))
-        return "Done: {} {}{}".format(total, unit, " ({})".format(used) if used else "")
+        used = ", ".join(f"{name} {n}" for name, n in sorted(snapshot.servers.items()))
+        return "Done: {} {}{}".format(total, unit, f" ({used})" if used else "")
     cancelled = snapshot.count(JobState.CANCELLED)
     if state == "cancelled":
-        return "Cancelled: {} of {} {} done, {} cancelled".format(snapshot.done, total, unit, cancelled)
+        return f"Cancelled: {snapshot.done} of {total} {unit} done, {cancelled} cancelled"
     first = error_lines(snapshot)
     reason = first[0] if first else "unknown error"
-    more = " (+{} other errors, see details)".format(len(first) - 1) if len(first) > 1 else ""
-    return "Failed: {} of {} {} done, {} failed. {}{}".format(snapshot.done, total, unit, snapshot.failed, reason, more)
+    more = f" (+{len(first) - 1} other errors, see details)" if len(first) > 1 else ""
+    return f"Failed: {snapshot.done} of {total} {unit} done, {snapshot.failed} failed. {reason}{more}"
 
 
 def failure_popup(snapshot: BatchSnapshot, node_name: str) -> Optional[str]:
@@ -133,5 +133,5 @@ def failure_popup(snapshot: BatchSnapshot, node_name: str) -> Optional[str]:
     if not snapshot.finished or snapshot.failed == 0:
         return None
     lines = error_lines(snapshot)
-    head = "{}: {} of {} {} failed.".format(node_name, snapshot.failed, len(snapshot.jobs), _unit(snapshot))
+    head = f"{node_name}: {snapshot.failed} of {len(snapshot.jobs)} {_unit(snapshot)} failed."
     return "\n\n".join([head] + lines)

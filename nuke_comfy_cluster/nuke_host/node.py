@@ -64,9 +64,9 @@ def _script(call: str) -> str:
         "except ImportError:\n"
         "    _m = None\n"
         "if _m is not None:\n"
-        "    _m.{}()\n"
+        f"    _m.{call}()\n"
         "del _m\n"
-    ).format(call)
+    )
 
 
 KNOB_CHANGED_SCRIPT = _script("on_knob_changed")
@@ -112,9 +112,9 @@ def load_workflow(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as e:
-        raise WorkflowError("Cannot read the workflow {}: {}".format(path, e.strerror or e)) from e
+        raise WorkflowError(f"Cannot read the workflow {path}: {e.strerror or e}") from e
     except ValueError as e:
-        raise WorkflowError("The workflow {} is not valid JSON: {}".format(path, e)) from e
+        raise WorkflowError(f"The workflow {path} is not valid JSON: {e}") from e
     return validate_workflow(data, os.path.basename(path))
 
 
@@ -123,7 +123,7 @@ def map_choices(workflow: Optional[Dict[str, Any]]) -> List[str]:
     choices = [MAP_AUTO, MAP_NONE]
     if workflow:
         for item in find_inputs(workflow)["load_image"]:
-            choices.append("#{} {} ({})".format(item.node_id, item.class_type, item.value))
+            choices.append(f"#{item.node_id} {item.class_type} ({item.value})")
     return choices
 
 
@@ -139,9 +139,9 @@ def workflow_summary(workflow: Dict[str, Any]) -> str:
     for key, title in (("load_image", "LoadImage"), ("save_image", "SaveImage"), ("seed", "seed")):
         items = found[key]
         if not items:
-            lines.append("{}: none".format(title))
+            lines.append(f"{title}: none")
         for item in items:
-            lines.append("{}: #{} {}.{} = {}".format(title, item.node_id, item.class_type, item.input, item.value))
+            lines.append(f"{title}: #{item.node_id} {item.class_type}.{item.input} = {item.value}")
     if not found["seed"]:
         lines.append("(no seed input: iterations would all be the same image)")
     return "\n".join(lines)
@@ -159,9 +159,7 @@ def resolve_inputs(
         if node_id is not None:
             if node_id not in loads:
                 raise SettingsError(
-                    "Input {} is mapped to LoadImage #{}, which the workflow no longer has: reload the workflow".format(
-                        INPUT_NAMES[index], node_id
-                    )
+                    f"Input {INPUT_NAMES[index]} is mapped to LoadImage #{node_id}, which the workflow no longer has: reload the workflow"
                 )
             pairs[index] = node_id
             taken.append(node_id)
@@ -180,9 +178,9 @@ def resolve_inputs(
 
 def _unique_name(nuke: Any) -> str:
     n = 1
-    while nuke.toNode("{}{}".format(NODE_PREFIX, n)) is not None:
+    while nuke.toNode(f"{NODE_PREFIX}{n}") is not None:
         n += 1
-    return "{}{}".format(NODE_PREFIX, n)
+    return f"{NODE_PREFIX}{n}"
 
 
 def _button(nuke: Any, name: str, label: str, call: str, newline: bool = False) -> Any:
@@ -218,7 +216,10 @@ def add_knobs(node: Any) -> None:
         nuke.Int_Knob(K_SEED, "base seed"),
         nuke.Text_Knob("ncc_inputs_divider", "input mapping"),
     ]
-    knobs += [nuke.Enumeration_Knob(map_knob(i), "{} ->".format(INPUT_NAMES[i]), [MAP_AUTO, MAP_NONE]) for i in range(len(INPUT_NAMES))]
+    knobs += [
+        nuke.Enumeration_Knob(map_knob(i), f"{INPUT_NAMES[i]} ->", [MAP_AUTO, MAP_NONE])
+        for i in range(len(INPUT_NAMES))
+    ]
     knobs += [
         nuke.Text_Knob("ncc_output_divider", "output"),
         nuke.File_Knob(K_OUTPUT, "output folder"),
@@ -335,7 +336,7 @@ def reload_workflow(node: Any) -> Optional[Dict[str, Any]]:
         try:
             workflow = load_workflow(path)
         except WorkflowError as e:
-            node[K_INFO].setValue("cannot use this workflow: {}".format(e.message))
+            node[K_INFO].setValue(f"cannot use this workflow: {e.message}")
             workflow = None
         else:
             node[K_INFO].setValue(workflow_summary(workflow))
@@ -398,12 +399,12 @@ def read_settings(node: Any) -> NodeSettings:
     server = node[K_SERVER].value()
     mode = node[K_MODE].value()
     if mode not in MODES:
-        raise SettingsError("Unknown mode {!r}".format(mode))
+        raise SettingsError(f"Unknown mode {mode!r}")
     if mode == MODE_RANGE:
         set_range_from_input(node)
         first, last = int(node[K_FIRST].value()), int(node[K_LAST].value())
         if last < first:
-            raise SettingsError("The frame range {}-{} is empty: last is before first".format(first, last))
+            raise SettingsError(f"The frame range {first}-{last} is empty: last is before first")
     else:
         first = last = int(nuke.frame())
     iterations = int(node[K_ITERATIONS].value())
@@ -416,7 +417,7 @@ def read_settings(node: Any) -> NodeSettings:
     try:
         ensure_safe_name(sequence)
     except ClusterError as e:
-        raise SettingsError("Sequence name {!r} must be a plain file name (no folders)".format(sequence)) from e
+        raise SettingsError(f"Sequence name {sequence!r} must be a plain file name (no folders)") from e
     return NodeSettings(
         node_name=name,
         workflow_path=node[K_WORKFLOW].evaluate(),

@@ -38,7 +38,7 @@ class ReadSpec:
 
 
 def read_name(node_name: str, iteration: Optional[int] = None) -> str:
-    return "{}_result".format(node_name) if iteration is None else "{}_i{:03d}".format(node_name, iteration)
+    return f"{node_name}_result" if iteration is None else f"{node_name}_i{iteration:03d}"
 
 
 def _extension(job: JobSnapshot) -> str:
@@ -50,7 +50,7 @@ def _extension(job: JobSnapshot) -> str:
 
 
 def _frame_file(folder: str, stem: str, frame: int, ext: str) -> str:
-    return os.path.join(folder, "{}.{:04d}{}".format(stem, frame, ext))
+    return os.path.join(folder, f"{stem}.{frame:04d}{ext}")
 
 
 def plan_reads(snapshot: BatchSnapshot, output_dir: str, sequence_name: str, node_name: str) -> List[ReadSpec]:
@@ -63,12 +63,12 @@ def plan_reads(snapshot: BatchSnapshot, output_dir: str, sequence_name: str, nod
     for iteration in sorted(groups, key=lambda i: -1 if i is None else i):
         jobs = groups[iteration]
         ext = _extension(jobs[0])
-        stem = sequence_name if iteration is None else "{}_i{:03d}".format(sequence_name, iteration)
+        stem = sequence_name if iteration is None else f"{sequence_name}_i{iteration:03d}"
         frames = sorted(j.frame if j.frame is not None else 1 for j in jobs)
         first, last = frames[0], frames[-1]
         missing = tuple(f for f in range(first, last + 1) if not os.path.isfile(_frame_file(output_dir, stem, f, ext)))
         if iteration is None:
-            label = "{} frames".format(len(frames)) if len(frames) > 1 else "frame {}".format(first)
+            label = f"{len(frames)} frames" if len(frames) > 1 else f"frame {first}"
         else:
             seed = jobs[0].seed
             label = "iteration {}\nseed {}".format(iteration + 1, seed if seed is not None else "?")
@@ -107,7 +107,12 @@ def apply_reads(group: Any, specs: List[ReadSpec]) -> List[Any]:
                 read.setName(spec.name)
                 read.setXYpos(group.xpos() + READ_SPACING_X * i, group.ypos() + READ_OFFSET_Y)
             read["file"].setValue(spec.path)
-            for knob, value in (("first", spec.first), ("last", spec.last), ("origfirst", spec.first), ("origlast", spec.last)):
+            for knob, value in (
+                ("first", spec.first),
+                ("last", spec.last),
+                ("origfirst", spec.first),
+                ("origlast", spec.last),
+            ):
                 read[knob].setValue(value)
             read["on_error"].setValue("checkerboard" if spec.missing else "error")
             read["label"].setValue(spec.label)

@@ -2,8 +2,8 @@
 
 Both are cheap and never raise: a broken plugin must not stop Nuke, ``nuke -t``
 or a render farm from starting. ``install`` checks ``nuke.GUI``, then registers
-the docked panel (by dotted class path, so Qt is imported only when the panel
-opens) and adds the menus. Each step is guarded on its own, so a missing Qt
+the docked panel (by an expression that imports its class, so Qt is imported
+only when the panel opens) and adds the menus. Each step is guarded on its own, so a missing Qt
 binding still leaves the node and its menu usable.
 """
 
@@ -17,6 +17,9 @@ from typing import Any, List
 log = logging.getLogger(__name__)
 
 PANEL_CLASS = "nuke_comfy_cluster.ui.panel.ClusterPanel"
+#: What Nuke evaluates (in __main__) when it builds the panel. A bare dotted path only
+#: resolves if ui.panel was imported before; this imports it then, so start-up needs no Qt.
+PANEL_WIDGET = "__import__({!r}, fromlist=[{!r}]).{}".format(*PANEL_CLASS.rsplit(".", 1), PANEL_CLASS.rsplit(".", 1)[1])
 PANEL_TITLE = "ComfyUI Cluster"
 PANEL_ID = "uk.co.nuke_comfy_cluster.ClusterPanel"
 MENU_NAME = "ComfyUI Cluster"
@@ -30,6 +33,7 @@ COMMANDS = (
     ("Edit Servers...", "open_config_editor"),
     ("Refresh Server Status", "refresh_status"),
 )
+
 
 def plugin_root() -> str:
     """The folder holding ``nuke_comfy_cluster/`` (a checkout or the installed plugin)."""
@@ -61,21 +65,11 @@ def _command(name: str) -> Any:
     return run
 
 
-def _bind_main_namespace() -> None:
-    # Nuke evaluates the panel's class path in __main__ when it builds the panel.
-    import __main__
-
-    package = sys.modules.get("nuke_comfy_cluster")
-    if package is not None and not hasattr(__main__, "nuke_comfy_cluster"):
-        __main__.nuke_comfy_cluster = package  # type: ignore[attr-defined]
-
-
 def register_panel() -> None:
     import nukescripts
 
-    _bind_main_namespace()
     # also adds the Pane menu entry, and lets saved workspaces restore the panel by id
-    nukescripts.panels.registerWidgetAsPanel(PANEL_CLASS, PANEL_TITLE, PANEL_ID)
+    nukescripts.panels.registerWidgetAsPanel(PANEL_WIDGET, PANEL_TITLE, PANEL_ID)
 
 
 def add_menus() -> None:

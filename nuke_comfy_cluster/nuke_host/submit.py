@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: seconds between looks at the ProgressTask's cancel button when the batch is quiet
 POLL_INTERVAL = 0.2
 
-_runs: Dict[str, "SubmitRun"] = {}
+_runs: Dict[str, SubmitRun] = {}
 _runs_lock = threading.Lock()
 
 
@@ -51,12 +51,12 @@ def on_main(fn: Any, *args: Any) -> None:
     nuke.executeInMainThread(fn, args)
 
 
-def active_runs() -> List["SubmitRun"]:
+def active_runs() -> List[SubmitRun]:
     with _runs_lock:
         return list(_runs.values())
 
 
-def run_for(node: Any) -> Optional["SubmitRun"]:
+def run_for(node: Any) -> Optional[SubmitRun]:
     run_id = node[node_knobs.K_RUN].value()
     with _runs_lock:
         return _runs.get(run_id) if run_id else None
@@ -113,13 +113,15 @@ class SubmitRun:
         s = self.settings
         common = dict(
             server=s.server,
-            name="{} {}".format(s.node_name, s.mode),
+            name=f"{s.node_name} {s.mode}",
             output_dir=s.output_dir,
             sequence_name=s.sequence_name,
             prepare=self.mapper,
         )
         if s.mode == node_knobs.MODE_ITERATIONS:
-            return self.cluster.submit_iterations(self.workflow, s.iterations, base_seed=s.base_seed, frame=s.first, **common)
+            return self.cluster.submit_iterations(
+                self.workflow, s.iterations, base_seed=s.base_seed, frame=s.first, **common
+            )
         return self.cluster.submit_frames(self.workflow, s.frames, **common)
 
     def _run(self) -> None:
@@ -146,8 +148,8 @@ class SubmitRun:
     def _follow(self, batch: Batch) -> BatchSnapshot:
         import nuke
 
-        updates: "queue.Queue[BatchSnapshot]" = queue.Queue()
-        task = nuke.ProgressTask("ComfyUI Cluster: {}".format(self.settings.node_name))
+        updates: queue.Queue[BatchSnapshot] = queue.Queue()
+        task = nuke.ProgressTask(f"ComfyUI Cluster: {self.settings.node_name}")
         batch.add_listener(updates.put)
         try:
             snapshot = batch.snapshot()
@@ -178,7 +180,7 @@ class SubmitRun:
             if self._status_queued:
                 return  # the main thread has not drawn the last one yet: it will draw this one
             self._status_queued = True
-        on_main(self._draw_status)
+        self._draw_status()
 
     def _cleanup(self) -> None:
         input_files.remove_run_files(self.run_dir, self.mapper.copies if self.mapper is not None else ())
@@ -206,7 +208,7 @@ class SubmitRun:
             node_knobs.set_status(self.node, "Failed: " + message, message)
             self.node[node_knobs.K_RUN].setValue("")
         self._forget()
-        nuke.message("{}: {}".format(self.settings.node_name, message))
+        nuke.message(f"{self.settings.node_name}: {message}")
 
     def _finish(self, snapshot: BatchSnapshot, specs: List[ReadSpec]) -> None:
         import nuke
@@ -217,11 +219,9 @@ class SubmitRun:
                 self.reads = [r.name() for r in apply_reads(self.node, specs)]
             except Exception as e:  # noqa: BLE001 - the status must still say what happened
                 log.exception("ComfyUI Cluster: cannot create the Read nodes")
-                self.error = "cannot create the Read nodes: {}".format(e)
+                self.error = f"cannot create the Read nodes: {e}"
             details = messages.error_details(snapshot)
-            gaps = [
-                "{}: no file for frames {}".format(s.name, messages.compact_numbers(s.missing)) for s in specs if s.missing
-            ]
+            gaps = [f"{s.name}: no file for frames {messages.compact_numbers(s.missing)}" for s in specs if s.missing]
             if self.error:
                 gaps.append(self.error)
             details = "\n\n".join(x for x in [details] + gaps if x)
@@ -244,7 +244,7 @@ def submit_node(node: Any) -> SubmitRun:
     Raises SettingsError / WorkflowError for what the artist must fix first.
     """
     if run_for(node) is not None:
-        raise node_knobs.SettingsError("{} is already running: cancel it first".format(node.name()))
+        raise node_knobs.SettingsError(f"{node.name()} is already running: cancel it first")
     settings = node_knobs.read_settings(node)
     cluster = get_cluster()
     workflow = settings.workflow
@@ -254,7 +254,7 @@ def submit_node(node: Any) -> SubmitRun:
         root = input_files.stage_root(cluster.pool.servers, settings.server or cluster.pool.override)
         script = node_knobs.script_path()
         tag = node_knobs.safe_tag(
-            "{}_{}".format(os.path.splitext(os.path.basename(script))[0], settings.node_name) if script else settings.node_name
+            f"{os.path.splitext(os.path.basename(script))[0]}_{settings.node_name}" if script else settings.node_name
         )
         run_dir = input_files.new_run_dir(root, tag)
         node_knobs.set_status(node, "Rendering inputs...", "")

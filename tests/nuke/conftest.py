@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from nuke_comfy_cluster.sim.process import SimProcess, stop_all
-
 from tests.conftest import protocol_dir
 
 from .fake_nuke import FakeNuke
@@ -33,10 +32,7 @@ SIM_SECONDS = 0.1
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch):
     """A fresh fake Nuke (GUI session) installed as ``nuke`` / ``nukescripts``."""
-    import __main__
-
     saved_path = list(sys.path)
-    had_main_binding = hasattr(__main__, "nuke_comfy_cluster")
     f = FakeNuke(gui=True)
     f.install(monkeypatch)
     yield f
@@ -46,8 +42,6 @@ def fake(monkeypatch: pytest.MonkeyPatch):
     for run in submit.active_runs():
         run.cancel()
     sys.path[:] = saved_path
-    if not had_main_binding and hasattr(__main__, "nuke_comfy_cluster"):
-        delattr(__main__, "nuke_comfy_cluster")
 
 
 @pytest.fixture
@@ -151,7 +145,7 @@ def plate(fake: FakeNuke) -> Callable[..., Any]:
     """``plate(first, last, name="Plate")``: a selected Read upstream, like footage in a script."""
 
     def make(first: int = 1001, last: int = 1024, name: str = "Plate") -> Any:
-        read = fake.nuke.nodes.Read(name=name, file="/footage/{}.####.exr".format(name), first=first, last=last)
+        read = fake.nuke.nodes.Read(name=name, file=f"/footage/{name}.####.exr", first=first, last=last)
         read.setSelected(True)
         return read
 

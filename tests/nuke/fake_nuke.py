@@ -41,14 +41,16 @@ class OffMainThread(RuntimeError):
 
 def _on_main(what: str) -> None:
     if threading.current_thread() is not threading.main_thread():
-        raise OffMainThread("{} called from thread {!r}: use nuke.executeInMainThread".format(what, threading.current_thread().name))
+        raise OffMainThread(
+            f"{what} called from thread {threading.current_thread().name!r}: use nuke.executeInMainThread"
+        )
 
 
 class Strict:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise Missing("fake nuke: {}.{} is not implemented".format(type(self).__name__, name))
+        raise Missing(f"fake nuke: {type(self).__name__}.{name} is not implemented")
 
 
 def _strict_module(name: str) -> types.ModuleType:
@@ -57,7 +59,7 @@ def _strict_module(name: str) -> types.ModuleType:
     def __getattr__(attr: str) -> Any:  # noqa: N807 - PEP 562 module hook
         if attr.startswith("__"):
             raise AttributeError(attr)
-        raise Missing("fake nuke: {}.{} is not implemented".format(name, attr))
+        raise Missing(f"fake nuke: {name}.{attr} is not implemented")
 
     module.__getattr__ = __getattr__  # type: ignore[attr-defined]
     return module
@@ -90,10 +92,10 @@ class Knob(Strict):
         self._value = value
         self._flags: set = set()
         self._tooltip = ""
-        self.node: Optional["Node"] = None
+        self.node: Optional[Node] = None
 
     def _touch(self, what: str) -> None:
-        _on_main("Knob.{}".format(what))
+        _on_main(f"Knob.{what}")
         if self.node is not None:
             self.node._check(what)
 
@@ -147,7 +149,7 @@ class Int_Knob(Knob):  # noqa: N801
 
     def _coerce(self, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError("Int_Knob {}: expected a number, got {!r}".format(self._name, value))
+            raise TypeError(f"Int_Knob {self._name}: expected a number, got {value!r}")
         return int(value)
 
 
@@ -169,7 +171,7 @@ class String_Knob(Knob):  # noqa: N801
 
     def _coerce(self, value: Any) -> Any:
         if not isinstance(value, str):
-            raise TypeError("{} {}: expected text, got {!r}".format(self.kind, self._name, value))
+            raise TypeError(f"{self.kind} {self._name}: expected text, got {value!r}")
         return value
 
 
@@ -224,7 +226,7 @@ class Enumeration_Knob(Knob):  # noqa: N801
         if isinstance(value, int) and not isinstance(value, bool):
             return self._values[value]
         if value not in self._values:
-            raise ValueError("Enumeration_Knob {}: {!r} is not one of {}".format(self._name, value, self._values))
+            raise ValueError(f"Enumeration_Knob {self._name}: {value!r} is not one of {self._values}")
         return value
 
 
@@ -238,14 +240,14 @@ class Script_Knob(Knob):
 
 
 class Node(Strict):
-    def __init__(self, fake: "FakeNuke", cls: str, parent: Optional["Group"], knobs: List[Knob]) -> None:
+    def __init__(self, fake: FakeNuke, cls: str, parent: Optional[Group], knobs: List[Knob]) -> None:
         self._fake = fake
         self._class = cls
         self._name = ""
         self._parent = parent
         self._alive = True
         self._knobs: Dict[str, Knob] = {}
-        self._inputs: Dict[int, "Node"] = {}
+        self._inputs: Dict[int, Node] = {}
         self._x = self._y = 0
         self._selected = False
         self.channels_list = ["rgba.red", "rgba.green", "rgba.blue"]
@@ -257,12 +259,12 @@ class Node(Strict):
         self._knobs[knob.name()] = knob
 
     def _check(self, what: str) -> None:
-        _on_main("Node.{}".format(what))
+        _on_main(f"Node.{what}")
         if not self._alive:
             raise ValueError("A PythonObject is not attached to a node")
 
     def __repr__(self) -> str:
-        return "<fake {} {}>".format(self._class, self._name)
+        return f"<fake {self._class} {self._name}>"
 
     def Class(self) -> str:  # noqa: N802
         self._check("Class")
@@ -286,13 +288,13 @@ class Node(Strict):
         final = name
         if final in siblings:
             if not uncollide:
-                raise ValueError("name {} is already used".format(name))
+                raise ValueError(f"name {name} is already used")
             # like Nuke: Read1 -> Read2, Foo -> Foo1
             base = name.rstrip("0123456789")
             n = int(name[len(base) :]) + 1 if len(base) < len(name) else 1
-            while "{}{}".format(base, n) in siblings:
+            while f"{base}{n}" in siblings:
                 n += 1
-            final = "{}{}".format(base, n)
+            final = f"{base}{n}"
         self._name = final
 
     def knob(self, name: str) -> Optional[Knob]:
@@ -306,25 +308,25 @@ class Node(Strict):
     def __getitem__(self, name: str) -> Knob:
         self._check("__getitem__")
         if name not in self._knobs:
-            raise NameError("knob {} does not exist".format(name))
+            raise NameError(f"knob {name} does not exist")
         return self._knobs[name]
 
     def addKnob(self, knob: Knob) -> None:  # noqa: N802
         self._check("addKnob")
         if knob.name() in self._knobs:
-            raise ValueError("{} already has a knob {}".format(self._name, knob.name()))
+            raise ValueError(f"{self._name} already has a knob {knob.name()}")
         self._fake.record("Node.addKnob", self._name, knob.name(), knob.Class())
         self._attach(knob)
 
     def maxInputs(self) -> int:  # noqa: N802
         return 1
 
-    def input(self, i: int) -> Optional["Node"]:
+    def input(self, i: int) -> Optional[Node]:
         self._check("input")
         node = self._inputs.get(i)
         return node if node is not None and node._alive else None
 
-    def setInput(self, i: int, node: Optional["Node"]) -> bool:  # noqa: N802
+    def setInput(self, i: int, node: Optional[Node]) -> bool:  # noqa: N802
         self._check("setInput")
         if i >= self.maxInputs():
             return False
@@ -371,9 +373,16 @@ class Node(Strict):
 
 
 class Read(Node):
-    def __init__(self, fake: "FakeNuke", parent: Optional["Group"]) -> None:
+    def __init__(self, fake: FakeNuke, parent: Optional[Group]) -> None:
         on_error = Enumeration_Knob("on_error", "missing frames", ["error", "black", "checkerboard", "nearest frame"])
-        knobs = [File_Knob("file"), Int_Knob("first"), Int_Knob("last"), Int_Knob("origfirst"), Int_Knob("origlast"), on_error]
+        knobs = [
+            File_Knob("file"),
+            Int_Knob("first"),
+            Int_Knob("last"),
+            Int_Knob("origfirst"),
+            Int_Knob("origlast"),
+            on_error,
+        ]
         super().__init__(fake, "Read", parent, knobs + [PyScript_Knob("reload", "Reload", "")])
 
     def maxInputs(self) -> int:  # noqa: N802
@@ -389,7 +398,7 @@ class Read(Node):
 class Write(Node):
     FILE_TYPES = ("png", "exr", "jpeg", "tiff")
 
-    def __init__(self, fake: "FakeNuke", parent: Optional["Group"]) -> None:
+    def __init__(self, fake: FakeNuke, parent: Optional[Group]) -> None:
         file_type = Enumeration_Knob("file_type", "file type", [""] + list(self.FILE_TYPES))
         datatype = Enumeration_Knob("datatype", "data type", ["8 bit", "16 bit"])
         channels = Enumeration_Knob("channels", "channels", ["rgb", "rgba", "alpha", "all"])
@@ -397,7 +406,7 @@ class Write(Node):
 
 
 class Group(Node):
-    def __init__(self, fake: "FakeNuke", parent: Optional["Group"], cls: str = "Group") -> None:
+    def __init__(self, fake: FakeNuke, parent: Optional[Group], cls: str = "Group") -> None:
         super().__init__(fake, cls, parent, [Script_Knob("knobChanged")])
         self._children: List[Node] = []
 
@@ -408,7 +417,7 @@ class Group(Node):
         self._check("nodes")
         return [n for n in self._children if n._alive]
 
-    def begin(self) -> "Group":
+    def begin(self) -> Group:
         self._check("begin")
         self._fake.context.append(self)
         return self
@@ -416,10 +425,10 @@ class Group(Node):
     def end(self) -> None:
         self._check("end")
         if self._fake.context[-1] is not self:
-            raise RuntimeError("end() of {} does not match begin()".format(self._name))
+            raise RuntimeError(f"end() of {self._name} does not match begin()")
         self._fake.context.pop()
 
-    def __enter__(self) -> "Group":
+    def __enter__(self) -> Group:
         return self.begin()
 
     def __exit__(self, *exc: Any) -> None:
@@ -427,7 +436,7 @@ class Group(Node):
 
 
 class Root(Group):
-    def __init__(self, fake: "FakeNuke") -> None:
+    def __init__(self, fake: FakeNuke) -> None:
         super().__init__(fake, None, "Root")
         self._name = "root"
         for knob in (Int_Knob("first_frame"), Int_Knob("last_frame"), File_Knob("name")):
@@ -439,7 +448,7 @@ class Root(Group):
 class Nodes(Strict):
     """``nuke.nodes.<Class>(**knobs)``: only the classes the plugin creates."""
 
-    def __init__(self, fake: "FakeNuke") -> None:
+    def __init__(self, fake: FakeNuke) -> None:
         self._fake = fake
 
     def __getattr__(self, cls: str) -> Callable[..., Node]:
@@ -469,13 +478,13 @@ class MenuItem(Strict):
         _on_main("MenuItem.invoke")
         if callable(self.command):
             return self.command()
-        exec(compile(self.command, "<menu {}>".format(self._name), "exec"), {"__name__": "__main__"})
+        exec(compile(self.command, f"<menu {self._name}>", "exec"), {"__name__": "__main__"})
         return None
 
 
 def _check_icon(icon: Optional[str]) -> str:
     if icon and os.path.isabs(icon) and not os.path.isfile(icon):
-        raise FileNotFoundError("icon {} does not exist".format(icon))
+        raise FileNotFoundError(f"icon {icon} does not exist")
     return icon or ""
 
 
@@ -504,7 +513,7 @@ class Menu(Strict):
             return item.findItem(rest) if isinstance(item, Menu) else None
         return item
 
-    def addMenu(self, name: str, icon: Optional[str] = None, tooltip: str = "", index: int = -1) -> "Menu":  # noqa: N802
+    def addMenu(self, name: str, icon: Optional[str] = None, tooltip: str = "", index: int = -1) -> Menu:  # noqa: N802
         _on_main("Menu.addMenu")
         FakeNuke.current.record("Menu.addMenu", self._name, name, icon)
         existing = self._find(name)
@@ -568,12 +577,12 @@ class ProgressTask(Strict):
 
     def _off_main(self, what: str) -> None:
         if threading.current_thread() is threading.main_thread():
-            raise OffMainThread("ProgressTask.{} on the main thread".format(what))
+            raise OffMainThread(f"ProgressTask.{what} on the main thread")
 
     def setProgress(self, value: int) -> None:  # noqa: N802
         self._off_main("setProgress")
         if not isinstance(value, int) or not 0 <= value <= 100:
-            raise ValueError("setProgress wants an int 0-100, got {!r}".format(value))
+            raise ValueError(f"setProgress wants an int 0-100, got {value!r}")
         self._record.progress.append(value)
 
     def setMessage(self, text: str) -> None:  # noqa: N802
@@ -603,7 +612,7 @@ class FakePanel(Strict):
         # Nuke evaluates "<widget>" inside a PyCustom_Knob script, in __main__'s namespace
         return eval(self.widget_expression, dict(vars(sys.modules["__main__"])))  # noqa: S307
 
-    def addToPane(self, pane: Any = None) -> "FakePanel":  # noqa: N802
+    def addToPane(self, pane: Any = None) -> FakePanel:  # noqa: N802
         _on_main("PythonPanel.addToPane")
         self.widget = self.widget_class()()
         return self
@@ -615,14 +624,14 @@ class FakePanel(Strict):
 class FakeNuke:
     """One fake Nuke session: modules, node graph, menus, main-thread queue, records."""
 
-    current: "FakeNuke"
+    current: FakeNuke
 
     def __init__(self, gui: bool = True) -> None:
         FakeNuke.current = self
         self.calls: List[Tuple[str, tuple, str]] = []
         self.tasks: List[TaskRecord] = []
         self.messages: List[str] = []
-        self.main_queue: "queue.Queue[Tuple[Callable[..., Any], tuple, dict, str]]" = queue.Queue()
+        self.main_queue: queue.Queue[Tuple[Callable[..., Any], tuple, dict, str]] = queue.Queue()
         self.marshalled: List[Tuple[str, str]] = []  # (function, calling thread)
         self.menus: Dict[str, Menu] = {}
         self.panels: Dict[str, Callable[[], Any]] = {}
@@ -647,7 +656,16 @@ class FakeNuke:
         m = _strict_module("nuke")
         m.GUI = gui
         m.STARTLINE, m.INVISIBLE, m.NO_ANIMATION = STARTLINE, INVISIBLE, NO_ANIMATION
-        for cls in (Int_Knob, Boolean_Knob, String_Knob, File_Knob, Text_Knob, Tab_Knob, PyScript_Knob, Enumeration_Knob):
+        for cls in (
+            Int_Knob,
+            Boolean_Knob,
+            String_Knob,
+            File_Knob,
+            Text_Knob,
+            Tab_Knob,
+            PyScript_Knob,
+            Enumeration_Knob,
+        ):
             setattr(m, cls.__name__, self._knob_factory(cls))
         m.ProgressTask = ProgressTask
         m.nodes = Nodes(self)
@@ -767,19 +785,21 @@ class FakeNuke:
             raise Missing("fake nuke: execute only renders Write nodes")
         upstream = node.input(0)
         if upstream is None:
-            raise RuntimeError("{}: no input connected".format(node.name()))
+            raise RuntimeError(f"{node.name()}: no input connected")
         pattern = node["file"].value()
         if node["file_type"].value() != "png":
             raise Missing("fake nuke: only renders png")
         for frame in range(first, last + 1, incr):
-            path = pattern.replace("####", "{:04d}".format(frame))
+            path = pattern.replace("####", f"{frame:04d}")
             if not os.path.isdir(os.path.dirname(path)):
-                raise RuntimeError("{}: Can't write {}: No such file or directory".format(node.name(), path))
+                raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
             with open(path, "wb") as f:
                 f.write(png_bytes(frame_colour(upstream.name(), frame)))
 
     # -- threads ---------------------------------------------------------------------------
-    def api_executeInMainThread(self, call: Callable[..., Any], args: tuple = (), kwargs: Optional[dict] = None) -> None:  # noqa: N802
+    def api_executeInMainThread(
+        self, call: Callable[..., Any], args: tuple = (), kwargs: Optional[dict] = None
+    ) -> None:  # noqa: N802
         if not isinstance(args, tuple):
             raise TypeError("executeInMainThread args must be a tuple")
         thread = threading.current_thread().name
@@ -800,7 +820,7 @@ class FakeNuke:
             if until():
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError("fake nuke: {} not reached in {} s".format(what, timeout))
+                raise TimeoutError(f"fake nuke: {what} not reached in {timeout} s")
             try:
                 call, args, kwargs, _ = self.main_queue.get(timeout=0.02)
             except queue.Empty:
@@ -835,7 +855,7 @@ class FakeNuke:
         """The artist clicks a button knob."""
         knob = node[knob_name]
         if not isinstance(knob, PyScript_Knob):
-            raise TypeError("{} is not a button".format(knob_name))
+            raise TypeError(f"{knob_name} is not a button")
         knob.execute()
 
     def knob_changed(self, node: Node, knob: Knob) -> None:
@@ -859,13 +879,13 @@ class FakeNuke:
     def api_menu(self, name: str) -> Menu:
         _on_main("nuke.menu")
         if name not in ("Nuke", "Pane", "Nodes", "Node Graph", "Properties", "Viewer"):
-            raise Missing("fake nuke: menu {!r}".format(name))
+            raise Missing(f"fake nuke: menu {name!r}")
         return self.menus.setdefault(name, Menu(name))
 
     def api_toolbar(self, name: str) -> Menu:
         _on_main("nuke.toolbar")
         if name != "Nodes":
-            raise Missing("fake nuke: toolbar {!r}".format(name))
+            raise Missing(f"fake nuke: toolbar {name!r}")
         return self.api_menu("Nodes")
 
     def api_registerWidgetAsPanel(self, widget: str, name: str, panel_id: str, create: bool = False) -> Any:  # noqa: N802

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nuke_comfy_cluster.nuke_host import installer
-from nuke_comfy_cluster.nuke_host.startup import PANEL_CLASS
+from nuke_comfy_cluster.nuke_host.startup import PANEL_WIDGET
 from tests.conftest import REPO
 
 USER_INIT = "import nuke\r\nnuke.pluginAddPath('./gizmos')\r\n# studio settings, keep me\r\n"
@@ -63,7 +63,7 @@ def test_install_then_uninstall_leaves_the_users_init_py_as_it_was(home: Path):
     text = (nuke_dir / "init.py").read_bytes().decode()
     assert text.startswith(USER_INIT)  # user's lines first, untouched, CRLF kept
     assert text.count(installer.BEGIN) == 1 and text.count(installer.END) == 1
-    assert "nuke.pluginAddPath({!r})\r\n".format(plugin.as_posix()) in text
+    assert f"nuke.pluginAddPath({plugin.as_posix()!r})\r\n" in text
 
     installer.install()  # again: same file, one block
     assert (nuke_dir / "init.py").read_bytes().decode() == text
@@ -139,7 +139,7 @@ def test_the_installed_plugin_starts_in_a_bare_python(home: Path, tmp_path: Path
     assert seen["package"].startswith(str(plugin / "nuke_comfy_cluster"))
     assert seen["icon"] == (plugin / "resources" / "comfy_cluster.png").as_posix()
     assert seen["plugins"] == [str(plugin)]
-    assert seen["panels"][0][0] == PANEL_CLASS
+    assert seen["panels"][0][0] == PANEL_WIDGET
     assert "Traceback" not in out.stderr
 
 

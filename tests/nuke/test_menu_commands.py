@@ -15,7 +15,7 @@ from .fake_nuke import FakeNuke
 
 
 def command(fake: FakeNuke, label: str):
-    return fake.menus["Nuke"].findItem("{}/{}".format(MENU_NAME, label))
+    return fake.menus["Nuke"].findItem(f"{MENU_NAME}/{label}")
 
 
 @pytest.mark.integration
@@ -33,7 +33,7 @@ def test_refresh_status_polls_off_the_main_thread_and_updates_the_nodes(fake: Fa
 
     summary = fake.messages[-1]
     for sim in sims:
-        assert "{} ({}): online".format(sim.name, sim.url) in summary or "{} ({}): busy".format(sim.name, sim.url) in summary
+        assert f"{sim.name} ({sim.url}): online" in summary or f"{sim.name} ({sim.url}): busy" in summary
     assert "gpu-dead (http://127.0.0.1:1): offline" in summary
     assert node[N.K_SERVER].values() == [N.AUTO_SERVER, "sim-a", "sim-b", "sim-c", "gpu-dead"]
     assert threading.main_thread().name not in connects

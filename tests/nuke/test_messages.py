@@ -12,8 +12,16 @@ from nuke_comfy_cluster.core.state import JobState
 from nuke_comfy_cluster.nuke_host import messages as M
 
 
-def job(i: int, state: JobState, *, frame: Optional[int] = None, iteration: Optional[int] = None, server: Optional[str] = None,
-        error: Optional[JobError] = None, failed: Sequence[str] = ()) -> JobSnapshot:
+def job(
+    i: int,
+    state: JobState,
+    *,
+    frame: Optional[int] = None,
+    iteration: Optional[int] = None,
+    server: Optional[str] = None,
+    error: Optional[JobError] = None,
+    failed: Sequence[str] = (),
+) -> JobSnapshot:
     return JobSnapshot(
         id=str(i), index=i, label="", frame=frame, iteration=iteration, seed=None, state=state, server=server,
         prompt_id=None, attempts=1, failed_servers=tuple(failed), progress_value=0.0, progress_max=0.0,
@@ -40,7 +48,11 @@ def test_compact_numbers_round_trips(numbers):
     text = M.compact_numbers(numbers)
     back = set()
     for part in filter(None, text.split(", ")):
-        a, sep, b = part.partition("-") if not part.startswith("-") else ("-" + part[1:].partition("-")[0], *part[1:].partition("-")[1:])
+        a, sep, b = (
+            part.partition("-")
+            if not part.startswith("-")
+            else ("-" + part[1:].partition("-")[0], *part[1:].partition("-")[1:])
+        )
         back.update(range(int(a), int(b) + 1) if sep else [int(a)])
     assert back == numbers
 
@@ -70,7 +82,11 @@ def test_an_infrastructure_error_names_every_server_that_failed_the_job():
 def test_distinct_errors_are_counted_once_each():
     a = JobError("workflow", "bad", None, "1", "X")
     b = JobError("infrastructure", "gpu-1: timed out", "gpu-1")
-    snap = batch(job(0, JobState.FAILED, frame=1, error=a), job(1, JobState.FAILED, frame=2, error=a), job(2, JobState.FAILED, frame=3, error=b))
+    snap = batch(
+        job(0, JobState.FAILED, frame=1, error=a),
+        job(1, JobState.FAILED, frame=2, error=a),
+        job(2, JobState.FAILED, frame=3, error=b),
+    )
     assert M.status_line(snap).endswith("(+1 other errors, see details)")
     details = M.error_details(snap)
     assert details.count("Workflow error in node 1 (X)") == 1 and "gpu-1: timed out [frame 3]" in details

@@ -14,7 +14,10 @@ from .conftest import WORKFLOWS
 from .fake_nuke import FakeNuke
 
 #: nothing listens on port 1: the pool's threads get "refused" at once
-OFFLINE = [{"name": "gpu-1", "ip": "127.0.0.1", "port": 1}, {"name": "gpu-2", "ip": "127.0.0.1", "port": 1, "priority": 1}]
+OFFLINE = [
+    {"name": "gpu-1", "ip": "127.0.0.1", "port": 1},
+    {"name": "gpu-2", "ip": "127.0.0.1", "port": 1, "priority": 1},
+]
 
 
 @pytest.fixture
@@ -23,7 +26,7 @@ def node(fake: FakeNuke, configure, plate):
     plate(1001, 1024)
     fake.run_file(str(__import__("tests.conftest", fromlist=["REPO"]).REPO / "menu.py"))
     # the artist clicks the toolbar entry
-    return fake.menus["Nodes"].findItem("{}/{}".format(MENU_NAME, NODE_COMMAND)).invoke()
+    return fake.menus["Nodes"].findItem(f"{MENU_NAME}/{NODE_COMMAND}").invoke()
 
 
 def test_the_toolbar_command_builds_a_connected_group(fake: FakeNuke, node):

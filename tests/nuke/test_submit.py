@@ -114,7 +114,7 @@ def test_24_frames_on_three_servers_end_in_one_read_on_a_complete_sequence(
     assert (read["origfirst"].value(), read["origlast"].value()) == (1001, 1024)
     assert read["on_error"].value() == "error"
     for frame in range(1001, 1025):
-        path = tmp_path / "out" / "ComfyCluster1.{:04d}.png".format(frame)
+        path = tmp_path / "out" / f"ComfyCluster1.{frame:04d}.png"
         # ImageInvert of what the fake rendered for this very frame: no frame went astray
         expected = tuple(255 - c for c in frame_colour("Plate", frame))
         assert png_first_pixel(path.read_bytes()) == expected, frame
@@ -123,7 +123,9 @@ def test_24_frames_on_three_servers_end_in_one_read_on_a_complete_sequence(
     assert_main_thread_clean(fake, connects)  # before this test talks to the servers itself
 
     # every server read the frames through its own path to the share (dir_remote)
-    images = [p["1"]["inputs"]["image"] for s in sims for p in history_prompts(s.url) if p["1"]["class_type"] == "LoadImage"]
+    images = [
+        p["1"]["inputs"]["image"] for s in sims for p in history_prompts(s.url) if p["1"]["class_type"] == "LoadImage"
+    ]
     ours = [i for i in images if os.path.basename(os.path.dirname(i)) == os.path.basename(run.run_dir)]
     assert len(ours) == 24
     assert all(i.startswith(str(share["remote"]) + "/input/nuke_comfy_cluster/") for i in ours)
@@ -145,15 +147,15 @@ def test_without_a_shared_drive_inputs_are_uploaded_and_results_downloaded(
     run = wait(fake, submit(fake, node))
 
     assert run.final.state == "done", node[N.K_DETAILS].value()
-    assert sorted(v.rsplit("/", 1)[1] for _, v in run.mapper.uploads) == ["in1.{:04d}.png".format(f) for f in range(1, 6)]
+    assert sorted(v.rsplit("/", 1)[1] for _, v in run.mapper.uploads) == [f"in1.{f:04d}.png" for f in range(1, 6)]
     tag = os.path.basename(run.run_dir)
     uploaded = sorted(os.listdir(share["remote"] / "input" / "nuke_comfy_cluster" / tag))
-    assert uploaded == ["in1.{:04d}.png".format(f) for f in range(1, 6)]
+    assert uploaded == [f"in1.{f:04d}.png" for f in range(1, 6)]
     [read] = reads(fake)
     assert read["file"].value().endswith("/shot.####.png")
     assert (read["first"].value(), read["last"].value()) == (1, 5)
     for frame in range(1, 6):
-        data = (tmp_path / "out" / "shot.{:04d}.png".format(frame)).read_bytes()
+        data = (tmp_path / "out" / f"shot.{frame:04d}.png").read_bytes()
         assert png_first_pixel(data) == tuple(255 - c for c in frame_colour("Plate", frame))
     assert_main_thread_clean(fake, connects)
 
@@ -174,10 +176,10 @@ def test_iterations_give_one_labelled_read_each(fake: FakeNuke, configure, sims,
     colours = set()
     for i, read in enumerate(found):
         seed = derive_seed(7, 1010, i)
-        assert read["label"].value() == "iteration {}\nseed {}".format(i + 1, seed)
-        assert read["file"].value().endswith("/ComfyCluster1_i{:03d}.####.png".format(i))
+        assert read["label"].value() == f"iteration {i + 1}\nseed {seed}"
+        assert read["file"].value().endswith(f"/ComfyCluster1_i{i:03d}.####.png")
         assert (read["first"].value(), read["last"].value()) == (1010, 1010)
-        data = (tmp_path / "out" / "ComfyCluster1_i{:03d}.1010.png".format(i)).read_bytes()
+        data = (tmp_path / "out" / f"ComfyCluster1_i{i:03d}.1010.png").read_bytes()
         colours.add(png_first_pixel(data))
     assert len(colours) == 3  # each iteration really ran with its own seed
 
@@ -242,6 +244,6 @@ def test_several_nodes_run_at_once(fake: FakeNuke, configure, sims, plate, tmp_p
         wait(fake, run)
     assert [r.final.state for r in runs] == ["done", "done"]
     assert sorted(r.name() for r in reads(fake)) == ["ComfyCluster1_result", "ComfyCluster2_result"]
-    assert all((tmp_path / "b" / "ComfyCluster2.{:04d}.png".format(f)).is_file() for f in range(1, 7))
+    assert all((tmp_path / "b" / f"ComfyCluster2.{f:04d}.png").is_file() for f in range(1, 7))
     assert len(fake.tasks) >= 2 and all(t.closed for t in fake.tasks)
     assert active_runs() == []
