@@ -122,7 +122,7 @@ class Scheduler:
         alpha: float = 0.25,
         deviation_margin: float = 1.0,
         overrun_margin: float = 0.1,
-        spread: float = 0.0,
+        spread: float = 0.5,
         rng: Optional[random.Random] = None,
     ) -> None:
         if lead_time < 0:
@@ -333,6 +333,7 @@ class Scheduler:
     def _list_schedule(self, views: List[_View], pending: int, now: float) -> List[str]:
         picks: List[Tuple[float, Tuple[int, int, str], str]] = []
         wake: Optional[float] = None
+        shared = any(v.others for v in views)
         for v in views:
             k = 0
             while True:
@@ -341,7 +342,7 @@ class Scheduler:
                     break  # the plan gives every remaining frame an earlier finish elsewhere
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
-                due = start - v.thr + self._stagger_for(v, now, start)
+                due = start - v.thr + self._stagger_for(v, shared)
                 if due > now:
                     wake = due if wake is None else min(wake, due)
                     break
@@ -351,14 +352,17 @@ class Scheduler:
         picks.sort()
         return [name for _, _, name in picks[:pending]]
 
-    def _stagger_for(self, v: _View, now: float, start: float) -> float:
-        # Only early top-ups are staggered: a server about to run dry (inside the
-        # bare lead time) is served at once.
-        if self._spread <= 0.0 or start - now <= self._lead:
+    def _stagger_for(self, v: _View, shared: bool) -> float:
+        # Clients that see the same status push would all top up the same server
+        # at the same instant (herding: N frames land where one was planned, the
+        # last on a slow GPU). When other clients' jobs are about, each top-up is
+        # sent at a random point of [start - thr, start + spread]; whoever goes
+        # first is seen by the others before their turn comes.
+        if not shared or self._spread <= 0.0:
             return 0.0
         s = self._stagger.get(v.name)
         if s is None:
-            s = self._rng.random() * min(self._spread, v.thr - self._lead)
+            s = self._rng.random() * (v.thr + self._spread)
             self._stagger[v.name] = s
         return s
 

@@ -126,6 +126,16 @@ class SubmitRun:
 
     def _run(self) -> None:
         try:
+            self._run_batch()
+        except Exception as e:  # noqa: BLE001 - a dead worker would leave the node "Running" forever
+            log.exception("ComfyUI Cluster: the run of %s failed", self.settings.node_name)
+            if self.batch is not None:
+                self.cluster.cancel(self.batch)  # nobody follows it any more
+            self._cleanup()
+            on_main(self._failed_to_start, f"unexpected {type(e).__name__}: {e}")
+
+    def _run_batch(self) -> None:
+        try:
             batch = self._submit()
         except Exception as e:  # noqa: BLE001 - every failure is shown on the node
             if not isinstance(e, ClusterError):
@@ -180,7 +190,7 @@ class SubmitRun:
             if self._status_queued:
                 return  # the main thread has not drawn the last one yet: it will draw this one
             self._status_queued = True
-        self._draw_status()
+        on_main(self._draw_status)
 
     def _cleanup(self) -> None:
         input_files.remove_run_files(self.run_dir, self.mapper.copies if self.mapper is not None else ())
