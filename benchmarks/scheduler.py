@@ -269,9 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per scenario (default 20)")
     parser.add_argument("--quick", action="store_true", help="5 seeds, for a smoke run")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0); other ranges check for over-fitting")
     parser.add_argument("--only", default="", help="run only the scenarios whose name or servers contain this text")
     args = parser.parse_args(argv)
-    seeds = range(5 if args.quick else max(1, args.seeds))
+    count = 5 if args.quick else max(1, args.seeds)
+    seeds = range(args.first_seed, args.first_seed + count)
     t0 = time.perf_counter()
     chosen = [sc for sc in scenarios() if args.only in sc.name or args.only in sc.servers]
     rows = [report(sc, evaluate(sc, seeds)) for sc in chosen]

@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# no screen here or in CI: Qt must not try to reach a display
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 
 def protocol_dir() -> Path:
     env = os.environ.get("COMFYUI_PROTOCOL_DIR")
@@ -22,7 +25,7 @@ def protocol_dir() -> Path:
 def captures() -> Path:
     path = protocol_dir() / "captures"
     if not path.is_dir():
-        pytest.fail("protocol captures not found at {} (set COMFYUI_PROTOCOL_DIR)".format(path))
+        pytest.fail(f"protocol captures not found at {path} (set COMFYUI_PROTOCOL_DIR)")
     return path
 
 
@@ -67,7 +70,7 @@ def start_sims():
 def sim_configs(procs, **kw):
     from nuke_comfy_cluster.core.config import ServerConfig
 
-    return [ServerConfig(name="sim{}".format(i), ip="127.0.0.1", port=p.port, priority=i, **kw) for i, p in enumerate(procs)]
+    return [ServerConfig(name=f"sim{i}", ip="127.0.0.1", port=p.port, priority=i, **kw) for i, p in enumerate(procs)]
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05):

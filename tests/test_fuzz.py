@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -30,7 +30,6 @@ from .errors import (
     ClusterError,
     ServerError,
     ServerRejected,
-    ServerTimeout,
     WorkflowError,
     user_message,
 )
@@ -499,8 +498,10 @@ class Dispatcher(RecoveryMixin):
     ) -> None:
         self._submitting.discard(job.id)
         self._by_token.pop(token, None)
+        # no answer in time, or one we could not read: the prompt may be queued there all the same
+        maybe_queued = isinstance(exc, ServerError) and exc.may_have_reached_server
         if job.cancel_requested:
-            if isinstance(exc, ServerTimeout):
+            if maybe_queued:
                 self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
             self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
             return
@@ -510,8 +511,7 @@ class Dispatcher(RecoveryMixin):
         if isinstance(exc, WorkflowError):
             self._finish(batch, job, JobState.FAILED, JobError.from_exception(exc, server.name))
             return
-        if isinstance(exc, ServerTimeout):
-            # the POST may have reached the server: it may still run there
+        if maybe_queued:
             self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
         if isinstance(exc, ClusterError):
             reason = user_message(exc)

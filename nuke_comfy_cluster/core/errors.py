@@ -8,6 +8,7 @@
     |   +-- ServerUnavailable       connection refused / reset / DNS / websocket lost
     |   +-- ServerTimeout           connect or read timeout (the server may be hung)
     |   +-- ServerRejected          HTTP error status (4xx / 5xx) or a malformed body
+    |       +-- MalformedResponse   a body not shaped as the protocol says (also a ValueError)
     +-- WorkflowError               ComfyUI refused or failed the workflow itself
     |                               (validation, execution_error): never retried elsewhere
     +-- NoServerAvailable           no enabled, online server could take the work
@@ -81,6 +82,19 @@ class ServerRejected(ServerError):
     def is_server_fault(self) -> bool:
         """5xx and unreadable bodies are infrastructure faults; 4xx are not."""
         return self.status is None or self.status >= 500
+
+    @property  # type: ignore[override]
+    def may_have_reached_server(self) -> bool:
+        """Something answered, so the request got there; only a 4xx says it was refused unprocessed
+        (a 2xx with a garbled body, or a proxy's 502/504, may hide a queued prompt)."""
+        return self.status is None or not 400 <= self.status < 500
+
+
+class MalformedResponse(ServerRejected, ValueError):
+    """A server's answer (``/queue``, ``/history``, ``/prompt``...) is not shaped as the protocol says.
+
+    Also a ValueError, so callers that parse with ``except ValueError`` keep working.
+    """
 
 
 class WorkflowError(ClusterError):

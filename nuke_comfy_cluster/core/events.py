@@ -77,7 +77,8 @@ def parse_message(server: str, text: Any, at: float) -> Optional[ServerEvent]:
         return None
     if not isinstance(message, dict):
         return None
-    kind = _COMFY_TYPES.get(message.get("type"))  # type: ignore[arg-type]
+    raw_type = message.get("type")
+    kind = _COMFY_TYPES.get(raw_type) if isinstance(raw_type, str) else None  # a list is unhashable
     if kind is None or kind in (EventType.CONNECTED, EventType.DISCONNECTED):
         return None
     data = message.get("data")

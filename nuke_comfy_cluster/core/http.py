@@ -147,7 +147,7 @@ class ServerConnection:
             body: Any
             try:
                 body = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 body = response.text[:2000]
             raise ServerRejected(
                 f"{self.name}: {method} {path} answered HTTP {response.status_code}",
@@ -168,7 +168,7 @@ class ServerConnection:
             return None
         try:
             return response.json()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             raise ServerRejected(
                 f"{self.name}: {path} answered a body that is not JSON",
                 status=response.status_code,

@@ -57,7 +57,9 @@ class RecoveryMixin:
                 if snap.enabled and not snap.status.reachable and snap.status.value != "unknown":
                     stale_servers.add(job.server)
                     continue
-                estimate = sched.frame_time(job.server) if sched is not None else None
+                # not frame_time(): that grows with the running frame, so a missed
+                # execution_success would never look overdue
+                estimate = sched.expected_frame_time(job.server) if sched is not None else None
                 quiet = now - job.last_news
                 limit = max(5.0, 2.0 * estimate) if estimate else 15.0
                 if not snap.live and quiet > self.pool.status_ttl:

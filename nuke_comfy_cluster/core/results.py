@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from .errors import ServerRejected
+from .errors import MalformedResponse, ServerRejected
 from .jobs import Job, OutputFile
 from .paths import is_under, safe_join, to_local
 from .server import ComfyUIServer
@@ -42,12 +42,12 @@ def outputs_from_node_output(node: str, output: Any) -> List[OutputFile]:
 def parse_history_entry(body: Any, prompt_id: str) -> Optional[Dict[str, Any]]:
     """``GET /history/{id}`` -> the entry for ``prompt_id``, or None when unknown (``{}``)."""
     if not isinstance(body, dict):
-        raise ValueError("history is not an object")
+        raise MalformedResponse("history is not an object")
     entry = body.get(prompt_id)
     if entry is None:
         return None
     if not isinstance(entry, dict):
-        raise ValueError("history entry is not an object")
+        raise MalformedResponse("history entry is not an object")
     return entry
 
 

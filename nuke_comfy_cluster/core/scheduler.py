@@ -48,6 +48,10 @@ _TIE = 1e-9
 # probe's end this late (seconds), and the batch has this many frames per server.
 _SPECULATE_LEAD = 1.0
 _SPECULATE_SHARE = 6
+# Early top-ups when sharing the servers: at most this fraction of a frame time.
+_MAX_ADVANCE = 0.5
+# How many of our latest finishes per server are remembered against stale queue lengths.
+_HEARD_KEPT = 8
 # Frame times below this are treated as this (guards divisions; a frame is never free).
 _MIN_FRAME = 1e-3
 
@@ -95,7 +99,7 @@ class _View:
         self.ft: Optional[float] = None  # estimated frame time, None when nothing is known
         self.avail = 0.0  # clock time the server should have worked off everything it holds
         self.in_flight = load.ours_in_flight
-        self.others = max(0, load.queue_remaining - self.in_flight)
+        self.others = 0
         self.cap = 1
         self.thr = 0.0  # send a frame once its planned start is closer than this
         self.key: Tuple[int, int, str] = (load.priority, 0, name)
@@ -120,9 +124,10 @@ class Scheduler:
         lead_time: float = 0.5,
         default_frame_time: Optional[float] = None,
         alpha: float = 0.25,
-        deviation_margin: float = 1.0,
+        deviation_margin: float = 0.0,
         overrun_margin: float = 0.1,
         spread: float = 0.5,
+        aging: float = 0.5,
         rng: Optional[random.Random] = None,
     ) -> None:
         if lead_time < 0:
@@ -138,12 +143,15 @@ class Scheduler:
         self._dev_margin = deviation_margin
         self._overrun = overrun_margin
         self._spread = max(0.0, spread)
+        self._aging = max(0.0, aging)
         self._rng = rng if rng is not None else random.Random()
         self._est: Dict[str, _Estimate] = {}
         self._running: Dict[str, float] = {}
+        self._finished_heard: Dict[str, List[float]] = {}
         self._last_used: Dict[str, int] = {}
         self._uses = 0
-        self._stagger: Dict[str, float] = {}
+        self._stagger: Dict[str, Tuple[float, float]] = {}  # server -> (planned start, send at)
+        self._last_sent: Optional[float] = None
         #: clock time at which the last :meth:`plan` expects to send a frame without
         #: any new event (a top-up coming due); None = only an event can change it.
         self.next_wakeup: Optional[float] = None
@@ -165,6 +173,11 @@ class Scheduler:
     def job_finished(self, server: str, started_at: float, finished_at: float) -> None:
         """Learn from one of our jobs that ran from ``started_at`` to ``finished_at``."""
         self._running.pop(server, None)
+        # A queue length observed before now may still count this job: remember
+        # when we heard of its end, so it is not taken for someone else's.
+        heard = self._finished_heard.setdefault(server, [])
+        heard.append(self._clock())
+        del heard[:-_HEARD_KEPT]
         sample = max(_MIN_FRAME, finished_at - started_at)
         est = self._est.setdefault(server, _Estimate())
         est.samples += 1
@@ -186,10 +199,15 @@ class Scheduler:
         est.failures += 1
         est.probation = True
 
+    def expected_frame_time(self, server: str) -> Optional[float]:
+        """What a frame there should take (learned, else the prior), not raised by a frame
+        still running: the yardstick for "we have heard nothing for too long"."""
+        est = self._est.get(server)
+        return est.mean if est is not None and est.samples else self._default
+
     def frame_time(self, server: str) -> Optional[float]:
         """Current estimate for one frame there; None before any sample and without a prior."""
-        est = self._est.get(server)
-        ft = est.mean if est is not None and est.samples else self._default
+        ft = self.expected_frame_time(server)
         since = self._running.get(server)
         if ft is not None and since is not None:
             # A frame running longer than the estimate is a sample we are still taking.
@@ -220,6 +238,8 @@ class Scheduler:
             chosen = self._list_schedule(planned, pending, now)
         for name in chosen:
             self._mark_used(name)
+        if chosen:
+            self._last_sent = now
         return chosen
 
     def pick(self, servers: Sequence[ServerLoad]) -> Optional[str]:
@@ -256,6 +276,8 @@ class Scheduler:
         for load in servers:
             v = _View(load.name, load)
             v.key = (load.priority, self._last_used.get(load.name, 0), load.name)
+            stale = sum(1 for t in self._finished_heard.get(load.name, ()) if t > load.observed_at)
+            v.others = max(0, load.queue_remaining - v.in_flight - stale)
             est = self._est.get(load.name)
             known = est is not None and est.samples > 0
             ft = est.mean if known else prior
@@ -342,7 +364,7 @@ class Scheduler:
                     break  # the plan gives every remaining frame an earlier finish elsewhere
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
-                due = start - v.thr + self._stagger_for(v, shared)
+                due = self._due(v, start, shared)
                 if due > now:
                     wake = due if wake is None else min(wake, due)
                     break
@@ -352,19 +374,35 @@ class Scheduler:
         picks.sort()
         return [name for _, _, name in picks[:pending]]
 
-    def _stagger_for(self, v: _View, shared: bool) -> float:
+    def _due(self, v: _View, start: float, shared: bool) -> float:
+        """Clock time to send the frame planned to start at ``start`` on ``v``."""
+        due = start - v.thr
+        if not shared or self._spread <= 0.0:
+            return due
         # Clients that see the same status push would all top up the same server
         # at the same instant (herding: N frames land where one was planned, the
         # last on a slow GPU). When other clients' jobs are about, each top-up is
-        # sent at a random point of [start - thr, start + spread]; whoever goes
-        # first is seen by the others before their turn comes.
-        if not shared or self._spread <= 0.0:
-            return 0.0
-        s = self._stagger.get(v.name)
-        if s is None:
-            s = self._rng.random() * (v.thr + self._spread)
-            self._stagger[v.name] = s
-        return s
+        # sent at a random point of [start - thr, start + spread] (of [now, now +
+        # spread] if that is past); whoever goes first is seen by the others
+        # before their turn comes. The draw is kept (as a clock time) while the
+        # planned start stays put.
+        #
+        # Each client projects ``start`` with its own estimates, so one that
+        # projects later than the others would lose every race; and a client
+        # with many frames would win as often as one with few. So the window
+        # opens earlier the longer this client has gone without sending a frame
+        # (up to half a frame time): the one served least recently goes first,
+        # turns come round without any coordination.
+        drawn = self._stagger.get(v.name)
+        if drawn is None or abs(drawn[0] - start) > v.thr:
+            now = self._clock()
+            waited = now - self._last_sent if self._last_sent is not None else 0.0
+            advance = min(self._aging * waited, _MAX_ADVANCE * v.ft)
+            lo = max(now, due - advance)
+            hi = max(now, start - advance + self._spread)
+            drawn = (start, lo + self._rng.random() * (hi - lo))
+            self._stagger[v.name] = drawn
+        return drawn[1]
 
     @staticmethod
     def _rank(views: List[_View], me: _View, finish: float, k: int, limit: int) -> int:

@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Deque, Optional, Tuple
 
 from .config import ServerConfig
-from .errors import ClusterError, ServerError, ServerRejected
+from .errors import ClusterError, MalformedResponse, ServerError, ServerRejected
 from .http import STATUS_TIMEOUT, ServerConnection
 from .state import DeviceInfo, ServerCounters, ServerSnapshot, ServerStatus
 
@@ -26,7 +26,7 @@ SYSTEM_STATS_EVERY_S = 30.0
 
 def _parse_device(stats: Any) -> DeviceInfo:
     if not isinstance(stats, dict):
-        raise ValueError("system_stats is not an object")
+        raise MalformedResponse("system_stats is not an object")
     system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
     devices = stats.get("devices") if isinstance(stats.get("devices"), list) else []
     dev = devices[0] if devices and isinstance(devices[0], dict) else {}
@@ -55,23 +55,23 @@ def parse_queue_remaining(body: Any) -> int:
     try:
         value = body["exec_info"]["queue_remaining"]
     except (KeyError, TypeError) as e:
-        raise ValueError("no exec_info.queue_remaining") from e
+        raise MalformedResponse("no exec_info.queue_remaining") from e
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("queue_remaining is not a count")
+        raise MalformedResponse("queue_remaining is not a count")
     return value
 
 
 def parse_queue(body: Any) -> Tuple[list, list]:
     """``GET /queue`` -> (running items, pending items); each item ``[number, prompt_id, ...]``."""
     if not isinstance(body, dict):
-        raise ValueError("queue is not an object")
+        raise MalformedResponse("queue is not an object")
     running = body.get("queue_running")
     pending = body.get("queue_pending")
     if not isinstance(running, list) or not isinstance(pending, list):
-        raise ValueError("queue_running/queue_pending are not lists")
+        raise MalformedResponse("queue_running/queue_pending are not lists")
     for item in running + pending:
         if not isinstance(item, list) or len(item) < 2 or not isinstance(item[1], str):
-            raise ValueError("queue item is not [number, prompt_id, ...]")
+            raise MalformedResponse("queue item is not [number, prompt_id, ...]")
     return running, pending
 
 

@@ -54,20 +54,20 @@ class ServerSocket:
         self.reconnects = 0
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._run, name=f"ncc-ws-{self.config.name}", daemon=True
-        )
-        self._thread.start()
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._run, name=f"ncc-ws-{self.config.name}", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._kick.set()
         self._close_socket()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        # started by another thread a moment ago, it sees the stop flag and ends at once
+        if thread is not None and thread.ident is not None:
+            thread.join(timeout)
 
     def reconnect_now(self) -> None:
         """Drop the current socket (e.g. the server was seen hung) and reconnect at once."""

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import traceback
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -57,9 +58,14 @@ def active_runs() -> List[SubmitRun]:
 
 
 def run_for(node: Any) -> Optional[SubmitRun]:
+    """The node's active run, if any (main thread)."""
     run_id = node[node_knobs.K_RUN].value()
     with _runs_lock:
-        return _runs.get(run_id) if run_id else None
+        run = _runs.get(run_id) if run_id else None
+    # a copy-pasted node carries the original's run id: it is not running
+    if run is None or not run._node_alive() or run.node.fullName() != node.fullName():
+        return None
+    return run
 
 
 class SubmitRun:
@@ -129,10 +135,11 @@ class SubmitRun:
             self._run_batch()
         except Exception as e:  # noqa: BLE001 - a dead worker would leave the node "Running" forever
             log.exception("ComfyUI Cluster: the run of %s failed", self.settings.node_name)
+            traceback.clear_frames(e.__traceback__)  # they hold the ProgressTask: let Nuke close it now
             if self.batch is not None:
                 self.cluster.cancel(self.batch)  # nobody follows it any more
             self._cleanup()
-            on_main(self._failed_to_start, f"unexpected {type(e).__name__}: {e}")
+            on_main(self._failed, f"unexpected {type(e).__name__}: {e}")
 
     def _run_batch(self) -> None:
         try:
@@ -141,7 +148,7 @@ class SubmitRun:
             if not isinstance(e, ClusterError):
                 log.exception("ComfyUI Cluster: submitting %s failed", self.settings.node_name)
             self._cleanup()
-            on_main(self._failed_to_start, user_message(e))
+            on_main(self._failed, user_message(e))
             return
         self.batch = batch
         if self._cancel.is_set():
@@ -183,6 +190,8 @@ class SubmitRun:
         return snapshot
 
     def _show(self, task: Any, snapshot: BatchSnapshot) -> None:
+        if snapshot is self._latest:
+            return  # a quiet poll: nothing new to draw
         task.setProgress(int(snapshot.progress * 100))
         task.setMessage(messages.progress_message(snapshot))
         with self._lock:
@@ -210,7 +219,7 @@ class SubmitRun:
             return
         node_knobs.set_status(self.node, messages.status_line(snapshot, self._cancel.is_set()))
 
-    def _failed_to_start(self, message: str) -> None:
+    def _failed(self, message: str) -> None:
         import nuke
 
         self.error = message

@@ -184,15 +184,17 @@ class World:
         self.at(self.now + job.work / srv.spec.speed, self._finish, srv, job)
 
     def _finish(self, srv: _Server, job: VirtualJob) -> None:
+        # ComfyUI's order: execution_success, the status broadcast, then the
+        # next prompt's execution_start.
         job.finished = self.now
         srv.running = None
         self._push(job.client, srv.spec.name, job.client.on_finished, job)
+        self._broadcast(srv, len(srv.queue))
         if srv.queue:
             self._start_next(srv)
-        self._broadcast(srv)
 
-    def _broadcast(self, srv: _Server) -> None:
-        q = srv.queue_remaining
+    def _broadcast(self, srv: _Server, q: Optional[int] = None) -> None:
+        q = srv.queue_remaining if q is None else q
         for c in self.clients:
             self._push(c, srv.spec.name, c.on_status, srv.spec.name, q)
 

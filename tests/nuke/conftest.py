@@ -63,14 +63,7 @@ def _close(api: Any) -> None:
     cluster, api._default = api._default, None
     if cluster is None:
         return
-    try:
-        cluster.close()
-    except RuntimeError as e:
-        # core race (reported): ServerSocket.stop() may join a thread its start() has
-        # not started yet when a cluster is closed right after it started; the
-        # threads are daemons and already told to stop
-        if "before it is started" not in str(e):
-            raise
+    cluster.close()
 
 
 @pytest.fixture(scope="session")

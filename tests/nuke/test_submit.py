@@ -247,3 +247,32 @@ def test_several_nodes_run_at_once(fake: FakeNuke, configure, sims, plate, tmp_p
     assert all((tmp_path / "b" / f"ComfyCluster2.{f:04d}.png").is_file() for f in range(1, 7))
     assert len(fake.tasks) >= 2 and all(t.closed for t in fake.tasks)
     assert active_runs() == []
+
+
+def test_a_crash_in_the_worker_is_shown_and_stops_the_batch(
+    fake: FakeNuke, configure, sims, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    from nuke_comfy_cluster.nuke_host import messages
+
+    def broken(snapshot):
+        raise RuntimeError("progress text exploded")
+
+    configure(server_dicts(sims))
+    monkeypatch.setattr(messages, "progress_message", broken)
+    node = make_node(fake, WORKFLOWS / "fast.json", N.MODE_CURRENT, tmp_path / "out")
+    run = wait(fake, submit(fake, node), timeout=30)
+    assert node[N.K_STATUS].value() == "Failed: unexpected RuntimeError: progress text exploded"
+    assert run.batch is not None and run.batch.wait(10).finished
+    assert run_for(node) is None and fake.tasks[-1].closed
+
+
+def test_a_pasted_copy_of_a_running_node_is_not_running(fake: FakeNuke, configure, sims, tmp_path):
+    configure(server_dicts(sims))
+    node = make_node(fake, WORKFLOWS / "fast.json", N.MODE_CURRENT, tmp_path / "out")
+    run = submit(fake, node)
+    copy = N.create_node()
+    copy[N.K_RUN].setValue(node[N.K_RUN].value())  # what copy/paste of the node carries along
+    assert run_for(copy) is None and run_for(node) is run
+    fake.press(copy, N.K_CANCEL)
+    assert "not running" in copy[N.K_STATUS].value()
+    assert wait(fake, run).final.state == "done"

@@ -50,8 +50,9 @@ def open_editor(qtbot):
     dialogs = []
 
     def make(pool=None, **kw):
+        # not qtbot.addWidget: pytest-qt would close it before the answer below is set, and a
+        # dialog with unsaved changes would then wait for a modal question nobody answers
         dialog = ConfigEditorDialog(pool, **kw)
-        qtbot.addWidget(dialog)
         dialogs.append(dialog)
         qtbot.waitUntil(lambda: dialog.ready, timeout=10000)
         return dialog
@@ -60,6 +61,8 @@ def open_editor(qtbot):
     for dialog in dialogs:
         dialog.ask_unsaved = lambda _action: DISCARD
         dialog.close()
+        dialog.runner.shutdown()
+        dialog.deleteLater()
 
 
 def _wait_op(qtbot, dialog, operation, start, timeout=15000):

@@ -1,0 +1,103 @@
+"""The fault matrix of ``benchmarks/faults.py`` as integration tests, smaller: every frame once.
+
+Each scenario starts its own simulator processes, runs one batch with the
+cluster's default settings while the fault strikes, and must end with every frame
+delivered, none twice, none lost. ``python -m benchmarks.faults`` runs the same
+scenarios bigger and prints the figures (docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from benchmarks.faults import BY_NAME, SCENARIOS, Settings, run_scenario
+from nuke_comfy_cluster.core.api import Cluster
+from nuke_comfy_cluster.core.state import JobState
+from tests.conftest import sim_configs, wait_until
+
+pytestmark = pytest.mark.integration
+
+#: small enough for CI, big enough that the fault lands mid-batch on a busy server
+CI = Settings(frames=12, sims=3, seconds=0.3, jitter=0.1, timeout=90.0, freeze_s=10.0, error_s=3.0, outage_s=2.0)
+
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t/f_####"}},
+}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_every_frame_is_delivered_once(name, tmp_path):
+    result = run_scenario(BY_NAME[name], CI, work_dir=str(tmp_path))
+    detail = (result.undelivered, result.messages[-3:], result.note)
+    assert "not injected" not in result.note, result.note
+    assert result.lost == 0, detail
+    assert result.duplicated == 0, detail
+    assert result.delivered == CI.frames, detail
+
+    if name in ("sigkill", "sigstop", "restart"):
+        # the frame caught on the broken server went elsewhere, and the user was told why
+        assert result.failed_over >= 1, result
+        assert "sim0" in result.message, result.messages
+        assert result.recovery_s is not None
+    if name == "sigstop":
+        assert "no answer" in " ".join(result.messages), result.messages
+    if name == "http_500":
+        assert "HTTP 500" in " ".join(result.messages), result.messages
+    if name == "malformed_ws":
+        # the garbled execution_success was noticed through /history, not by a timeout of minutes
+        assert result.recovery_s is not None and result.recovery_s < 30, result
+    if name == "all_down":
+        assert result.message.startswith("Waiting for a server"), result.messages
+        assert "Servers are back: continuing" in result.messages, result.messages
+        assert result.recovery_s is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_garbled_submit_answer_leaves_no_second_copy_queued(start_sims):
+    """POST /prompt answered 200 with a broken body: the prompt IS queued there. It must be
+    removed (orphan clean-up), not left to render the frame a second time."""
+    (sim,) = start_sims([1.0], seconds=0.2)
+    other = requests.post(
+        sim.url + "/prompt",
+        json={"prompt": WORKFLOW, "client_id": "other-artist", "extra_data": {"sim_seconds": 3.0}},
+        timeout=5,
+    ).json()["prompt_id"]
+    with Cluster.from_servers(sim_configs([sim])) as cluster:
+        assert wait_until(lambda: cluster.pool.server_snapshots()[0].live, 10)
+        time.sleep(0.3)  # the connect-time status poll is answered
+        sim.set_fault(malformed_json=1)
+        batch = cluster.submit_frames(WORKFLOW, [7])
+        snap = batch.wait(30)
+        assert snap.state == "done", [(j.state, j.error) for j in snap.jobs]
+        job = snap.jobs[0]
+        assert job.attempts == 2, "the first answer was not the garbled one"
+        history = requests.get(sim.url + "/history", timeout=5).json()
+    runs = [
+        e for e in history.values() if e["prompt"][3].get("ncc_job") == job.id and e["status"]["status_str"] == "success"
+    ]
+    assert len(runs) == 1, "the prompt behind the garbled answer ran too"
+    assert history[other]["status"]["status_str"] == "success"  # the other artist was not touched
+    assert len(history) == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_missed_execution_success_on_a_live_socket_is_found_through_history(start_sims):
+    """Every websocket message of one prompt garbled while the socket stays up: the job
+    must not wait forever for a message that will never come."""
+    (sim,) = start_sims([1.0], seconds=0.2)
+    with Cluster.from_servers(sim_configs([sim])) as cluster:
+        assert wait_until(lambda: cluster.pool.server_snapshots()[0].live, 10)
+        warm = cluster.submit_frames(WORKFLOW, [1]).wait(20)  # learn a frame time first
+        assert warm.state == "done"
+        sim.set_fault(malformed_ws=1000)
+        started = time.monotonic()
+        snap = cluster.submit_frames(WORKFLOW, [2]).wait(40)
+        elapsed = time.monotonic() - started
+        assert cluster.pool.server_snapshots()[0].live  # the socket never dropped
+    assert [j.state for j in snap.jobs] == [JobState.DONE], [(j.state, j.error) for j in snap.jobs]
+    assert elapsed < 30, elapsed
