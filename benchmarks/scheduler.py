@@ -105,13 +105,17 @@ class Summary:
 def scenarios() -> List[Scenario]:
     out: List[Scenario] = []
     for key in SERVER_SETS:
-        out.append(Scenario("push, 1 client", key, (24,), targets=(("ratio_opt", "mean", 1.03), ("ratio_opt", "p95", 1.08))))
+        out.append(
+            Scenario("push, 1 client", key, (24,), targets=(("ratio_opt", "mean", 1.03), ("ratio_opt", "p95", 1.08)))
+        )
         out.append(Scenario("push, 1 client", key, (200,), targets=(("ratio_opt", "mean", 1.01),)))
     for ttl, limit in ((2.0, 1.03), (5.0, 1.05), (10.0, 1.10)):
         for key in SERVER_SETS:
             out.append(Scenario("polling only", key, (24,), ttl=ttl, targets=(("ratio_opt", "mean", limit),)))
     for key in SERVER_SETS:
-        out.append(Scenario("polling only, no herding", key, (24,) * 4, ttl=10.0, targets=(("ratio_lb", "mean", 1.10),)))
+        out.append(
+            Scenario("polling only, no herding", key, (24,) * 4, ttl=10.0, targets=(("ratio_lb", "mean", 1.10),))
+        )
     for key in SERVER_SETS:
         out.append(
             Scenario(
@@ -122,7 +126,15 @@ def scenarios() -> List[Scenario]:
             )
         )
     for key in SERVER_SETS:
-        out.append(Scenario("push, mixed 200+3x24", key, (200, 24, 24, 24), targets=(("worst_fair", "mean", 1.15),), judged=(1, 2, 3)))
+        out.append(
+            Scenario(
+                "push, mixed 200+3x24",
+                key,
+                (200, 24, 24, 24),
+                targets=(("worst_fair", "mean", 1.15),),
+                judged=(1, 2, 3),
+            )
+        )
     for key in SERVER_SETS:
         out.append(Scenario("push, steady state", key, (60,) * 4, targets=(("queue_wait", "mean", 1.0),), steady=True))
     return out
@@ -187,7 +199,12 @@ def evaluate(sc: Scenario, seeds: Sequence[int], baselines: Sequence[str] = BASE
 
 
 def _target_text(sc: Scenario) -> str:
-    names = {"ratio_opt": "x OPT", "ratio_lb": "x LB", "worst_fair": "x fair share (worst client)", "queue_wait": "frame times queue wait"}
+    names = {
+        "ratio_opt": "x OPT",
+        "ratio_lb": "x LB",
+        "worst_fair": "x fair share (worst client)",
+        "queue_wait": "frame times queue wait",
+    }
     return ", ".join("%s <= %g %s" % (how, limit, names[metric]) for metric, how, limit in sc.targets)
 
 
@@ -269,7 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per scenario (default 20)")
     parser.add_argument("--quick", action="store_true", help="5 seeds, for a smoke run")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0); other ranges check for over-fitting")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="first seed (default 0); other ranges check for over-fitting"
+    )
     parser.add_argument("--only", default="", help="run only the scenarios whose name or servers contain this text")
     args = parser.parse_args(argv)
     count = 5 if args.quick else max(1, args.seeds)
@@ -280,10 +299,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elapsed = time.perf_counter() - t0
     all_pass = all(r["pass"] for r in rows)
     if args.json:
-        print(json.dumps({"scenarios": rows, "all_pass": all_pass, "seeds": len(seeds), "elapsed_s": round(elapsed, 1)}, indent=1))
+        print(
+            json.dumps(
+                {"scenarios": rows, "all_pass": all_pass, "seeds": len(seeds), "elapsed_s": round(elapsed, 1)}, indent=1
+            )
+        )
     else:
         print(_table(rows))
-        print("\n%d seeds per scenario, %.1f s; all targets %s" % (len(seeds), elapsed, "PASS" if all_pass else "NOT met"))
+        print(
+            "\n%d seeds per scenario, %.1f s; all targets %s" % (len(seeds), elapsed, "PASS" if all_pass else "NOT met")
+        )
     return 0 if all_pass else 1
 
 

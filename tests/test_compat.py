@@ -40,5 +40,9 @@ def test_default_pool_reads_the_environment(monkeypatch, start_sims):
         assert compat.check_connection() is True
         assert compat.default_pool().config_load.source == "single"
     finally:
-        compat.default_pool().close()
+        from nuke_comfy_cluster.core import api
+
+        cluster, api._default = api._default, None
+        if cluster is not None:
+            cluster.close()
         compat.set_default_pool(None)

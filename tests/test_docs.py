@@ -61,6 +61,8 @@ NOT_RUN: Dict[str, str] = {
     "scripts/test": "the whole suite, which CI runs (.ci/run)",
     "scripts/setup.sh": "installs with pip and apt",
     "main.py": "ComfyUI's own start command, not part of this repository",
+    "venv": "creates a virtual environment, a setup step for Nuke's Python (docs/NUKE.md)",
+    "pip": "installs packages from the network",
 }
 
 #: example paths in the guides -> where they point during the test ({home}, {config}, {repo})
@@ -180,7 +182,8 @@ MESSAGES = (
     "is no longer configured",
     "Servers are back: continuing",
     "No server came back within",
-    "Frames already rendered are kept; use Retry failed when a server is up.",
+    "Frames already rendered are kept; ",
+    "use Retry failed when a server is up.",
     "cancelled by the user",
     "must be a plain file name",
     # paths
@@ -261,7 +264,9 @@ def fenced_blocks(path: Path) -> List[Block]:
         indent, fence, lang = len(m.group(1)), m.group(2), m.group(3).lower()
         body: List[str] = []
         j = i + 1
-        while j < len(lines) and not re.match(r"^\s*" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}\s*$", lines[j]):
+        while j < len(lines) and not re.match(
+            r"^\s*" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}\s*$", lines[j]
+        ):
             body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
             j += 1
         blocks.append(Block(path, i + 1, lang, "\n".join(body)))
@@ -325,6 +330,8 @@ def commands_in(block: Block) -> List[Command]:
     text = re.sub(r"\\\n\s*", " ", block.body)  # line continuations
     for offset, line in enumerate(text.splitlines(), start=1):
         where = f"{block.where}+{offset}"
+        if line.lstrip().startswith(("#", "rem ", "REM ", "::")):
+            continue  # a comment line, not a command
         for m in _PYTHON.finditer(line):
             own, comment = cut_command(line[m.end() :])
             argv = tuple(shlex.split(own))
@@ -366,6 +373,8 @@ def classify(cmd: Command) -> Tuple[str, str]:
             return "check", NOT_RUN["nuke_comfy_cluster.sim"]
         if module.startswith("benchmarks."):
             return "check", NOT_RUN["benchmarks"]
+        if module in ("venv", "pip"):
+            return "check", NOT_RUN[module]
         return "unknown", f"no rule for module {module}"
     if argv[0] == "main.py":
         return "check", NOT_RUN["main.py"]
@@ -384,6 +393,7 @@ class Outcome:
     stderr: str = ""
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
+    argv: List[str] = field(default_factory=list)  # as run: placeholders and ~ replaced
 
 
 def _substitute(token: str, env: Dict[str, str], paths: Dict[str, str]) -> str:
@@ -434,12 +444,107 @@ def run_documented(cmd: Command, home: Path, ports: List[int]) -> Outcome:
     argv = [sys.executable] + [_substitute(a, env, paths) for a in cmd.argv]
     started = time.monotonic()
     if "--watch" in cmd.argv:
-        return _run_watch(argv, env, started)
-    try:
-        done = subprocess.run(argv, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired as e:
-        return Outcome(None, str(e.stdout or ""), str(e.stderr or ""), time.monotonic() - started, ["timed out"])
-    return Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+        outcome = _run_watch(argv, env, started)
+    else:
+        try:
+            done = subprocess.run(argv, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120)
+            outcome = Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+        except subprocess.TimeoutExpired as e:
+            outcome = Outcome(None, str(e.stdout or ""), str(e.stderr or ""), time.monotonic() - started, ["timed out"])
+    outcome.argv = argv[1:]
+    return outcome
+
+
+def _option(argv: List[str], flag: str) -> Optional[str]:
+    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
+
+
+def _positionals(argv: List[str]) -> List[str]:
+    with_value = {"--file", "--frames", "--iterations", "--seed", "--server", "--out", "--name", "--timeout", "--watch"}
+    out: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in with_value:
+            skip = True
+        elif not a.startswith("-"):
+            out.append(a)
+    return out
+
+
+def what_went_wrong(out: Outcome) -> Optional[str]:
+    """Beyond the exit code: did the command do what the guide says it does? None when it did."""
+    argv = out.argv
+    if argv[:2] != ["-m", "nuke_comfy_cluster"]:
+        script = Path(argv[0]).name
+        if script == "check_comfy_cluster.py" and not out.stdout.startswith(
+            "COMFY CLUSTER OK - 2/2 enabled servers up"
+        ):
+            return "the Nagios check did not report OK"
+        if script == "comfy_cluster_textfile.py":
+            metrics = Path(argv[1]).read_text(encoding="utf-8").splitlines()
+            if "comfy_cluster_health 0" not in metrics or "comfy_cluster_check_ok 1" not in metrics:
+                return "the .prom file does not say the cluster is healthy"
+        return None
+    rest = argv[2:]
+    sub, args = rest[0], rest[1:]
+    if "--watch" in args:
+        return None  # checked by its exit code and output
+    if sub == "health":
+        if "--json" in args:
+            data = json.loads(out.stdout.strip().splitlines()[-1])
+            if data["exit_code"] != 0 or [s["status"] for s in data["servers"]] != ["online"] * 2:
+                return "health --json did not see both live servers online"
+        elif not out.stdout.startswith("OK Using 2 servers from "):
+            return "health did not say OK for the two live servers"
+    elif sub == "status":
+        if "--json" in args:
+            if [s["name"] for s in json.loads(out.stdout)["servers"]] != ["gpu1", "gpu2"]:
+                return "status --json does not list the live servers"
+        elif "NAME" not in out.stdout or "gpu2" not in out.stdout:
+            return "status printed no table"
+    elif sub == "validate":
+        if "--json" in args:
+            if json.loads(out.stdout)["valid"] is not True:
+                return "validate --json did not say valid"
+        elif out.stdout.strip().splitlines()[-1] != "valid":
+            return "validate did not end with 'valid'"
+    elif sub == "backup":
+        if not Path(out.stdout.strip()).is_file():
+            return "backup did not print the path of a new file"
+    elif sub == "restore":
+        expected = "restored " if _positionals(args) else "  1  "
+        if expected not in out.stdout:
+            return f"restore did not print {expected!r}"
+    elif sub == "export":
+        dest = Path(_positionals(args)[0])
+        servers, issues = parse_servers(dest.read_text(encoding="utf-8"), origin=str(dest))
+        if len(servers) != 2 or issues:
+            return "export did not write the two servers in use"
+    elif sub == "import":
+        target = Path(_option(args, "--file") or out.stdout.split(" into ", 1)[1].split(" (")[0].strip())
+        source = Path(REPO, _positionals(args)[0])
+        if [s.name for s in parse_servers(target.read_text(encoding="utf-8"))[0]] != [
+            s.name for s in parse_servers(source.read_text(encoding="utf-8"))[0]
+        ]:
+            return "import did not write the imported servers"
+    elif sub == "submit":
+        if "--json" in args and json.loads(out.stdout)["state"] != "done":
+            return "submit --json did not report done"
+        folder = _option(args, "--out")
+        if folder:
+            count = int(_option(args, "--iterations") or 0)
+            frames = _option(args, "--frames")
+            if frames:
+                first, last = (int(x) for x in frames.split("-"))
+                count = last - first + 1
+            if len(list(Path(folder).glob("*.png"))) != count:
+                return f"submit did not deliver {count} images into {folder}"
+    elif sub == "demo":
+        if "makespan" not in out.stdout:
+            return "the demo printed no summary"
+    return None
 
 
 def _run_watch(argv: List[str], env: Dict[str, str], started: float) -> Outcome:
@@ -528,13 +633,25 @@ def test_the_guides_exist_and_show_commands():
     "line, argv, expected",
     [
         (
-            "*/5 * * * * cd /x && out=$(.venv/bin/python -m nuke_comfy_cluster health 2>&1) || echo \"$out\"",
+            '*/5 * * * * cd /x && out=$(.venv/bin/python -m nuke_comfy_cluster health 2>&1) || echo "$out"',
             ("-m", "nuke_comfy_cluster", "health"),
             0,
         ),
-        ("ExecStart=/opt/x/.venv/bin/python /opt/x/examples/a.py /var/a.prom", ("/opt/x/examples/a.py", "/var/a.prom"), 0),
-        ("python -m nuke_comfy_cluster validate bad.json   # exit 1: it has errors", ("-m", "nuke_comfy_cluster", "validate", "bad.json"), 1),
-        ("$ python3 -m nuke_comfy_cluster export '~/a b.json' > /dev/null", ("-m", "nuke_comfy_cluster", "export", "~/a b.json"), 0),
+        (
+            "ExecStart=/opt/x/.venv/bin/python /opt/x/examples/a.py /var/a.prom",
+            ("/opt/x/examples/a.py", "/var/a.prom"),
+            0,
+        ),
+        (
+            "python -m nuke_comfy_cluster validate bad.json   # exit 1: it has errors",
+            ("-m", "nuke_comfy_cluster", "validate", "bad.json"),
+            1,
+        ),
+        (
+            "$ python3 -m nuke_comfy_cluster export '~/a b.json' > /dev/null",
+            ("-m", "nuke_comfy_cluster", "export", "~/a b.json"),
+            0,
+        ),
         ("python -m nuke_comfy_cluster \\\n    status --json", ("-m", "nuke_comfy_cluster", "status", "--json"), 0),
     ],
 )
@@ -569,6 +686,8 @@ def test_documented_command_runs(cmd, outcomes):
         assert "interrupted" in out.stderr, detail
     else:
         assert out.returncode == cmd.expected, detail
+        if cmd.expected == 0:
+            assert what_went_wrong(out) is None, what_went_wrong(out) + "\n" + detail
 
 
 def _help_text(argv: List[str]) -> str:
@@ -593,8 +712,8 @@ def test_documented_command_not_run_is_checked(cmd):
         for flag in (a for a in argv[1:] if a.startswith("-")):
             assert flag in script.read_text(encoding="utf-8"), f"{cmd.where}: {argv[0]} does not handle {flag}"
         return
-    if argv[0] == "main.py":
-        return  # ComfyUI's own command: nothing of ours to check
+    if argv[0] == "main.py" or argv[1] in ("venv", "pip"):
+        return  # not ours: nothing of this repository to check
     for i, token in enumerate(argv):
         if "…" in token or "..." in token:
             argv = argv[:i]
@@ -738,7 +857,7 @@ def test_operations_documents_every_command_and_flag():
     assert "--verbose" in text
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, sub in subparsers.choices.items():
-        row = re.search(r"^\| `" + re.escape(name) + r"\b[^\n]*", text, re.M)
+        row = re.search(r"^\|[^\n]*`" + re.escape(name) + r"[ `][^\n]*", text, re.M)
         assert row, f"{name} is not in the table of OPERATIONS.md"
         heading = re.search(r"^(#{2,3}) " + re.escape(name) + r"\s*$", text, re.M)
         section = ""
@@ -759,7 +878,9 @@ def test_troubleshooting_explains_every_message():
     source = _package_source()
     missing_in_code = [m for m in MESSAGES if m not in source]
     missing_in_guide = [m for m in MESSAGES if m not in guide]
-    assert not missing_in_code, f"the code no longer says these: update TROUBLESHOOTING.md and MESSAGES: {missing_in_code}"
+    assert not missing_in_code, (
+        f"the code no longer says these: update TROUBLESHOOTING.md and MESSAGES: {missing_in_code}"
+    )
     assert not missing_in_guide, f"TROUBLESHOOTING.md does not explain: {missing_in_guide}"
 
 
@@ -775,7 +896,8 @@ def test_python_blocks_compile_and_their_imports_exist():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nuke_comfy_cluster"):
                 module = importlib.import_module(node.module or "")
                 for alias in node.names:
-                    assert hasattr(module, alias.name), f"{block.where}: {node.module} has no {alias.name}"
+                    if not hasattr(module, alias.name):
+                        importlib.import_module(f"{node.module}.{alias.name}")  # a submodule, or ImportError
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "env":
                 from nuke_comfy_cluster.core import env
 
@@ -791,6 +913,7 @@ def _slug(heading: str) -> str:
 
 
 def test_relative_links_and_anchors_resolve():
+    broken: List[str] = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
@@ -798,10 +921,13 @@ def test_relative_links_and_anchors_resolve():
                 continue
             path_part, _, anchor = target.partition("#")
             dest = (doc.parent / path_part).resolve() if path_part else doc
-            assert dest.exists(), f"{doc.relative_to(REPO)}: broken link {target}"
-            if anchor and dest.suffix == ".md":
+            if not dest.exists():
+                broken.append(f"{doc.relative_to(REPO)}: {target} does not exist")
+            elif anchor and dest.suffix == ".md":
                 headings = re.findall(r"^#{1,6} (.+)$", dest.read_text(encoding="utf-8"), re.M)
-                assert anchor in {_slug(h) for h in headings}, f"{doc.relative_to(REPO)}: no heading for #{anchor}"
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{doc.relative_to(REPO)}: {target} has no such heading")
+    assert not broken, broken
 
 
 # --------------------------------------------------------------------------- monitoring wrappers

@@ -15,6 +15,8 @@ import requests
 
 from benchmarks.faults import BY_NAME, SCENARIOS, Settings, run_scenario
 from nuke_comfy_cluster.core.api import Cluster
+from nuke_comfy_cluster.core.config import ServerConfig
+from nuke_comfy_cluster.core.server import COOLDOWN_MIN_S, ComfyUIServer
 from nuke_comfy_cluster.core.state import JobState
 from tests.conftest import sim_configs, wait_until
 
@@ -87,17 +89,34 @@ def test_a_garbled_submit_answer_leaves_no_second_copy_queued(start_sims):
 
 @pytest.mark.timeout(60)
 def test_a_missed_execution_success_on_a_live_socket_is_found_through_history(start_sims):
-    """Every websocket message of one prompt garbled while the socket stays up: the job
-    must not wait forever for a message that will never come."""
-    (sim,) = start_sims([1.0], seconds=0.2)
+    """The websocket stays up but the running prompt's messages are garbled (execution_success
+    among them): the job must not wait forever for a message that will never come."""
+    (sim,) = start_sims([1.0], seconds=1.0)
     with Cluster.from_servers(sim_configs([sim])) as cluster:
         assert wait_until(lambda: cluster.pool.server_snapshots()[0].live, 10)
-        warm = cluster.submit_frames(WORKFLOW, [1]).wait(20)  # learn a frame time first
-        assert warm.state == "done"
+        batch = cluster.submit_frames(WORKFLOW, [1, 2, 3])
+        # the first frame teaches the batch a frame time; garble from inside the second
+        assert wait_until(lambda: batch.snapshot().done == 1 and batch.snapshot().running == 1, 20)
         sim.set_fault(malformed_ws=1000)
         started = time.monotonic()
-        snap = cluster.submit_frames(WORKFLOW, [2]).wait(40)
+        snap = batch.wait(40)
         elapsed = time.monotonic() - started
         assert cluster.pool.server_snapshots()[0].live  # the socket never dropped
-    assert [j.state for j in snap.jobs] == [JobState.DONE], [(j.state, j.error) for j in snap.jobs]
+    assert [j.state for j in snap.jobs] == [JobState.DONE] * 3, [(j.state, j.error) for j in snap.jobs]
     assert elapsed < 30, elapsed
+
+
+def test_failures_arriving_together_do_not_stretch_the_cooldown():
+    """Every prompt on a server that dies fails at once: that is one outage, not six. Before,
+    each one doubled the cooldown, so a server back after seconds sat idle for two minutes."""
+    server = ComfyUIServer(ServerConfig("a", "127.0.0.1", 9))
+    for _ in range(6):
+        server.record_failure("connection refused", now=1000.0)
+    assert server.get_status().cooldown_until == pytest.approx(1000.0 + COOLDOWN_MIN_S)
+    assert server.get_status().counters.failures == 6  # still counted for the panel
+    # failing again once the cooldown is over is news: the next cooldown is longer
+    server.record_failure("still failing", now=1000.0 + COOLDOWN_MIN_S + 1)
+    assert server.get_status().cooldown_until == pytest.approx(1000.0 + 3 * COOLDOWN_MIN_S + 1)
+    server.record_success()
+    assert server.get_status().cooldown_until is None
+    server.close()

@@ -47,6 +47,17 @@ def test_frame_prompt_substitutes_strings_only_and_copies():
     assert WORKFLOW["1"]["inputs"]["image"].endswith("####.png")  # original untouched
 
 
+def test_hashes_in_prompt_text_are_not_frame_tokens():
+    wf = {
+        "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a #1 best shot, %04d", "clip": ["9", 1]}},
+        "2": {"class_type": "Custom", "inputs": {"path": "plates/p_##", "note": "take ## of {frame}"}},
+    }
+    p = frame_prompt(wf, 7)
+    assert p["1"]["inputs"]["text"] == "a #1 best shot, 0007"
+    assert p["2"]["inputs"]["path"] == "plates/p_07"
+    assert p["2"]["inputs"]["note"] == "take ## of 7"
+
+
 def test_seeds_depend_on_base_frame_iteration_only():
     a = seeded_prompt(WORKFLOW, 42, 1001, 3)["2"]["inputs"]["seed"]
     b = seeded_prompt(WORKFLOW, 42, 1001, 3)["2"]["inputs"]["seed"]

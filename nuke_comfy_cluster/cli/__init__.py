@@ -62,6 +62,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "verbose", False):
+        # urllib3 logs every connection retry as a warning: a down server is reported once, by us
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except ClusterError as e:

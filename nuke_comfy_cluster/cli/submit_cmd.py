@@ -60,6 +60,8 @@ def load_workflow(path: str) -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     from .progress import summary_table, wait_with_progress
 
+    if args.iterations is not None and args.iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1, got {args.iterations}")
     workflow = load_workflow(args.workflow)
     name = args.name or os.path.splitext(os.path.basename(args.workflow))[0]
     out = os.path.abspath(args.out) if args.out else None
@@ -70,7 +72,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(loaded.notice, file=sys.stderr)
         if args.frames:
             batch = cluster.submit_frames(workflow, parse_frames(args.frames), base_seed=args.seed, **common)
-        elif args.iterations:
+        elif args.iterations is not None:
             batch = cluster.submit_iterations(workflow, args.iterations, base_seed=args.seed or 0, **common)
         else:
             batch = cluster.submit(workflow, **common)

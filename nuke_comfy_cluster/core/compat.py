@@ -27,9 +27,10 @@ def default_pool() -> ComfyUIServerPool:
     global _default_pool
     with _default_lock:
         if _default_pool is None:
-            pool = ComfyUIServerPool()
-            pool.load_configuration()
-            _default_pool = pool
+            # the same pool as the panel and the nodes: one set of sockets, one override
+            from .api import default_cluster
+
+            _default_pool = default_cluster().pool
         return _default_pool
 
 

@@ -57,6 +57,11 @@ DEFAULT_WAIT_FOR_SERVERS_S = 300.0
 SIMPLE_WINDOW = 2
 
 
+def _named(name: str, reason: str) -> str:
+    """``name: reason`` unless the reason already starts with the name."""
+    return reason if reason.startswith(name + ":") else "{}: {}".format(name, reason)
+
+
 class Dispatcher(RecoveryMixin):
     """Runs batches on a pool. Start it once; submit batches from any thread."""
 
@@ -262,7 +267,7 @@ class Dispatcher(RecoveryMixin):
                 job.state = JobState.FAILED
                 job.error = JobError(
                     "infrastructure",
-                    "Frame {} failed on {} after {} attempts; last: {}".format(
+                    "{} failed on {} after {} attempts; last: {}".format(
                         job.label, ", ".join(job.failed_servers), job.attempts, reason
                     ),
                     server,
@@ -415,14 +420,15 @@ class Dispatcher(RecoveryMixin):
     def _wait_for_servers(self, batch: Batch, pending: List[Job], snaps: Dict[str, Any], now: float) -> None:
         since = self._waiting_since.setdefault(batch.id, time.monotonic())
         reasons = "; ".join(
-            "{}: {}".format(s.name, s.unavailable_reason(now) or "unknown")
+            _named(s.name, s.unavailable_reason(now) or "unknown")
             for s in snaps.values()
             if not batch.pinned or s.name == batch.pinned
         )
         waited = time.monotonic() - since
         if batch.pinned and batch.pinned not in snaps:
             reasons = f"server {batch.pinned!r} is no longer configured"
-        msg = "Waiting for a server ({:.0f} s of {:.0f} s): {}".format(waited, self.wait_for_servers, reasons or "none configured")
+        # no live counter in the text: it changes only when the reasons do (logs stay quiet)
+        msg = "Waiting for a server (gives up after {:.0f} s): {}".format(self.wait_for_servers, reasons or "none configured")
         if batch.message != msg:
             batch.message = msg
             self._touch(batch)

@@ -2,34 +2,40 @@
 
 The dispatcher keeps a batch's frames in the client and asks :meth:`Scheduler.plan`
 on every event (one of our jobs started / finished / failed, a server's queue length
-changed, a timer tick, a server went away). The answer is a short list of server
-names, one per frame to send at once; everything else stays in the client, so it
-can still go anywhere.
+changed, a timer tick, a server went away) and again at :attr:`Scheduler.next_wakeup`.
+The answer is a short list of server names, one per frame to send at once;
+everything else stays in the client, so it can still go anywhere.
 
 How the answer is found:
 
 * Each server's frame time is learned from this client's own jobs
-  (``execution_start`` -> ``execution_success``), an exponentially weighted mean
-  with a warm-up, plus its mean absolute deviation. A server without a sample gets
-  one probe frame at a time. A frame that runs longer than the estimate raises the
-  estimate while it runs, so a hung or slowed server stops attracting frames.
+  (``execution_start`` -> ``execution_success``): a running mean that becomes an
+  exponentially weighted one after a few samples, plus its mean absolute
+  deviation. A server without a sample gets one probe frame at a time (with
+  nothing known at all, every idle server gets one). A frame that runs longer
+  than the estimate raises the estimate while it runs, so a hung or slowed
+  server stops attracting frames.
 * Each server's backlog is projected from what the caller knows: our running
   frame's remaining time, our queued frames, and the other clients' jobs
-  (``queue_remaining`` minus ours, assumed as long as ours, drained since they
-  were seen).
+  (``queue_remaining`` minus ours, assumed as long as ours, drained since seen).
 * All waiting frames are list-scheduled by earliest estimated finish (EFT) onto
-  the servers' future slots. Only the frames planned to start on a server within
-  the lead time (how late we may learn that it went idle, plus the estimate's
-  deviation) are sent now, and never more than a small window per server. The
-  plan is made again from scratch on every call, which is the end-of-job guard:
-  a frame the plan gives to a faster server later is held back rather than put
-  on a slow GPU now.
+  the servers' future slots. A frame is sent only when its slot is due: planned
+  to start within the lead time (how late we may learn that a server went idle),
+  and never more than a small window per server (one queued behind the running
+  one; more only when the lead time spans several frames). The plan is made again
+  from scratch on every call, which is the end-of-job guard: a frame the plan
+  gives to a faster server later is held back rather than put on a slow GPU now.
+* Several clients running this policy share servers without talking to each
+  other: top-ups are staggered at random (no herd on the server that just went
+  idle), the client served least recently opens its window first (fair turns),
+  and under polling a send due shortly after the next status poll waits for it.
 * Priority is a prior and a tie-break (then least recently used = round robin),
   never the plan.
 
 Nothing here does I/O or reads a clock other than the one it is given, so the
 same class runs under ``time.monotonic`` and under a virtual clock
-(:mod:`nuke_comfy_cluster.sim.virtual`).
+(:mod:`nuke_comfy_cluster.sim.virtual`). Not thread-safe: one dispatch thread
+owns a scheduler.
 """
 
 from __future__ import annotations
@@ -42,14 +48,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["ServerLoad", "Scheduler"]
 
-# Relative tolerance under which two estimated finish times count as a tie.
+# Tolerance (in frames) under which two planned finishes count as a tie.
 _TIE = 1e-9
-# Speculative second probe frame per unknown server: only when we may learn of a
-# probe's end this late (seconds), and the batch has this many frames per server.
-_SPECULATE_LEAD = 1.0
+# A lead time this long (seconds) means the status comes by polling, not pushed.
+_POLLING_LEAD = 1.0
+# With polling, a second frame goes behind each blind probe when the batch has at
+# least this many frames per server.
 _SPECULATE_SHARE = 6
+# A probe of unknown length that has run t seconds is planned to end at this times t.
+_PROBE_GROWTH = 2.0
 # Early top-ups when sharing the servers: at most this fraction of a frame time.
 _MAX_ADVANCE = 0.5
+# Seconds after the next expected status poll a send may be put off to.
+_NEWS_SLACK = 0.25
 # How many of our latest finishes per server are remembered against stale queue lengths.
 _HEARD_KEPT = 8
 # Frame times below this are treated as this (guards divisions; a frame is never free).
@@ -91,12 +102,13 @@ class _Estimate:
 class _View:
     """One server as the planner sees it for one call."""
 
-    __slots__ = ("name", "load", "ft", "avail", "in_flight", "others", "cap", "thr", "key")
+    __slots__ = ("name", "load", "ft", "dev", "avail", "in_flight", "others", "cap", "thr", "key")
 
     def __init__(self, name: str, load: ServerLoad) -> None:
         self.name = name
         self.load = load
         self.ft: Optional[float] = None  # estimated frame time, None when nothing is known
+        self.dev = 0.0  # its mean absolute deviation
         self.avail = 0.0  # clock time the server should have worked off everything it holds
         self.in_flight = load.ours_in_flight
         self.others = 0
@@ -152,6 +164,7 @@ class Scheduler:
         self._uses = 0
         self._stagger: Dict[str, Tuple[float, float]] = {}  # server -> (planned start, send at)
         self._last_sent: Optional[float] = None
+        self._others_seen: Optional[float] = None
         #: clock time at which the last :meth:`plan` expects to send a frame without
         #: any new event (a top-up coming due); None = only an event can change it.
         self.next_wakeup: Optional[float] = None
@@ -168,18 +181,27 @@ class Scheduler:
         self._lead = float(seconds)
 
     def job_started(self, server: str, at: Optional[float] = None) -> None:
+        """One of our jobs started there at ``at`` (clock time; default now)."""
         self._running[server] = self._clock() if at is None else at
 
     def job_finished(self, server: str, started_at: float, finished_at: float) -> None:
-        """Learn from one of our jobs that ran from ``started_at`` to ``finished_at``."""
+        """Learn from one of our jobs that ran from ``started_at`` to ``finished_at``.
+
+        Both on this scheduler's clock. A job whose start was missed
+        (``finished_at <= started_at``) clears the server's probation but teaches
+        no frame time.
+        """
         self._running.pop(server, None)
         # A queue length observed before now may still count this job: remember
         # when we heard of its end, so it is not taken for someone else's.
         heard = self._finished_heard.setdefault(server, [])
         heard.append(self._clock())
         del heard[:-_HEARD_KEPT]
-        sample = max(_MIN_FRAME, finished_at - started_at)
         est = self._est.setdefault(server, _Estimate())
+        est.probation = False
+        if finished_at <= started_at:
+            return  # its start was missed: it succeeded, but says nothing of the speed
+        sample = max(_MIN_FRAME, finished_at - started_at)
         est.samples += 1
         if est.samples == 1:
             est.mean = sample
@@ -190,7 +212,6 @@ class Scheduler:
             w = max(self._alpha, 1.0 / est.samples)
             est.dev += w * (abs(sample - est.mean) - est.dev)
             est.mean += w * (sample - est.mean)
-        est.probation = False
 
     def job_failed(self, server: str) -> None:
         """One of our jobs failed there: back to one frame at a time until one succeeds."""
@@ -276,19 +297,20 @@ class Scheduler:
         for load in servers:
             v = _View(load.name, load)
             v.key = (load.priority, self._last_used.get(load.name, 0), load.name)
-            stale = sum(1 for t in self._finished_heard.get(load.name, ()) if t > load.observed_at)
-            v.others = max(0, load.queue_remaining - v.in_flight - stale)
+            heard = [t for t in self._finished_heard.get(load.name, ()) if t > load.observed_at]
+            v.others = max(0, load.queue_remaining - v.in_flight - len(heard))
+            # The job running there now started no earlier than our last end we
+            # heard of after the queue was observed.
+            head = load.busy_since
+            if heard:
+                head = max(heard) if head is None else max(head, max(heard))
             est = self._est.get(load.name)
             known = est is not None and est.samples > 0
             ft = est.mean if known else prior
             probing = not known or est.probation
             since = load.ours_running_since
             if ft is None:
-                # Only a probe's own elapsed time says anything; blind probing decides.
-                v.cap = 1 if probing else 2
-                if load.max_in_flight > 0:
-                    v.cap = min(v.cap, load.max_in_flight)
-                views.append(v)
+                views.append(v)  # nothing known anywhere yet: blind probing decides
                 continue
             ft = max(ft, _MIN_FRAME)
             dev = est.dev if known else 0.1 * ft
@@ -303,7 +325,7 @@ class Scheduler:
                 if not known:
                     # A probe: the prior is only a guess, and one that has run for a
                     # while can be expected to run about as long again.
-                    run = max(ft, 2.0 * elapsed)
+                    run = max(ft, _PROBE_GROWTH * elapsed)
                     ft = max(ft, elapsed)
                 elif elapsed >= ft:
                     # Over-running: at least this slow; expect a little more.
@@ -316,13 +338,14 @@ class Scheduler:
                 if since is None:
                     # The head of the queue is someone else's job, running since
                     # busy_since if known, else half done when last observed.
-                    if load.busy_since is not None:
-                        done = now - load.busy_since
+                    if head is not None:
+                        done = now - head
                     else:
                         done = 0.5 * ft + (now - load.observed_at)
                     others -= min(max(0.0, done), ft)
                 backlog += max(0.0, others)
             v.ft = ft
+            v.dev = dev
             v.avail = now + backlog
             v.thr = self._lead + self._dev_margin * dev
             if probing:
@@ -343,7 +366,7 @@ class Scheduler:
         # anyway so that the batch always makes progress.
         idle = sorted((v for v in views if v.in_flight == 0 and v.others <= 1), key=lambda v: (v.others, v.key))
         chosen = [v.name for v in idle]
-        if self._lead >= _SPECULATE_LEAD and pending >= _SPECULATE_SHARE * len(views):
+        if self._lead >= _POLLING_LEAD and pending >= _SPECULATE_SHARE * len(views):
             # Polling: a probe's end would be seen up to a lead time late, leaving
             # the server idle. With a batch this long even a GPU at a third of the
             # average speed earns two frames, so queue one behind each probe.
@@ -355,7 +378,13 @@ class Scheduler:
     def _list_schedule(self, views: List[_View], pending: int, now: float) -> List[str]:
         picks: List[Tuple[float, Tuple[int, int, str], str]] = []
         wake: Optional[float] = None
-        shared = any(v.others for v in views)
+        # Other clients' jobs come and go (a server idles between them): count the
+        # servers as shared for a while after any was last seen.
+        if any(v.others for v in views):
+            self._others_seen = now
+        horizon = 2.0 * max(v.ft for v in views)
+        shared = self._others_seen is not None and now - self._others_seen <= horizon
+        considered = set()
         for v in views:
             k = 0
             while True:
@@ -365,17 +394,33 @@ class Scheduler:
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
                 due = self._due(v, start, shared)
+                considered.add(v.name)
                 if due > now:
                     wake = due if wake is None else min(wake, due)
                     break
                 picks.append((start, v.key, v.name))
                 k += 1
         self.next_wakeup = wake
+        # A draw is only good while its slot stays in the plan: one made long ago
+        # for a slot that drops out and comes back would fire at once, for every
+        # client at the same instant.
+        for name in [n for n in self._stagger if n not in considered]:
+            del self._stagger[name]
         picks.sort()
         return [name for _, _, name in picks[:pending]]
 
     def _due(self, v: _View, start: float, shared: bool) -> float:
         """Clock time to send the frame planned to start at ``start`` on ``v``."""
+        due = self._staggered(v, start, shared)
+        if self._lead >= _POLLING_LEAD:
+            # Polling: the next status poll, if it comes before we must act, is
+            # worth waiting for; a send then sees what the other clients sent since.
+            news = v.load.observed_at + self._lead + _NEWS_SLACK
+            if due < news <= start - max(_NEWS_SLACK, v.dev):
+                due = news
+        return due
+
+    def _staggered(self, v: _View, start: float, shared: bool) -> float:
         due = start - v.thr
         if not shared or self._spread <= 0.0:
             return due
@@ -399,7 +444,7 @@ class Scheduler:
             waited = now - self._last_sent if self._last_sent is not None else 0.0
             advance = min(self._aging * waited, _MAX_ADVANCE * v.ft)
             lo = max(now, due - advance)
-            hi = max(now, start - advance + self._spread)
+            hi = max(lo, start - advance) + self._spread
             drawn = (start, lo + self._rng.random() * (hi - lo))
             self._stagger[v.name] = drawn
         return drawn[1]

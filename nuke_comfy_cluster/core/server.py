@@ -305,8 +305,12 @@ class ComfyUIServer:
         now = now if now is not None else time.time()
         with self._lock:
             self._failures += 1
-            self._consecutive_failures += 1
             self._last_error = reason
+            if self._cooldown_until is not None and now < self._cooldown_until:
+                # requests sent before the cooldown began, failing together (a server that
+                # dies fails every prompt we had there): one failure, not a longer cooldown
+                return
+            self._consecutive_failures += 1
             if self._consecutive_failures >= COOLDOWN_AFTER:
                 extra = self._consecutive_failures - COOLDOWN_AFTER
                 self._cooldown_until = now + min(COOLDOWN_MAX_S, COOLDOWN_MIN_S * (2**extra))

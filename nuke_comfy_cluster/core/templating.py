@@ -1,7 +1,9 @@
 """Per-frame and per-iteration prompts from one API-format workflow.
 
-Frame tokens in any string input: ``####`` (Nuke style, width = number of #),
-``%04d`` / ``%d`` (printf style), ``{frame}`` / ``{frame:04d}``. Seeds for
+Frame tokens in any string input: ``%04d`` / ``%d`` (printf style),
+``{frame}`` / ``{frame:04d}``; and ``####`` (Nuke style, width = number of #) in
+paths and file names (inputs like ``image`` / ``filename_prefix``, or values with a
+path separator or a file extension), so "#1" in prompt text stays as written. Seeds for
 iterations come from (base seed, frame, iteration) only — never from the server
 that runs them — so any server reproduces the same frame.
 """
@@ -26,14 +28,25 @@ _PRINTF = re.compile(r"%(0?)(\d*)d")
 _BRACES = re.compile(r"\{frame(?::(0?)(\d+)d)?\}")
 
 
-def substitute_frame(text: str, frame: int) -> str:
-    """Replace every frame token in ``text`` by ``frame``."""
+#: inputs whose ``#`` runs are frame tokens even without a path separator
+PATH_INPUTS = ("image", "filename_prefix", "path", "file", "filename", "directory", "video", "folder")
+_PATHLIKE = re.compile(r"[/\\]|\.[A-Za-z0-9]{2,5}$")
+
+
+def hashes_are_frames(key: str, value: str) -> bool:
+    """``#`` is a frame token in paths and file names, not in prompt text ("#1 best")."""
+    return key.lower() in PATH_INPUTS or bool(_PATHLIKE.search(value))
+
+
+def substitute_frame(text: str, frame: int, hashes: bool = True) -> str:
+    """Replace every frame token in ``text`` by ``frame`` (``#`` runs only when ``hashes``)."""
 
     def pad(width: int) -> str:
         sign = "-" if frame < 0 else ""
         return sign + str(abs(frame)).zfill(max(width - len(sign), 1))
 
-    text = _HASHES.sub(lambda m: pad(len(m.group(0))), text)
+    if hashes:
+        text = _HASHES.sub(lambda m: pad(len(m.group(0))), text)
     text = _PRINTF.sub(lambda m: pad(int(m.group(2) or 0)) if m.group(1) else str(frame).rjust(int(m.group(2) or 0)), text)
     text = _BRACES.sub(lambda m: pad(int(m.group(2))) if m.group(2) else str(frame), text)
     return text
@@ -75,7 +88,7 @@ def frame_prompt(workflow: Workflow, frame: int) -> Workflow:
         inputs = node.get("inputs", {})
         for key, value in list(inputs.items()):
             if isinstance(value, str) and has_frame_token(value):
-                inputs[key] = substitute_frame(value, frame)
+                inputs[key] = substitute_frame(value, frame, hashes_are_frames(key, value))
     return prompt
 
 

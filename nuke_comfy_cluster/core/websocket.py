@@ -96,6 +96,8 @@ class ServerSocket:
                     timeout=self._connect_timeout,
                     header=[f"{k}: {v}" for k, v in auth_headers(self.config).items()],
                     enable_multithread=True,
+                    # like the HTTP session (trust_env=False): no proxy from the environment
+                    http_no_proxy=["*"],
                 )
             except Exception as e:  # noqa: BLE001 - any failure to connect means: retry later
                 log.debug("%s: websocket connect failed: %s", self.config.name, type(e).__name__)

@@ -62,7 +62,7 @@ class ServerSpec:
 class VirtualJob:
     __slots__ = ("id", "client", "frame", "work", "server", "sent", "arrived", "started", "finished")
 
-    def __init__(self, id: int, client: "Client", frame: int, work: float, server: str, sent: float) -> None:
+    def __init__(self, id: int, client: Client, frame: int, work: float, server: str, sent: float) -> None:
         self.id = id
         self.client = client
         self.frame = frame
@@ -156,14 +156,14 @@ class World:
             self.events += 1
             fn(*args)
 
-    def add(self, client: "Client") -> "Client":
+    def add(self, client: Client) -> Client:
         client.index = len(self.clients)
         self.clients.append(client)
         self.at(client.start, client.begin)
         return client
 
     # -- server side
-    def send(self, client: "Client", frame: int, work: float, server: str) -> VirtualJob:
+    def send(self, client: Client, frame: int, work: float, server: str) -> VirtualJob:
         job = VirtualJob(next(self._ids), client, frame, work, server, self.now)
         self.at(self.now + self.rng.uniform(*self._latency), self._arrive, job)
         return job
@@ -198,7 +198,7 @@ class World:
         for c in self.clients:
             self._push(c, srv.spec.name, c.on_status, srv.spec.name, q)
 
-    def _push(self, client: "Client", server: str, fn: Callable[..., None], *args: object) -> None:
+    def _push(self, client: Client, server: str, fn: Callable[..., None], *args: object) -> None:
         if client.ttl is not None:
             return  # push lost: this client only learns by polling
         # One websocket per (client, server): messages keep their order.
@@ -227,7 +227,9 @@ class _View:
 class Client:
     """A client with a batch of frames; subclasses decide where they go."""
 
-    def __init__(self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+    def __init__(
+        self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None
+    ) -> None:
         self.world = world
         self.name = name
         self.works = list(works)
@@ -307,7 +309,7 @@ class Client:
         prev = self._last_poll
         self._last_poll = now
         self._observe_all()
-        for name, v in self.views.items():
+        for v in self.views.values():
             # History gives exact times for what finished; the queue says what runs.
             ours = ([v.running] if v.running is not None else []) + list(v.queued)
             done = sorted((j for j in ours if j.finished is not None and j.finished <= now), key=lambda j: j.finished)
@@ -346,7 +348,17 @@ class Client:
 class PolicyClient(Client):
     """Runs the real :class:`Scheduler` on the virtual clock."""
 
-    def __init__(self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None, push_lead: float = 0.5, **scheduler_kw: object) -> None:
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        works: Sequence[float],
+        *,
+        start: float = 0.0,
+        ttl: Optional[float] = None,
+        push_lead: float = 0.5,
+        **scheduler_kw: object,
+    ) -> None:
         super().__init__(world, name, works, start=start, ttl=ttl)
         scheduler_kw.setdefault("rng", random.Random(world.rng.random()))
         self.scheduler = Scheduler(world.clock, lead_time=push_lead if ttl is None else ttl, **scheduler_kw)
@@ -391,7 +403,16 @@ class PolicyClient(Client):
 class SequentialClient(Client):
     """Baseline: one server, the next frame sent when the previous one is known finished."""
 
-    def __init__(self, world: World, name: str, works: Sequence[float], server: str, *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        works: Sequence[float],
+        server: str,
+        *,
+        start: float = 0.0,
+        ttl: Optional[float] = None,
+    ) -> None:
         super().__init__(world, name, works, start=start, ttl=ttl)
         self.server = server
 
@@ -404,7 +425,16 @@ class SequentialClient(Client):
 class BurstClient(Client):
     """Baseline: every frame sent at once, by round robin or least (observed) queue length."""
 
-    def __init__(self, world: World, name: str, works: Sequence[float], strategy: str, *, start: float = 0.0, ttl: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        works: Sequence[float],
+        strategy: str,
+        *,
+        start: float = 0.0,
+        ttl: Optional[float] = None,
+    ) -> None:
         super().__init__(world, name, works, start=start, ttl=ttl)
         if strategy not in ("round_robin", "least_queue"):
             raise ValueError(strategy)
