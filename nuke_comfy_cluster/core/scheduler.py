@@ -235,6 +235,22 @@ class Scheduler:
             ft = max(ft, self._clock() - since)
         return ft
 
+    def learn_from(self, other: Scheduler, weight: int = 2) -> None:
+        """Start from ``other``'s frame times, e.g. the previous batch of the same workflow.
+
+        Servers it knows need no probe frame. Its estimates count as at most
+        ``weight`` samples, so this batch's own frames soon take over (a different
+        workflow, another model loaded). Servers already learned here are kept.
+        """
+        for name, theirs in other._est.items():
+            if not theirs.samples or (name in self._est and self._est[name].samples):
+                continue
+            est = _Estimate()
+            est.mean, est.dev = theirs.mean, theirs.dev
+            est.samples = max(1, min(theirs.samples, weight))
+            est.probation = theirs.probation
+            self._est[name] = est
+
     def failures(self, server: str) -> int:
         est = self._est.get(server)
         return est.failures if est is not None else 0
