@@ -334,7 +334,9 @@ def _all_down(run: Run) -> None:
     survivor = run.procs[1] if len(run.procs) > 1 else run.procs[0]
     survivor.start()
     run.mark_heal(recover_from_here=True)
-    run.note = "one server back after {:.0f} s".format(run.heal_at - run.fault_at if run.heal_at and run.fault_at else 0)
+    run.note = "one server back after {:.0f} s".format(
+        run.heal_at - run.fault_at if run.heal_at and run.fault_at else 0
+    )
 
 
 def _slow_link(run: Run) -> None:
@@ -577,7 +579,9 @@ def table(results: Sequence[Result]) -> str:
                 str(r.rerun),
                 str(r.late_ignored),
                 "-" if r.recovery_s is None else f"{r.recovery_s:.1f} s",
-                "-" if r.makespan_s is None else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
+                "-"
+                if r.makespan_s is None
+                else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
                 _short(r.message or "-", 80),
             ]
         )
@@ -603,7 +607,9 @@ def markdown(results: Sequence[Result]) -> str:
                 r.rerun,
                 r.late_ignored,
                 "-" if r.recovery_s is None else f"{r.recovery_s:.1f} s",
-                "-" if r.makespan_s is None else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
+                "-"
+                if r.makespan_s is None
+                else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
                 _short(r.message or "-", 120).replace("|", "/"),
             )
         )

@@ -8,6 +8,7 @@ scenarios bigger and prints the figures (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -16,8 +17,10 @@ import requests
 from benchmarks.faults import BY_NAME, SCENARIOS, Settings, run_scenario
 from nuke_comfy_cluster.core.api import Cluster
 from nuke_comfy_cluster.core.config import ServerConfig
+from nuke_comfy_cluster.core.jobs import Job
 from nuke_comfy_cluster.core.server import COOLDOWN_MIN_S, ComfyUIServer
 from nuke_comfy_cluster.core.state import JobState
+from nuke_comfy_cluster.core.templating import frame_prompt
 from tests.conftest import sim_configs, wait_until
 
 pytestmark = pytest.mark.integration
@@ -80,7 +83,9 @@ def test_a_garbled_submit_answer_leaves_no_second_copy_queued(start_sims):
         assert job.attempts == 2, "the first answer was not the garbled one"
         history = requests.get(sim.url + "/history", timeout=5).json()
     runs = [
-        e for e in history.values() if e["prompt"][3].get("ncc_job") == job.id and e["status"]["status_str"] == "success"
+        e
+        for e in history.values()
+        if e["prompt"][3].get("ncc_job") == job.id and e["status"]["status_str"] == "success"
     ]
     assert len(runs) == 1, "the prompt behind the garbled answer ran too"
     assert history[other]["status"]["status_str"] == "success"  # the other artist was not touched
@@ -120,3 +125,43 @@ def test_failures_arriving_together_do_not_stretch_the_cooldown():
     server.record_success()
     assert server.get_status().cooldown_until is None
     server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_submit_does_not_use_up_the_frames_attempts(start_sims):
+    """A server that died since it last answered refuses the connection: the frame goes
+    elsewhere without losing an attempt (when every server dies at once, refused submits
+    used to fail frames that should have waited for a server to come back)."""
+    (sim,) = start_sims([1.0], seconds=0.2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once closed
+    configs = [
+        ServerConfig("dead", "127.0.0.1", dead_port, priority=0),
+        ServerConfig("live", "127.0.0.1", sim.port, priority=1),
+    ]
+    with Cluster.from_servers(configs) as cluster:
+        dead = cluster.pool.get_server_by_name("dead")
+        assert wait_until(lambda: dead.status.value == "offline", 10)
+        dead.apply_push(0)  # its last status said "idle": it died since
+        batch = cluster.submit_batch([Job(frame_prompt(WORKFLOW, 1), frame=1, label="frame 1")], max_attempts=1)
+        snap = batch.wait(30)
+    job = snap.jobs[0]
+    assert "dead" in job.failed_servers, "the frame never tried the dead server: nothing was tested"
+    assert job.state is JobState.DONE and job.server == "live", (job.state, job.error)
+    assert job.attempts == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_that_failed_on_the_preferred_server_goes_to_another(start_sims):
+    """The plan kept naming the (fast, preferred, idle) server the last frame had failed on,
+    so the frame waited forever while the other server sat idle."""
+    procs = start_sims([1.0, 1.0], seconds=0.2)
+    with Cluster.from_servers(sim_configs(procs)) as cluster:
+        assert wait_until(lambda: all(s.live for s in cluster.pool.server_snapshots()), 10)
+        time.sleep(0.3)  # the connect-time status polls are answered
+        procs[0].set_fault(fail_next=1)  # the next request to sim0, our POST /prompt, answers 500
+        snap = cluster.submit_frames(WORKFLOW, [1]).wait(20)
+    job = snap.jobs[0]
+    assert job.failed_servers == ("sim0",), "the frame did not fail on sim0 first: nothing was tested"
+    assert job.state is JobState.DONE and job.server == "sim1", (job.state, job.error)

@@ -281,9 +281,31 @@ def test_truncated_and_garbled_websocket_frames(text, cut, garbage):
 
 
 @FUZZ
-@given(st.lists(st.dictionaries(st.sampled_from(["name", "ip", "port", "token", "headers", "url", "scheme",
-                                                  "priority", "enabled", "dir_local", "dir_remote",
-                                                  "max_in_flight"]), _json, max_size=8), max_size=4))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "ip",
+                    "port",
+                    "token",
+                    "headers",
+                    "url",
+                    "scheme",
+                    "priority",
+                    "enabled",
+                    "dir_local",
+                    "dir_remote",
+                    "max_in_flight",
+                ]
+            ),
+            _json,
+            max_size=8,
+        ),
+        max_size=4,
+    )
+)
 def test_configuration_entries(entries):
     servers, issues = parse_servers(json.dumps(entries))
     assert all(isinstance(s, ServerConfig) and 1 <= s.port <= 65535 for s in servers)
@@ -330,8 +352,27 @@ def test_path_mapping_is_total(path, dir_local, dir_remote):
 
 
 _NAMES = st.sampled_from(
-    ["..", ".", "...", "../x", "/etc/passwd", "C:\\x", "C:x", "\\\\srv\\share\\x", "//srv/share/x", "a\x00b",
-     "CON", "nul.png", "a:b", "x/../../y", "\u202egnp.exe", "\uff0e\uff0e", "a" * 300, "ok.png", "sub/ok.png"]
+    [
+        "..",
+        ".",
+        "...",
+        "../x",
+        "/etc/passwd",
+        "C:\\x",
+        "C:x",
+        "\\\\srv\\share\\x",
+        "//srv/share/x",
+        "a\x00b",
+        "CON",
+        "nul.png",
+        "a:b",
+        "x/../../y",
+        "\u202egnp.exe",
+        "\uff0e\uff0e",
+        "a" * 300,
+        "ok.png",
+        "sub/ok.png",
+    ]
 )
 
 

@@ -368,9 +368,12 @@ class Dispatcher(RecoveryMixin):
                         max_in_flight=server.config.max_in_flight if server is not None else 0,
                     )
                 )
-            targets = self._targets(batch, loads, len(pending))
+            # Plan only over servers some waiting frame has not failed on: a plan naming the one
+            # server a frame failed on would hold it back forever while the others sit idle.
+            allowed = [ld for ld in loads if any(ld.name not in j.failed_servers for j in pending)]
+            targets = self._targets(batch, allowed or loads, len(pending))
             for name in targets:
-                job = self._next_job_for(pending, name, len(usable))
+                job = self._next_job_for(pending, name, anywhere=not allowed)
                 if job is None:
                     continue
                 pending.remove(job)
@@ -410,12 +413,12 @@ class Dispatcher(RecoveryMixin):
         return targets
 
     @staticmethod
-    def _next_job_for(pending: List[Job], server: str, n_usable: int) -> Optional[Job]:
+    def _next_job_for(pending: List[Job], server: str, anywhere: bool) -> Optional[Job]:
         for job in pending:
             if server not in job.failed_servers:
                 return job
         # every usable server failed these jobs before: try again rather than stall
-        return pending[0] if pending and n_usable <= 1 else None
+        return pending[0] if pending and anywhere else None
 
     def _wait_for_servers(self, batch: Batch, pending: List[Job], snaps: Dict[str, Any], now: float) -> None:
         since = self._waiting_since.setdefault(batch.id, time.monotonic())
@@ -528,6 +531,12 @@ class Dispatcher(RecoveryMixin):
             server.record_failure(reason)
             if not isinstance(exc, ServerRejected):
                 server.mark_unreachable(reason)
+            if not maybe_queued:
+                # the prompt never got there: evidence against the server, not the frame. When
+                # every server dies at once, refused submits must not use up the frame's attempts
+                # (it would fail instead of waiting for a server to come back).
+                with batch.lock:
+                    job.attempts = max(0, job.attempts - 1)
         self._requeue(batch, job, server.name, reason)
 
     def _workflow_rejected(self, batch: Batch, job: Job, error: WorkflowError) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..core import config as config_mod
 from ..core import config_store
 from ..core.config import ENV_SERVERS, ConfigIssue, ConfigLoad, ServerConfig, load_config, parse_servers
-from .qt import QtCore, QtGui, QtWidgets, Signal, exec_
+from .qt import QtCore, QtGui, QtWidgets, Signal, emit, exec_
 from .workers import TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -339,9 +339,9 @@ class ConfigEditorDialog(QtWidgets.QDialog):
                 log.exception("config editor: %s failed after the worker", operation)
                 message = f"{type(e).__name__}: {e}"
                 self._set_status(message, "error")
-                self.operation_finished.emit(operation, False, message)
+                emit(self.operation_finished, operation, False, message)
                 return
-            self.operation_finished.emit(operation, True, message)
+            emit(self.operation_finished, operation, True, message)
 
         def failed(error: TaskError) -> None:
             self._busy -= 1
@@ -349,7 +349,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             if on_error is not None:
                 on_error(error)
             self._set_status(error.message, "error")
-            self.operation_finished.emit(operation, False, error.message)
+            emit(self.operation_finished, operation, False, error.message)
 
         self._busy += 1
         started = self.runner.run("config-" + operation, fn, done, failed)
@@ -452,7 +452,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             self._fill_table()
         self._table_enabled(decoded and _entries_of(self._data) is not None)
         self._update_buttons()
-        self.validated.emit(list(issues))
+        emit(self.validated, list(issues))
         return issues
 
     def _issue_position(self, issue: ConfigIssue) -> Tuple[Optional[int], Optional[int]]:
@@ -748,7 +748,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             message = "; ".join(i.message for i in issues if i.level == "error") or "not a usable server"
             self._test_results[name] = (False, message)
             self._fill_table()
-            self.test_finished.emit(name, False, message)
+            emit(self.test_finished, name, False, message)
             return False
         config = found[0]
 
@@ -766,12 +766,12 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             self._test_results[config.name] = (ok, message)
             self._fill_table()
             self._set_status(message, "ok" if ok else "error")
-            self.test_finished.emit(config.name, ok, message)
+            emit(self.test_finished, config.name, ok, message)
 
         def failed(error: TaskError) -> None:
             self._test_results[config.name] = (False, error.message)
             self._fill_table()
-            self.test_finished.emit(config.name, False, error.message)
+            emit(self.test_finished, config.name, False, error.message)
 
         self._test_results.pop(config.name, None)
         started = self.runner.run("config-test-" + config.name, test, done, failed)
@@ -788,7 +788,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         if self.errors:
             first = _issue_first_line(self.errors[0])
             self._set_status(f"Not saved: fix the errors first ({first})", "error")
-            self.operation_finished.emit("save", False, self.last_message)
+            emit(self.operation_finished, "save", False, self.last_message)
             return False
         text = self.text
         target = self.target
@@ -814,7 +814,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
                 message += ". The pool now uses {} server{}".format(
                     len(loaded.servers), "" if len(loaded.servers) == 1 else "s"
                 )
-                self.pool_reloaded.emit(loaded)
+                emit(self.pool_reloaded, loaded)
             self._set_status(message, "ok")
             if self._close_after_save and not self.dirty:
                 self._close_after_save = False
@@ -879,7 +879,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             if result.backup is not None:
                 message += f"; what it replaced is in {result.backup}"
             if loaded is not None:
-                self.pool_reloaded.emit(loaded)
+                emit(self.pool_reloaded, loaded)
             self._set_status(message, "ok")
             return message
 
@@ -944,7 +944,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         servers = list(self.servers)
         if not servers:
             self._set_status("Nothing to export: no valid server in the editor", "error")
-            self.operation_finished.emit("export", False, self.last_message)
+            emit(self.operation_finished, "export", False, self.last_message)
             return False
 
         def done(dest: Path) -> str:

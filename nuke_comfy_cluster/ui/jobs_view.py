@@ -13,13 +13,23 @@ from typing import Any, Dict, List, Optional
 
 from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
 from ..core.state import JobState
-from .qt import QtCore, QtGui, QtWidgets, Signal
+from .qt import QtCore, QtGui, QtWidgets, Signal, emit
+from .server_table import bold_font, cached_brush
 
 Qt = QtCore.Qt
 
 ProgressRole = int(Qt.ItemDataRole.UserRole) + 11
 BatchIdRole = int(Qt.ItemDataRole.UserRole) + 12
 StateRole = int(Qt.ItemDataRole.UserRole) + 13
+
+_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
+_CACHED_ROLES = (
+    int(Qt.ItemDataRole.DisplayRole),
+    int(Qt.ItemDataRole.ForegroundRole),
+    int(Qt.ItemDataRole.FontRole),
+    ProgressRole,
+    StateRole,
+)
 
 COL_NAME, COL_STATE, COL_PROGRESS, COL_FRAMES, COL_SERVER, COL_ATTEMPTS, COL_ERROR = range(7)
 HEADERS = ("Batch / job", "State", "Progress", "Frames", "Server", "Tries", "Error")
@@ -35,12 +45,18 @@ STATE_COLOURS: Dict[str, str] = {
 
 
 class _BatchEntry:
-    """One batch row; also the internal pointer of its job rows (kept alive by the model)."""
+    """One batch row; also the internal pointer of its job rows (kept alive by the model).
 
-    __slots__ = ("snapshot",)
+    ``cells`` / ``job_cells`` cache role -> value per column, dropped when that row changes:
+    a repaint asks every role of every visible cell, and must not recompute them.
+    """
+
+    __slots__ = ("snapshot", "cells", "job_cells")
 
     def __init__(self, snapshot: BatchSnapshot) -> None:
         self.snapshot = snapshot
+        self.cells: Optional[List[Dict[int, Any]]] = None
+        self.job_cells: List[Optional[List[Dict[int, Any]]]] = [None] * len(snapshot.jobs)
 
 
 def batch_counts_text(snap: BatchSnapshot) -> str:
@@ -114,15 +130,43 @@ class JobsModel(QtCore.QAbstractItemModel):
         entry = self._entries[row]
         if len(entry.snapshot.jobs) != len(snap.jobs):  # not expected: a batch keeps its jobs
             self.beginResetModel()
-            entry.snapshot = snap
+            self._entries[row] = _BatchEntry(snap)
             self.endResetModel()
             return
+        old = entry.snapshot
         entry.snapshot = snap
-        last = len(HEADERS) - 1
-        self.dataChanged.emit(self.index(row, 0), self.index(row, last))
-        if snap.jobs:
-            parent = self.index(row, 0)
-            self.dataChanged.emit(self.index(0, 0, parent), self.index(len(snap.jobs) - 1, last, parent))
+        # only the cells that look different are redrawn: a repaint asks Python for every
+        # role of every cell in the dirty region
+        old_cells, entry.cells = entry.cells, self._batch_cells(snap)
+        self._emit_changed(row, QtCore.QModelIndex(), old_cells, entry.cells)
+        parent = self.index(row, 0)
+        for i, (a, b) in enumerate(zip(old.jobs, snap.jobs)):
+            if a == b:
+                continue
+            old_job = entry.job_cells[i]
+            if old_job is None:
+                continue  # never drawn (collapsed): computed when first asked
+            entry.job_cells[i] = self._job_cells(b)
+            self._emit_changed(i, parent, old_job, entry.job_cells[i])
+
+    def _emit_changed(
+        self, row: int, parent: QtCore.QModelIndex, old: Optional[List[Dict[int, Any]]], new: List[Dict[int, Any]]
+    ) -> None:
+        changed = list(range(len(HEADERS))) if old is None else [c for c in range(len(HEADERS)) if old[c] != new[c]]
+        start = prev = None
+        for col in changed + [None]:  # one dataChanged per run of adjacent cells
+            if col is not None and prev is not None and col == prev + 1:
+                prev = col
+                continue
+            if start is not None:
+                emit(self.dataChanged, self.index(row, start, parent), self.index(row, prev, parent))
+            start = prev = col
+
+    def _batch_cells(self, snap: BatchSnapshot) -> List[Dict[int, Any]]:
+        return [_cell(lambda r, c=c: self._batch_data(snap, c, r)) for c in range(len(HEADERS))]
+
+    def _job_cells(self, job: JobSnapshot) -> List[Dict[int, Any]]:
+        return [_cell(lambda r, c=c: self._job_data(job, c, r)) for c in range(len(HEADERS))]
 
     def remove_batch(self, batch_id: str) -> None:
         row = self.row_of(batch_id)
@@ -217,15 +261,33 @@ class JobsModel(QtCore.QAbstractItemModel):
     def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        job = self.job_for(index)
-        batch = self.batch_for(index)
-        if batch is None:
+        role = int(role)
+        col = index.column()
+        entry = index.internalPointer()
+        if isinstance(entry, _BatchEntry):  # a job row
+            jobs = entry.snapshot.jobs
+            if not 0 <= index.row() < len(jobs):
+                return None
+            job = jobs[index.row()]
+            if role == _TOOLTIP:
+                return self._job_data(job, col, role)
+            if role == BatchIdRole:
+                return entry.snapshot.id
+            cells = entry.job_cells[index.row()]
+            if cells is None:
+                cells = entry.job_cells[index.row()] = self._job_cells(job)
+            return cells[col].get(role)
+        if not 0 <= index.row() < len(self._entries):
             return None
+        entry = self._entries[index.row()]
+        snap = entry.snapshot
+        if role == _TOOLTIP:
+            return self._batch_data(snap, col, role)
         if role == BatchIdRole:
-            return batch.id
-        if job is not None:
-            return self._job_data(job, index.column(), role)
-        return self._batch_data(batch, index.column(), role)
+            return snap.id
+        if entry.cells is None:
+            entry.cells = self._batch_cells(snap)
+        return entry.cells[col].get(role)
 
     def _batch_data(self, snap: BatchSnapshot, col: int, role: int) -> Any:
         state = snap.state
@@ -254,11 +316,9 @@ class JobsModel(QtCore.QAbstractItemModel):
         if role == StateRole:
             return state
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
-            return QtGui.QBrush(QtGui.QColor(STATE_COLOURS.get(state, "#a0a0a0")))
+            return cached_brush(STATE_COLOURS.get(state, "#a0a0a0"))
         if role == Qt.ItemDataRole.FontRole and col == COL_NAME:
-            font = QtGui.QFont()
-            font.setBold(True)
-            return font
+            return bold_font()
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == COL_SERVER:
                 return batch_servers_tooltip(snap) or None
@@ -296,7 +356,7 @@ class JobsModel(QtCore.QAbstractItemModel):
         if role == StateRole:
             return job.state.value
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
-            return QtGui.QBrush(QtGui.QColor(STATE_COLOURS.get(job.state.value, "#a0a0a0")))
+            return cached_brush(STATE_COLOURS.get(job.state.value, "#a0a0a0"))
         if role == Qt.ItemDataRole.ToolTipRole:
             if job.error is not None:
                 return error_details(job.error, job)
@@ -305,6 +365,16 @@ class JobsModel(QtCore.QAbstractItemModel):
             if job.failed_servers:
                 return "Failed before on: {}".format(", ".join(job.failed_servers))
         return None
+
+
+def _cell(value_of: Any) -> Dict[int, Any]:
+    """role -> value for the roles a repaint asks (tooltips are computed on hover)."""
+    cell = {}
+    for role in _CACHED_ROLES:
+        value = value_of(role)
+        if value is not None:
+            cell[role] = value
+    return cell
 
 
 class ProgressDelegate(QtWidgets.QStyledItemDelegate):
@@ -388,30 +458,46 @@ class JobsView(QtWidgets.QWidget):
         layout.addLayout(buttons)
 
         self.error_box: Optional[QtWidgets.QMessageBox] = None
+        # once per event loop turn, however many cells an update changed
+        self._buttons_timer = QtCore.QTimer(self)
+        self._buttons_timer.setSingleShot(True)
+        self._buttons_timer.setInterval(0)
+        self._buttons_timer.timeout.connect(self._update_buttons)
         self.tree.selectionModel().selectionChanged.connect(self._update_buttons)
-        self.model.dataChanged.connect(self._update_buttons)
         self.model.rowsInserted.connect(self._rows_inserted)
         self._update_buttons()
 
     # -- feeding -----------------------------------------------------------------------
     def update_batch(self, snap: BatchSnapshot) -> None:
         self.model.update_batch(snap)
+        self._buttons_timer.start()
 
     def _rows_inserted(self, parent: QtCore.QModelIndex, first: int, last: int) -> None:
         if parent.isValid():
             return
-        for col in (COL_NAME, COL_FRAMES, COL_SERVER):
-            wanted = min(self.tree.sizeHintForColumn(col) + 12, 360)
-            if wanted > self.tree.columnWidth(col):
-                self.tree.setColumnWidth(col, wanted)
-        if self.tree.selectionModel() is not None and not self.tree.selectionModel().hasSelection():
+        # widen for the new batch's texts, measured here (sizeHintForColumn would ask the
+        # model for every role of every row through Python)
+        metrics = self.tree.fontMetrics()
+        for snap in self.model.batches()[first : last + 1]:
+            texts = {
+                COL_NAME: snap.name,
+                COL_FRAMES: batch_counts_text(snap),
+                COL_SERVER: batch_servers_text(snap),
+            }
+            for col, text in texts.items():
+                extra = self.tree.indentation() + 24 if col == COL_NAME else 16
+                wanted = min(metrics.horizontalAdvance(text) + extra, 360)
+                if wanted > self.tree.columnWidth(col):
+                    self.tree.setColumnWidth(col, wanted)
+        if not self.current_index().isValid():
             self.select_batch(self.model.batches()[last].id)
         self._update_buttons()
 
     # -- selection ---------------------------------------------------------------------
     def current_index(self) -> QtCore.QModelIndex:
-        rows = self.tree.selectionModel().selectedRows()
-        return rows[0] if rows else QtCore.QModelIndex()
+        # the current index, not selectedRows(): with one selected row they agree, and this
+        # one costs no round trips through the Python model
+        return self.tree.currentIndex()
 
     def selected_batch(self) -> Optional[BatchSnapshot]:
         return self.model.batch_for(self.current_index())
@@ -423,6 +509,7 @@ class JobsView(QtWidgets.QWidget):
         row = self.model.row_of(batch_id)
         if row >= 0:
             self.tree.setCurrentIndex(self.model.index(row, 0))
+        self._update_buttons()
 
     def select_job(self, batch_id: str, job_index: int) -> None:
         row = self.model.row_of(batch_id)
@@ -430,6 +517,7 @@ class JobsView(QtWidgets.QWidget):
             parent = self.model.index(row, 0)
             self.tree.expand(parent)
             self.tree.setCurrentIndex(self.model.index(job_index, 0, parent))
+        self._update_buttons()
 
     def _update_buttons(self, *_: Any) -> None:
         batch = self.selected_batch()
@@ -452,12 +540,12 @@ class JobsView(QtWidgets.QWidget):
     def _cancel_clicked(self) -> None:
         batch = self.selected_batch()
         if batch is not None:
-            self.cancel_requested.emit(batch.id)
+            emit(self.cancel_requested, batch.id)
 
     def _retry_clicked(self) -> None:
         batch = self.selected_batch()
         if batch is not None:
-            self.retry_requested.emit(batch.id)
+            emit(self.retry_requested, batch.id)
 
     def clear_finished(self) -> None:
         ids = self.model.finished_batch_ids()
@@ -465,7 +553,7 @@ class JobsView(QtWidgets.QWidget):
             self.model.remove_batch(batch_id)
         self._update_buttons()
         if ids:
-            self.cleared.emit(ids)
+            emit(self.cleared, ids)
 
     def error_text(self) -> Optional[str]:
         """The error story of the selection (a failed job, or every distinct error of a batch)."""

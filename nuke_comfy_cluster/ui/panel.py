@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 from ..core.errors import ClusterError, user_message
 from ..core.state import PoolSnapshot
 from .jobs_view import JobsView
-from .qt import QtCore, QtGui, QtWidgets, Signal
+from .qt import QtCore, QtGui, QtWidgets, Signal, emit
 from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView
 from .workers import BatchBridge, SnapshotBridge, TaskError, TaskRunner
 
@@ -60,6 +60,7 @@ class ConfigBanner(QtWidgets.QFrame):
     def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
         self.level = "info"
+        self._state: Any = None
         self.label = QtWidgets.QLabel(self)
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -79,6 +80,10 @@ class ConfigBanner(QtWidgets.QFrame):
         layout.addWidget(self.edit_button, 0, Qt.AlignmentFlag.AlignTop)
 
     def set_state(self, notice: str, warnings: Sequence[str], errors: Sequence[str]) -> None:
+        state = (notice, tuple(warnings), tuple(errors))
+        if state == self._state:
+            return  # a style sheet change re-polishes the banner: only when needed
+        self._state = state
         level = "error" if errors else "warning" if warnings else "info"
         self.level = level
         self.setStyleSheet(self.STYLES[level])
@@ -129,6 +134,8 @@ class ClusterPanel(QtWidgets.QWidget):
         self._last_refresh_s: Optional[float] = None
         self._refresh_started_at = 0.0
         self.last_message = ""
+        self._override_state: Any = None
+        self._override_state_items: List[Any] = []
         self.config_editor: Optional[QtWidgets.QDialog] = None
 
         self.runner = TaskRunner(self)
@@ -167,8 +174,11 @@ class ClusterPanel(QtWidgets.QWidget):
         self.override_combo.setToolTip(
             "Where submissions go when they do not choose a server: automatic, or pinned to one server"
         )
-        self.override_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.override_combo.setMinimumContentsLength(18)
+        # a fixed width: fitting the contents would re-measure every item at each status change
+        self.override_combo.setSizeAdjustPolicy(
+            QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.override_combo.setMinimumContentsLength(28)
         self.override_combo.activated.connect(self._override_chosen)
         self.override_warning = QtWidgets.QLabel(self)
         self.override_warning.setStyleSheet("color: {};".format(STATUS_COLOURS["offline"]))
@@ -261,7 +271,7 @@ class ClusterPanel(QtWidgets.QWidget):
         self.banner.set_state(snap.source, snap.warnings, snap.errors)
         self._update_override(snap, now)
         self._update_status_line(snap, now)
-        self.snapshot_applied.emit(snap)
+        emit(self.snapshot_applied, snap)
 
     def _update_override(self, snap: PoolSnapshot, now: float) -> None:
         combo = self.override_combo
@@ -273,6 +283,10 @@ class ClusterPanel(QtWidgets.QWidget):
             text = server.name if reason is None else f"{server.name} — {_short(reason)}"
             items.append((text, server.name, reason))
         names = [name for _, name, _ in items]
+        override = self.pool.override
+        if (items, override) == self._override_state:
+            return  # unchanged: touching the items would re-lay out the tool bar
+        self._override_state = (items, override)
         current = [combo.itemData(i) for i in range(combo.count())]
         combo.blockSignals(True)
         try:
@@ -281,21 +295,25 @@ class ClusterPanel(QtWidgets.QWidget):
                 for text, name, _ in items:
                     combo.addItem(text, name)
             grey = QtGui.QBrush(QtGui.QColor(STATUS_COLOURS["disabled"]))
+            previous = self._override_state_items
             for i, (text, name, reason) in enumerate(items):
+                if i < len(previous) and previous[i] == (text, name, reason) and names == current:
+                    continue  # each item change makes the combo re-measure itself
                 combo.setItemText(i, text)
                 combo.setItemData(i, grey if reason else None, Qt.ItemDataRole.ForegroundRole)
-                tip = (
-                    f"Unavailable: {reason}"
-                    if reason
-                    else (f"Pin submissions to {name}" if name else "Each prompt goes where it finishes first")
-                )
+                if reason:
+                    tip = f"Unavailable: {reason}"
+                elif name:
+                    tip = f"Pin submissions to {name}"
+                else:
+                    tip = "Each prompt goes where it finishes first"
                 combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
-            override = self.pool.override
+            self._override_state_items = items
             index = names.index(override) if override in names else 0
             combo.setCurrentIndex(index)
         finally:
             combo.blockSignals(False)
-        pinned = self.pool.override
+        pinned = override
         reason = None
         if pinned:
             server = snap.by_name().get(pinned)
@@ -317,7 +335,9 @@ class ClusterPanel(QtWidgets.QWidget):
             parts.append(f"last refresh took {self._last_refresh_s:.2f} s")
         if self.last_message:
             parts.append(self.last_message)
-        self.status_label.setText(" · ".join(parts))
+        text = " · ".join(parts)
+        if text != self.status_label.text():
+            self.status_label.setText(text)
 
     def _on_tick(self) -> None:
         now = time.time()
@@ -328,6 +348,10 @@ class ClusterPanel(QtWidgets.QWidget):
         if self._dispatcher_hook is None:
             self._scan_batches()
 
+    def _status_style(self, style: str) -> None:
+        if self.status_label.styleSheet() != style:
+            self.status_label.setStyleSheet(style)
+
     @property
     def snapshot(self) -> Optional[PoolSnapshot]:
         """The snapshot the panel shows now."""
@@ -335,7 +359,7 @@ class ClusterPanel(QtWidgets.QWidget):
 
     def _message(self, text: str, error: bool = False) -> None:
         self.last_message = text
-        self.status_label.setStyleSheet("color: {};".format(STATUS_COLOURS["offline"]) if error else "")
+        self._status_style("color: {};".format(STATUS_COLOURS["offline"]) if error else "")
         snap = self.model.snapshot
         if snap is not None:
             self._update_status_line(snap, time.time())
@@ -398,7 +422,7 @@ class ClusterPanel(QtWidgets.QWidget):
             self.refresh_button.setEnabled(False)
             self.refresh_button.setText("Refreshing…")
             self.setCursor(Qt.CursorShape.BusyCursor)
-            self.refresh_started.emit()
+            emit(self.refresh_started)
         return started
 
     def refresh_server(self, name: str) -> None:
@@ -425,15 +449,15 @@ class ClusterPanel(QtWidgets.QWidget):
     def _refresh_done(self, snap: PoolSnapshot) -> None:
         elapsed = self._refresh_ended()
         self.last_message = ""
-        self.status_label.setStyleSheet("")
+        self._status_style("")
         self._apply_snapshot(snap)
-        self.refresh_finished.emit(elapsed)
+        emit(self.refresh_finished, elapsed)
 
     def _refresh_failed(self, error: TaskError) -> None:
         elapsed = self._refresh_ended()
         self._message(f"Refresh failed: {error.message}", error=True)
         log.warning("refresh failed: %s\n%s", error.message, error.traceback)
-        self.refresh_finished.emit(elapsed)
+        emit(self.refresh_finished, elapsed)
 
     # -- batches -----------------------------------------------------------------------------
     def _hook_dispatcher(self) -> Optional[Callable[[Any], None]]:
@@ -458,7 +482,7 @@ class ClusterPanel(QtWidgets.QWidget):
         if self._closed:
             return
         try:
-            self._batch_announced.emit(batch)
+            emit(self._batch_announced, batch)
         except RuntimeError:  # the widget is gone
             pass
 
@@ -470,7 +494,7 @@ class ClusterPanel(QtWidgets.QWidget):
         batch.add_listener(self.batch_bridge.push)
         # after subscribing, so a batch finishing meanwhile is still shown finished
         self.jobs.update_batch(batch.snapshot())
-        self.batch_watched.emit(batch.id)
+        emit(self.batch_watched, batch.id)
 
     def batch(self, batch_id: str) -> Optional[Any]:
         return self._batches.get(batch_id)

@@ -16,10 +16,12 @@ imported; nothing else happens here (no application, no widgets).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import sys
-from typing import Any, List, Tuple
+import threading
+from typing import Any, List, Optional, Tuple
 
 _NAMES = ("PySide6", "PySide2")
 
@@ -65,10 +67,82 @@ def exec_(obj: Any, *args: Any) -> Any:
     return method(*args)
 
 
+_emit_lock = threading.Lock()
+_emit_loses_true: Optional[bool] = None
+#: releases where emit() is known to lose a reference to True (checked, not guessed: see _probe_emit)
+_KNOWN_LEAKY = {(6, 12, 0)}
+_PROBE_EMITS = 64
+
+
+def _incref(obj: Any) -> None:
+    ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))(obj)
+
+
+def _binding_version() -> Tuple[int, ...]:
+    info = getattr(sys.modules.get(BINDING), "__version_info__", ())
+    return tuple(v for v in info[:3] if isinstance(v, int))
+
+
+def _probe_emit() -> bool:
+    """True when ``SignalInstance.emit`` hands back ``True`` without owning a reference.
+
+    PySide6 6.12.0 does: every emit made from Python takes one reference from ``True``,
+    and the interpreter aborts ("bool_dealloc: deallocating True or False") at exit, or
+    mid-run once a few hundred signals were emitted. Known releases are listed; others
+    are measured in three small rounds (the median, so other threads touching ``True``
+    meanwhile do not decide it), each loss given back at once.
+    """
+    if BINDING != "PySide6":
+        return False
+    if _binding_version() in _KNOWN_LEAKY:
+        return True
+
+    class _Probe(QtCore.QObject):
+        probed = Signal()
+
+    probe = _Probe()
+    losses = []
+    for _ in range(3):
+        before = sys.getrefcount(True)
+        for _ in range(_PROBE_EMITS):
+            probe.probed.emit()
+        lost = before - sys.getrefcount(True)
+        for _ in range(min(max(lost, 0), _PROBE_EMITS)):
+            _incref(True)
+        losses.append(lost)
+    return sorted(losses)[1] >= _PROBE_EMITS * 3 // 4
+
+
+def emit(signal: Any, *args: Any) -> Any:
+    """``signal.emit(*args)``; use it for every emit (any thread): it repairs the
+    reference PySide6 6.12.0 loses on each one (see :func:`_probe_emit`)."""
+    global _emit_loses_true
+    if _emit_loses_true is None:
+        with _emit_lock:
+            if _emit_loses_true is None:
+                _emit_loses_true = _probe_emit()
+    result = signal.emit(*args)
+    if _emit_loses_true and result is True:
+        _incref(True)
+    return result
+
+
 def enum_value(value: Any) -> int:
     """The integer behind a Qt enum value, whichever binding made it (or an int already)."""
     value = getattr(value, "value", value)
     return int(value)
 
 
-__all__ = ["BINDING", "QT_MAJOR", "QAction", "QtCore", "QtGui", "QtWidgets", "Signal", "Slot", "enum_value", "exec_"]
+__all__ = [
+    "BINDING",
+    "QT_MAJOR",
+    "QAction",
+    "QtCore",
+    "QtGui",
+    "QtWidgets",
+    "Signal",
+    "Slot",
+    "emit",
+    "enum_value",
+    "exec_",
+]

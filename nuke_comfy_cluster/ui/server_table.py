@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.state import PoolSnapshot, ServerSnapshot, ServerStatus
-from .qt import QtCore, QtGui, QtWidgets, Signal, enum_value
+from .qt import QtCore, QtGui, QtWidgets, Signal, emit, enum_value
 
 Qt = QtCore.Qt
 
@@ -22,6 +22,17 @@ SortRole = int(Qt.ItemDataRole.UserRole) + 1
 StatusColourRole = int(Qt.ItemDataRole.UserRole) + 2
 #: the server name of the row, whatever the column
 NameRole = int(Qt.ItemDataRole.UserRole) + 3
+
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_EDIT = int(Qt.ItemDataRole.EditRole)
+_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
+_DECORATION = int(Qt.ItemDataRole.DecorationRole)
+_FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
+_FONT = int(Qt.ItemDataRole.FontRole)
+_CHECK = int(Qt.ItemDataRole.CheckStateRole)
+_ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
+_RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+_LEFT = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
 
 COL_STATUS, COL_NAME, COL_ADDRESS, COL_QUEUE, COL_PRIORITY, COL_ENABLED, COL_LATENCY, COL_GPU, COL_VRAM, COL_SEEN = (
     range(10)
@@ -112,6 +123,31 @@ def short_gpu_name(name: str) -> str:
 
 
 _icon_cache: Dict[Tuple[str, str], QtGui.QIcon] = {}
+_paint_cache: Dict[Tuple[str, str], Any] = {}
+
+
+def cached_colour(name: str) -> QtGui.QColor:
+    """One QColor per colour name: cells share it, so comparing cells costs no Qt call."""
+    key = ("colour", name)
+    if key not in _paint_cache:
+        _paint_cache[key] = QtGui.QColor(name)
+    return _paint_cache[key]
+
+
+def cached_brush(name: str) -> QtGui.QBrush:
+    key = ("brush", name)
+    if key not in _paint_cache:
+        _paint_cache[key] = QtGui.QBrush(cached_colour(name))
+    return _paint_cache[key]
+
+
+def bold_font() -> QtGui.QFont:
+    key = ("font", "bold")
+    if key not in _paint_cache:
+        font = QtGui.QFont()
+        font.setBold(True)
+        _paint_cache[key] = font
+    return _paint_cache[key]
 
 
 def dot_icon(colour: str, shape: str = "dot") -> QtGui.QIcon:
@@ -135,6 +171,14 @@ def dot_icon(colour: str, shape: str = "dot") -> QtGui.QIcon:
     return icon
 
 
+def _same_cell(old: Dict[int, Any], new: Dict[int, Any], col: int) -> bool:
+    if col in (COL_SEEN, COL_LATENCY):
+        # their sort keys move with every poll while the text stays the same: redraw (and
+        # re-sort) when what is shown changes, not for a millisecond of latency
+        return {k: v for k, v in old.items() if k != SortRole} == {k: v for k, v in new.items() if k != SortRole}
+    return old == new
+
+
 def _checked(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -154,6 +198,8 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         super().__init__(parent)
         self._snapshot: Optional[PoolSnapshot] = None
         self._rows: List[ServerSnapshot] = []
+        #: per row, per column: role -> value, computed on first use after the row changed
+        self._cache: List[Optional[List[Dict[int, Any]]]] = []
         self._now = time.time()
 
     # -- feeding -----------------------------------------------------------------------
@@ -162,26 +208,49 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         return self._snapshot
 
     def set_snapshot(self, snapshot: PoolSnapshot, now: Optional[float] = None) -> None:
-        """Show ``snapshot``; rows are updated in place when the servers are the same ones
-        (selection, sorting and an open editor survive), reset otherwise."""
+        """Show ``snapshot``. With the same servers, rows are updated in place (selection,
+        sorting and an open editor survive) and only the cells whose look changed are
+        redrawn: a repaint costs a Python call per role per cell. Otherwise the rows are reset."""
         self._now = now if now is not None else time.time()
         rows = list(snapshot.servers)
-        same = [s.name for s in rows] == [s.name for s in self._rows]
-        if same:
-            self._snapshot, self._rows = snapshot, rows
-            if rows:
-                self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(HEADERS) - 1))
-        else:
+        old_rows, old_next = self._rows, self._snapshot.next_server if self._snapshot is not None else None
+        if [s.name for s in rows] != [s.name for s in old_rows]:
             self.beginResetModel()
             self._snapshot, self._rows = snapshot, rows
+            self._cache = [None] * len(rows)
             self.endResetModel()
+            return
+        self._snapshot, self._rows = snapshot, rows
+        for row, (old, new) in enumerate(zip(old_rows, rows)):
+            if old != new or (old.name == old_next) != (new.name == snapshot.next_server):
+                self._recompute(row)
 
     def tick(self, now: Optional[float] = None) -> None:
-        """Time moved on: refresh the columns that depend on it (last seen, cooldown)."""
+        """Time moved on: redraw the cells whose time-dependent text changed (last seen, cooldown)."""
         self._now = now if now is not None else time.time()
-        if self._rows:
-            self.dataChanged.emit(self.index(0, COL_STATUS), self.index(len(self._rows) - 1, COL_STATUS))
-            self.dataChanged.emit(self.index(0, COL_SEEN), self.index(len(self._rows) - 1, COL_SEEN))
+        for row, server in enumerate(self._rows):
+            cells = self._cache[row]
+            if cells is not None and any(
+                cells[col].get(_DISPLAY) != self._display(server, col, self._now) for col in (COL_STATUS, COL_SEEN)
+            ):
+                self._recompute(row)
+
+    def _recompute(self, row: int) -> None:
+        """New cells for ``row``; dataChanged only for the runs of cells that look different."""
+        old = self._cache[row]
+        new = self._cache[row] = self._compute_row(self._rows[row])
+        if old is None:
+            changed = list(range(len(HEADERS)))
+        else:
+            changed = [col for col in range(len(HEADERS)) if not _same_cell(old[col], new[col], col)]
+        start = prev = None
+        for col in changed + [None]:
+            if col is not None and prev is not None and col == prev + 1:
+                prev = col
+                continue
+            if start is not None:
+                emit(self.dataChanged, self.index(row, start), self.index(row, prev))
+            start = prev = col
 
     def server_at(self, row: int) -> Optional[ServerSnapshot]:
         return self._rows[row] if 0 <= row < len(self._rows) else None
@@ -219,51 +288,48 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         return base
 
     def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+        # called for every role of every visible cell on each repaint: a dict lookup per call
+        row = index.row()
+        if not 0 <= row < len(self._rows) or not index.isValid():
             return None
-        server = self._rows[index.row()]
-        col = index.column()
+        role = int(role)
+        if role == _TOOLTIP:  # only on hover: not worth caching
+            server = self._rows[row]
+            is_next = self._snapshot is not None and self._snapshot.next_server == server.name
+            return self._tooltip(server, index.column(), self._now, is_next)
+        cells = self._cache[row]
+        if cells is None:
+            cells = self._cache[row] = self._compute_row(self._rows[row])
+        return cells[index.column()].get(role)
+
+    def _compute_row(self, server: ServerSnapshot) -> List[Dict[int, Any]]:
         now = self._now
         is_next = self._snapshot is not None and self._snapshot.next_server == server.name
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(server, col, now)
-        if role == Qt.ItemDataRole.EditRole:
-            if col == COL_PRIORITY:
-                return server.priority
-            return self._display(server, col, now)
-        if role == SortRole:
-            return self._sort_key(server, col, now)
-        if role == NameRole:
-            return server.name
-        if role == StatusColourRole:
-            return QtGui.QColor(status_colour_name(server, now))
-        if role == Qt.ItemDataRole.DecorationRole:
+        colour = status_colour_name(server, now)
+        grey = None if server.enabled else cached_brush(STATUS_COLOURS[ServerStatus.DISABLED.value])
+        cells: List[Dict[int, Any]] = []
+        for col in range(len(HEADERS)):
+            display = self._display(server, col, now)
+            cell: Dict[int, Any] = {
+                _DISPLAY: display,
+                _EDIT: server.priority if col == COL_PRIORITY else display,
+                SortRole: self._sort_key(server, col, now),
+                NameRole: server.name,
+                StatusColourRole: cached_colour(colour),
+                _ALIGN: _RIGHT if col in (COL_QUEUE, COL_PRIORITY, COL_LATENCY, COL_VRAM) else _LEFT,
+            }
             if col == COL_STATUS:
-                return dot_icon(status_colour_name(server, now))
+                cell[_DECORATION] = dot_icon(colour)
+                cell[_FOREGROUND] = cached_brush(colour)
+            elif grey is not None:
+                cell[_FOREGROUND] = grey
             if col == COL_NAME and is_next:
-                return dot_icon(STATUS_COLOURS[ServerStatus.ONLINE.value], "arrow")
-            return None
-        if role == Qt.ItemDataRole.ForegroundRole:
-            if col == COL_STATUS:
-                return QtGui.QBrush(QtGui.QColor(status_colour_name(server, now)))
-            if not server.enabled:
-                return QtGui.QBrush(QtGui.QColor(STATUS_COLOURS[ServerStatus.DISABLED.value]))
-            return None
-        if role == Qt.ItemDataRole.FontRole:
-            if col == COL_NAME and is_next:
-                font = QtGui.QFont()
-                font.setBold(True)
-                return font
-            return None
-        if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
-            return Qt.CheckState.Checked if server.enabled else Qt.CheckState.Unchecked
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(server, col, now, is_next)
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            if col in (COL_QUEUE, COL_PRIORITY, COL_LATENCY, COL_VRAM):
-                return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-            return Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
-        return None
+                cell[_DECORATION] = dot_icon(STATUS_COLOURS[ServerStatus.ONLINE.value], "arrow")
+                cell[_FONT] = bold_font()
+            if col == COL_ENABLED:
+                cell[_CHECK] = Qt.CheckState.Checked if server.enabled else Qt.CheckState.Unchecked
+            cells.append(cell)
+        return cells
 
     def _display(self, server: ServerSnapshot, col: int, now: float) -> Any:
         if col == COL_STATUS:
@@ -357,7 +423,7 @@ class ServerTableModel(QtCore.QAbstractTableModel):
             return False
         server = self._rows[index.row()]
         if index.column() == COL_ENABLED and role == Qt.ItemDataRole.CheckStateRole:
-            self.enabled_toggled.emit(server.name, _checked(value))
+            emit(self.enabled_toggled, server.name, _checked(value))
             return True
         if index.column() == COL_PRIORITY and role == Qt.ItemDataRole.EditRole:
             try:
@@ -365,7 +431,7 @@ class ServerTableModel(QtCore.QAbstractTableModel):
             except (TypeError, ValueError):
                 return False
             if priority != server.priority:
-                self.priority_edited.emit(server.name, priority)
+                emit(self.priority_edited, server.name, priority)
             return True
         return False
 

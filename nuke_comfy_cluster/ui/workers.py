@@ -7,7 +7,7 @@ The GUI thread never does network I/O. Three kinds of helpers:
   error as a sentence plus traceback, back by a signal on the GUI thread.
 - :class:`SnapshotBridge` is what a pool listener calls from a pool thread: it
   keeps only the newest :class:`PoolSnapshot` and delivers it on the GUI thread,
-  so a burst of status pushes costs the GUI one update, not one per push.
+  at most ten times a second, so a burst of status pushes costs one update.
 - :class:`BatchBridge` does the same per batch for :class:`BatchSnapshot`.
 
 Shutdown: every QThread started here is remembered in a module-level set until it
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..core.errors import user_message
-from .qt import QtCore, Signal
+from .qt import QtCore, Signal, emit
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _TaskThread(QtCore.QThread):
         except BaseException as e:  # noqa: BLE001 - reported to the GUI, never lost
             error = TaskError(user_message(e), traceback.format_exc(), e)
         self._fn = None  # drop references the closure holds (pool, dialog data) early
-        self.completed.emit(result, error)
+        emit(self.completed, result, error)
 
 
 class _Receiver(QtCore.QObject):
@@ -145,14 +145,14 @@ class TaskRunner(QtCore.QObject):
             _live_threads.add(thread)
         self._threads[id(thread)] = thread
         thread.start()
-        self.task_started.emit(name)
+        emit(self.task_started, name)
         return True
 
     def _thread_finished(self) -> None:
         done = [key for key, t in self._threads.items() if t.isFinished()]
         for key in done:
             thread = self._threads.pop(key)
-            self.task_finished.emit(thread.task_name)
+            emit(self.task_finished, thread.task_name)
             _forget(thread)
 
     def is_running(self, name: Optional[str] = None) -> bool:
@@ -198,86 +198,112 @@ def running_task_count() -> int:
         return sum(1 for t in _live_threads if not t.isFinished())
 
 
-class SnapshotBridge(QtCore.QObject):
-    """Pool listener -> ``snapshot_changed(PoolSnapshot)`` on the GUI thread, newest only.
+#: the GUI takes at most this many updates a second from a bridge: a burst of status
+#: pushes from twenty servers costs one repaint, not twenty
+DELIVERIES_PER_S = 10
 
-    :meth:`push` may be called from any thread (it is the pool listener). Delivery
-    always goes through the event loop, even from the GUI thread, so a pool call
-    made by a slot (e.g. ``set_enabled``) never re-enters the widgets.
+
+class _Bridge(QtCore.QObject):
+    """Keeps what core threads push and hands it to the GUI thread, coalesced and paced.
+
+    :meth:`push` may be called from any thread. Delivery always goes through the event
+    loop, even from the GUI thread, so a pool call made by a slot (e.g. ``set_enabled``)
+    never re-enters the widgets; and at most ``DELIVERIES_PER_S`` times a second.
     """
 
-    snapshot_changed = Signal(object)
     _poked = Signal()
 
-    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+    def __init__(self, parent: Optional[QtCore.QObject] = None, min_interval: Optional[float] = None) -> None:
         super().__init__(parent)
         self._lock = threading.Lock()
-        self._latest: Any = None
         self._pending = False
         self._dead = False
+        self._last = 0.0
+        self.min_interval = 1.0 / DELIVERIES_PER_S if min_interval is None else min_interval
+        self._timer = QtCore.QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._deliver)
         self._poked.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
 
     def push(self, snapshot: Any) -> None:
         with self._lock:
             if self._dead:
                 return
-            self._latest = snapshot
+            self._store(snapshot)
             if self._pending:
                 return
             self._pending = True
         try:
-            self._poked.emit()
+            emit(self._poked)
         except RuntimeError:  # the C++ object is gone (widget deleted): stop quietly
             self._dead = True
 
     def _deliver(self) -> None:
+        wait = self._last + self.min_interval - time.monotonic()
+        if wait > 0:
+            if not self._timer.isActive():
+                self._timer.start(int(wait * 1000) + 1)
+            return  # still pending: pushes meanwhile only replace what is kept
         with self._lock:
-            snapshot, self._latest, self._pending = self._latest, None, False
-        if snapshot is not None and not self._dead:
-            self.snapshot_changed.emit(snapshot)
+            items = self._take()
+            self._pending = False
+        self._last = time.monotonic()
+        if not self._dead:
+            self._send(items)
 
     def close(self) -> None:
         with self._lock:
             self._dead = True
-            self._latest = None
+            self._take()
+        self._timer.stop()
+
+    def _store(self, snapshot: Any) -> None:
+        raise NotImplementedError
+
+    def _take(self) -> Any:
+        raise NotImplementedError
+
+    def _send(self, items: Any) -> None:
+        raise NotImplementedError
 
 
-class BatchBridge(QtCore.QObject):
-    """Batch listeners -> ``batch_changed(BatchSnapshot)`` on the GUI thread, newest per batch."""
+class SnapshotBridge(_Bridge):
+    """Pool listener -> ``snapshot_changed(PoolSnapshot)`` on the GUI thread, the newest only."""
+
+    snapshot_changed = Signal(object)
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None, min_interval: Optional[float] = None) -> None:
+        super().__init__(parent, min_interval)
+        self._latest: Any = None
+
+    def _store(self, snapshot: Any) -> None:
+        self._latest = snapshot
+
+    def _take(self) -> Any:
+        latest, self._latest = self._latest, None
+        return latest
+
+    def _send(self, snapshot: Any) -> None:
+        if snapshot is not None:
+            emit(self.snapshot_changed, snapshot)
+
+
+class BatchBridge(_Bridge):
+    """Batch listeners -> ``batch_changed(BatchSnapshot)`` on the GUI thread, the newest per batch."""
 
     batch_changed = Signal(object)
-    _poked = Signal()
 
-    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
-        super().__init__(parent)
-        self._lock = threading.Lock()
+    def __init__(self, parent: Optional[QtCore.QObject] = None, min_interval: Optional[float] = None) -> None:
+        super().__init__(parent, min_interval)
         self._latest: Dict[str, Any] = {}
-        self._pending = False
-        self._dead = False
-        self._poked.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
 
-    def push(self, snapshot: Any) -> None:
-        with self._lock:
-            if self._dead:
-                return
-            self._latest[snapshot.id] = snapshot
-            if self._pending:
-                return
-            self._pending = True
-        try:
-            self._poked.emit()
-        except RuntimeError:
-            self._dead = True
+    def _store(self, snapshot: Any) -> None:
+        self._latest[snapshot.id] = snapshot
 
-    def _deliver(self) -> None:
-        with self._lock:
-            latest, self._latest, self._pending = self._latest, {}, False
-        if self._dead:
-            return
+    def _take(self) -> Any:
+        latest, self._latest = self._latest, {}
+        return latest
+
+    def _send(self, latest: Any) -> None:
         for snapshot in latest.values():
-            self.batch_changed.emit(snapshot)
-
-    def close(self) -> None:
-        with self._lock:
-            self._dead = True
-            self._latest = {}
+            emit(self.batch_changed, snapshot)

@@ -99,7 +99,7 @@ class Heartbeat:
         self._last = now
         self.ticks += 1
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._last = time.monotonic()
         self.timer.start()
         return self

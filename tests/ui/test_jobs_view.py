@@ -112,7 +112,10 @@ def test_batches_and_jobs_from_snapshots(view):
     assert model.data(running) == "25%"
     assert model.data(model.index(2, jv.COL_SERVER, top)) == "gpu-b"
     assert model.data(model.index(4, jv.COL_STATE, top)) == "failed"
-    assert model.data(model.index(4, jv.COL_STATE, top), Qt.ItemDataRole.ForegroundRole).color().name() == jv.STATE_COLOURS["failed"]
+    assert (
+        model.data(model.index(4, jv.COL_STATE, top), Qt.ItemDataRole.ForegroundRole).color().name()
+        == jv.STATE_COLOURS["failed"]
+    )
     assert model.parent(model.index(4, 0, top)) == top
     assert model.job_for(model.index(4, 0, top)).label == "frame 1005"
     assert model.batch_for(model.index(4, 0, top)).id == "b1"

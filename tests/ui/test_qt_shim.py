@@ -63,3 +63,30 @@ def test_importing_the_ui_package_does_no_qt_work():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_emit_keeps_the_reference_count_of_true():
+    """PySide6 6.12.0's emit() takes a reference from True on every call; the shim gives it back
+    (without that, a few hundred emits abort the interpreter at exit). Measured in a fresh
+    interpreter: threads left by other tests would blur the count."""
+    code = """
+import sys
+from nuke_comfy_cluster.ui import qt
+
+class Source(qt.QtCore.QObject):
+    changed = qt.Signal(object)
+
+source = Source()
+got = []
+source.changed.connect(got.append)
+qt.emit(source.changed, "warm-up")
+before = sys.getrefcount(True)
+for i in range(2000):
+    qt.emit(source.changed, i)
+print(sys.getrefcount(True) - before, len(got))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr  # an abort at exit (134) is the bug itself
+    delta, received = (int(v) for v in proc.stdout.split())
+    assert received == 2001
+    assert delta > -100, "emit lost {} references to True".format(-delta)

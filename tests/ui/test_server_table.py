@@ -20,13 +20,21 @@ def _snapshot(servers, next_server=None):
 def _mixed(now):
     from nuke_comfy_cluster.core.state import DeviceInfo
 
-    gpu = DeviceInfo(name="cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", vram_total=24 * 1024**3, vram_free=20 * 1024**3)
+    gpu = DeviceInfo(
+        name="cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", vram_total=24 * 1024**3, vram_free=20 * 1024**3
+    )
     return [
-        server_snapshot("alpha", "online", latency_ms=12.4, last_status_check=now - 30, device=gpu, priority=1, live=False),
-        server_snapshot("bravo", "busy", queue_running=1, queue_pending=3, in_flight=2, last_status_check=now, live=True),
+        server_snapshot(
+            "alpha", "online", latency_ms=12.4, last_status_check=now - 30, device=gpu, priority=1, live=False
+        ),
+        server_snapshot(
+            "bravo", "busy", queue_running=1, queue_pending=3, in_flight=2, last_status_check=now, live=True
+        ),
         server_snapshot("charlie", "offline", last_error="charlie: connection refused (http://127.0.0.1:9/prompt)"),
         server_snapshot("delta", "disabled", enabled=False, priority=5),
-        server_snapshot("echo", "online", cooldown_until=now + 40, last_error="2 failures in a row", last_status_check=now - 1),
+        server_snapshot(
+            "echo", "online", cooldown_until=now + 40, last_error="2 failures in a row", last_status_check=now - 1
+        ),
         server_snapshot("foxtrot", "unknown"),
     ]
 
