@@ -15,6 +15,7 @@ the job's current one are ignored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -30,6 +31,7 @@ from .errors import (
     ClusterError,
     ServerError,
     ServerRejected,
+    ServerUnavailable,
     WorkflowError,
     user_message,
 )
@@ -57,9 +59,22 @@ DEFAULT_WAIT_FOR_SERVERS_S = 300.0
 SIMPLE_WINDOW = 2
 
 
+def _fingerprint(batch: Batch) -> str:
+    """Batches of the same workflow shape share speed estimates (frame tokens and seeds aside)."""
+    prompt = batch.jobs[0].prompt if batch.jobs else {}
+    shape = sorted((str(k), str(v.get("class_type", ""))) for k, v in prompt.items() if isinstance(v, dict))
+    return json.dumps(shape)
+
+
 def _named(name: str, reason: str) -> str:
     """``name: reason`` unless the reason already starts with the name."""
     return reason if reason.startswith(name + ":") else "{}: {}".format(name, reason)
+
+
+def _comfy_rejection(body: Any) -> bool:
+    """ComfyUI's own 4xx answer to ``POST /prompt`` (a validation error) carries ``error`` /
+    ``node_errors``; a reverse proxy's 401/403/413 does not and is no fault of the workflow."""
+    return isinstance(body, dict) and ("error" in body or "node_errors" in body)
 
 
 class Dispatcher(RecoveryMixin):
@@ -86,6 +101,7 @@ class Dispatcher(RecoveryMixin):
         self._thread: Optional[threading.Thread] = None
         self._batches: List[Batch] = []
         self._schedulers: Dict[str, Scheduler] = {}
+        self._learned: Dict[str, Scheduler] = {}  # workflow fingerprint -> latest scheduler
         self._waiting_since: Dict[str, float] = {}
         self._by_prompt: Dict[str, Tuple[Batch, Job]] = {}
         self._by_token: Dict[str, Tuple[Batch, Job]] = {}
@@ -164,7 +180,7 @@ class Dispatcher(RecoveryMixin):
     def _loop(self) -> None:
         while True:
             try:
-                item = self._inbox.get(timeout=self.tick)
+                item = self._inbox.get(timeout=self._wait_time())
             except queue.Empty:
                 item = None
                 if not self._running:
@@ -173,12 +189,14 @@ class Dispatcher(RecoveryMixin):
                 if item is None:
                     return
             handled = 0
-            while item is not None and handled < 500:
+            while item is not None:
                 try:
                     item()
                 except Exception:  # noqa: BLE001
                     log.exception("dispatcher step failed")
                 handled += 1
+                if handled >= 500:
+                    break  # plan and flush now and then under a flood; the rest stays in the inbox
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
@@ -216,11 +234,27 @@ class Dispatcher(RecoveryMixin):
         self._waiting_since.pop(batch.id, None)
 
     # -- batches ----------------------------------------------------------------------
+    def _wait_time(self) -> float:
+        """Until the next top-up a scheduler expects without an event, at most one tick."""
+        now = time.monotonic()
+        wakeups = [s.next_wakeup for s in self._schedulers.values() if s.next_wakeup is not None]
+        if not wakeups:
+            return self.tick
+        return max(0.005, min(self.tick, min(wakeups) - now))
+
     def _add_batch(self, batch: Batch) -> None:
         if batch.max_attempts <= 0:
             batch.max_attempts = self.max_attempts
         self._batches.append(batch)
-        self._schedulers[batch.id] = self._scheduler_factory()
+        scheduler = self._scheduler_factory()
+        # the same workflow again: start from the speeds the last batch learned (no new probes)
+        previous = self._learned.get(_fingerprint(batch))
+        if previous is not None:
+            scheduler.learn_from(previous)
+        self._schedulers[batch.id] = scheduler
+        self._learned[_fingerprint(batch)] = scheduler
+        if len(self._learned) > 32:
+            self._learned.pop(next(iter(self._learned)))
         self._touch(batch)
 
     def _retry_failed(self, batch: Batch) -> None:
@@ -514,7 +548,12 @@ class Dispatcher(RecoveryMixin):
                 self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
             self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
             return
-        if isinstance(exc, ServerRejected) and exc.status is not None and 400 <= exc.status < 500:
+        if (
+            isinstance(exc, ServerRejected)
+            and exc.status is not None
+            and 400 <= exc.status < 500
+            and _comfy_rejection(exc.body)
+        ):
             self._workflow_rejected(batch, job, workflow_error_from_rejection(exc, job.id))
             return
         if isinstance(exc, WorkflowError):
@@ -531,7 +570,7 @@ class Dispatcher(RecoveryMixin):
             server.record_failure(reason)
             if not isinstance(exc, ServerRejected):
                 server.mark_unreachable(reason)
-            if not maybe_queued:
+            if isinstance(exc, ServerUnavailable):
                 # the prompt never got there: evidence against the server, not the frame. When
                 # every server dies at once, refused submits must not use up the frame's attempts
                 # (it would fail instead of waiting for a server to come back).
