@@ -18,9 +18,13 @@ cluster's default settings (status TTL, timeouts, retry limit). Per scenario:
 - re-run: our jobs a server's ``/history`` shows succeeding more than once
   (wasted GPU time, not delivered twice: only the current attempt is accepted);
 - late ignored: results of abandoned attempts the dispatcher ignored by design;
-- recovery: seconds from the fault (or, when nothing can progress until the
-  fault is healed, from the heal) until every frame that was in flight on the
-  faulted servers had been delivered;
+- detected: seconds from the fault until every frame that was in flight on the
+  faulted servers had stopped waiting on them (delivered, or back in the client
+  to go elsewhere);
+- recovery: seconds from the fault until every frame that was in flight on the
+  faulted servers was taken care of (delivered, or accepted by a server again
+  under a new prompt id); when every server is down, seconds from the first one
+  coming back until frames are delivered again;
 - overhead: makespan over the no-fault baseline of the same run;
 - message: what the batch told the user (``BatchSnapshot.message``).
 
@@ -77,7 +81,7 @@ class Settings:
     latency_s: float = 0.3
 
 
-QUICK = Settings(frames=16, sims=3, seconds=0.3, jitter=0.1, timeout=120.0, freeze_s=10.0, error_s=3.0, outage_s=2.0)
+QUICK = Settings(frames=16, sims=3, seconds=0.3, jitter=0.1, timeout=120.0, freeze_s=12.0, error_s=3.0, outage_s=2.0)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Result:
     lost: int = 0
     rerun: int = 0
     late_ignored: int = 0
+    detect_s: Optional[float] = None
     recovery_s: Optional[float] = None
     makespan_s: Optional[float] = None
     overhead: Optional[float] = None
@@ -125,6 +130,8 @@ class Recorder:
         self.done_prompts: Dict[str, Set[str]] = {}
         self.done_transitions: Dict[str, int] = {}
         self.first_done_at: Dict[str, float] = {}
+        #: job id -> [(time, prompt id, state)] each time either changed
+        self.history: Dict[str, List[Tuple[float, Optional[str], JobState]]] = {}
         self.file_stat: Dict[str, Tuple[int, int]] = {}
         self.rewritten: Set[str] = set()
         self.messages: List[Tuple[float, str]] = []
@@ -140,6 +147,9 @@ class Recorder:
             for job in snap.jobs:
                 before = self._last_state.get(job.id)
                 self._last_state[job.id] = job.state
+                seen = self.history.setdefault(job.id, [])
+                if not seen or seen[-1][1:] != (job.prompt_id, job.state):
+                    seen.append((now, job.prompt_id, job.state))
                 if job.state is not JobState.DONE:
                     continue
                 self.done_prompts.setdefault(job.id, set()).add(job.prompt_id or "")
@@ -173,6 +183,35 @@ class Recorder:
                     found.add(path)
             return found
 
+    def back_in_hand(self, job_id: str, since: float, prompt_at_fault: Optional[str]) -> Optional[float]:
+        """When a frame caught by a fault was taken care of: delivered, or accepted by a
+        server under a new prompt id (failed over, or resubmitted after a restart)."""
+        with self._lock:
+            for at, prompt_id, state in self.history.get(job_id, []):
+                if at < since:
+                    continue
+                if state is JobState.DONE:
+                    return at
+                if state in (JobState.SUBMITTED, JobState.RUNNING) and prompt_id and prompt_id != prompt_at_fault:
+                    return at
+        return None
+
+    def left_the_fault(self, job_id: str, since: float, prompt_at_fault: Optional[str]) -> Optional[float]:
+        """When a frame caught by a fault stopped waiting on it: delivered, back in the client
+        to go elsewhere, or under a new prompt id."""
+        with self._lock:
+            for at, prompt_id, state in self.history.get(job_id, []):
+                if at < since:
+                    continue
+                if state in (JobState.DONE, JobState.PENDING) or prompt_id != prompt_at_fault:
+                    return at
+        return None
+
+    def first_done_after(self, since: float) -> Optional[float]:
+        with self._lock:
+            times = [t for t in self.first_done_at.values() if t >= since]
+        return min(times) if times else None
+
     def message_list(self) -> List[str]:
         with self._lock:
             return [m for _, m in self.messages]
@@ -202,7 +241,7 @@ class Run:
         self.fault_at: Optional[float] = None
         self.heal_at: Optional[float] = None
         self.recover_from_heal = False
-        self.affected: Set[str] = set()
+        self.affected: Dict[str, Optional[str]] = {}  # job id -> its prompt id when the fault struck
         self.faulted: Set[str] = set()
         self.note = ""
         self.stop = threading.Event()
@@ -250,7 +289,9 @@ class Run:
         self.faulted |= names
         snap = self.snapshot()
         self.affected = {
-            j.id for j in snap.jobs if j.server in names and j.state in (JobState.SUBMITTED, JobState.RUNNING)
+            j.id: j.prompt_id
+            for j in snap.jobs
+            if j.server in names and j.state in (JobState.SUBMITTED, JobState.RUNNING)
         }
         self.fault_at = time.monotonic()
 
@@ -361,14 +402,14 @@ class Scenario:
 SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("baseline", "no fault", _no_fault),
     Scenario("sigkill", "a server SIGKILLed mid-frame", _sigkill),
-    Scenario("sigstop", "a server SIGSTOPped mid-frame, SIGCONT later", _sigstop),
+    Scenario("sigstop", "a server SIGSTOPped mid-frame, SIGCONT {freeze_s:g} s later", _sigstop),
     Scenario("restart", "a server restarted mid-frame (queue and history lost)", _restart),
-    Scenario("http_500", "a server answers 500 to everything for a while", _http_500),
+    Scenario("http_500", "a server answers 500 to everything for {error_s:g} s", _http_500),
     Scenario("malformed_json", "a server sends truncated JSON bodies (40)", _malformed_json),
     Scenario("malformed_ws", "a server sends garbled websocket frames (40)", _malformed_ws),
     Scenario("ws_drop", "every websocket dropped mid-job, twice", _ws_drop),
-    Scenario("all_down", "every server killed, later one comes back", _all_down),
-    Scenario("slow_link", "every answer of every server delayed", _slow_link, _slow_prepare),
+    Scenario("all_down", "every server killed, one back {outage_s:g} s after the batch says it waits", _all_down),
+    Scenario("slow_link", "every answer of every server delayed {latency_s:g} s", _slow_link, _slow_prepare),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -440,7 +481,7 @@ def run_scenario(scenario: Scenario, settings: Settings, *, work_dir: Optional[s
     work = work_dir or tempfile.mkdtemp(prefix=f"ncc-fault-{scenario.name}-")
     out_dir = os.path.join(work, "out")
     os.makedirs(out_dir, exist_ok=True)
-    result = Result(scenario.name, scenario.title, settings.frames)
+    result = Result(scenario.name, scenario.title.format(**asdict(settings)), settings.frames)
     speeds = [1.0] * settings.sims
     procs = start_cluster(speeds, seconds=settings.seconds, jitter=settings.jitter)
     cluster: Optional[Cluster] = None
@@ -512,10 +553,18 @@ def run_scenario(scenario: Scenario, settings: Settings, *, work_dir: Optional[s
         result.errors = [e.message for e in snap.errors]
         result.message = _pick_message(run, snap, messages)
         if run.fault_at is not None and run.affected:
-            start = run.heal_at if run.recover_from_heal and run.heal_at is not None else run.fault_at
-            done_at = [rec.first_done_at.get(j) for j in run.affected]
-            if all(t is not None for t in done_at):
-                result.recovery_s = round(max(0.0, max(done_at) - start), 2)  # type: ignore[type-var]
+            left = [rec.left_the_fault(j, run.fault_at, p) for j, p in run.affected.items()]
+            if all(t is not None for t in left):
+                result.detect_s = round(max(0.0, max(left) - run.fault_at), 2)  # type: ignore[type-var]
+        if run.recover_from_heal and run.heal_at is not None:
+            # nothing could progress until then: how long until frames are delivered again
+            back = rec.first_done_after(run.heal_at)
+            result.recovery_s = None if back is None else round(back - run.heal_at, 2)
+        elif run.fault_at is not None and run.affected:
+            fault_at = run.fault_at
+            times = [rec.back_in_hand(j, fault_at, p) for j, p in run.affected.items()]
+            if all(t is not None for t in times):
+                result.recovery_s = round(max(0.0, max(times) - fault_at), 2)  # type: ignore[type-var]
         notes = [run.note] if run.note else []
         if failure:
             notes.append(f"fault not injected as planned: {failure[0]}")
@@ -563,28 +612,56 @@ def run_matrix(
 # --------------------------------------------------------------------------- output
 
 
-COLUMNS = ("scenario", "frames", "delivered", "dup", "lost", "re-run", "late", "recovery", "makespan", "message shown")
+COLUMNS = (
+    "scenario",
+    "frames",
+    "delivered",
+    "dup",
+    "lost",
+    "re-run",
+    "late",
+    "detected",
+    "recovery",
+    "makespan",
+    "message shown",
+)
+MD_COLUMNS = (
+    "scenario",
+    "frames",
+    "delivered",
+    "duplicated",
+    "lost",
+    "re-run (wasted)",
+    "late results ignored",
+    "detected",
+    "recovery",
+    "makespan (x baseline)",
+    "message shown",
+)
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _cells(r: Result, message_width: int) -> List[str]:
+    makespan = _seconds(r.makespan_s) + (f" ({r.overhead:.2f}x)" if r.makespan_s and r.overhead else "")
+    return [
+        str(r.frames),
+        str(r.delivered),
+        str(r.duplicated),
+        str(r.lost),
+        str(r.rerun),
+        str(r.late_ignored),
+        _seconds(r.detect_s),
+        _seconds(r.recovery_s),
+        makespan,
+        _short(r.message or "-", message_width),
+    ]
 
 
 def table(results: Sequence[Result]) -> str:
-    rows = [list(COLUMNS)]
-    for r in results:
-        rows.append(
-            [
-                r.scenario,
-                str(r.frames),
-                str(r.delivered),
-                str(r.duplicated),
-                str(r.lost),
-                str(r.rerun),
-                str(r.late_ignored),
-                "-" if r.recovery_s is None else f"{r.recovery_s:.1f} s",
-                "-"
-                if r.makespan_s is None
-                else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
-                _short(r.message or "-", 80),
-            ]
-        )
+    rows = [list(COLUMNS)] + [[r.scenario] + _cells(r, 80) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
     lines = []
     for row in rows:
@@ -594,25 +671,10 @@ def table(results: Sequence[Result]) -> str:
 
 
 def markdown(results: Sequence[Result]) -> str:
-    head = "| scenario | frames | delivered | duplicated | lost | re-run (wasted) | late results ignored | recovery | makespan (x baseline) | message shown |"
-    rows = [head, "|" + "---|" * 10]
+    rows = ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "---|" * len(MD_COLUMNS)]
     for r in results:
-        rows.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                r.title,
-                r.frames,
-                r.delivered,
-                r.duplicated,
-                r.lost,
-                r.rerun,
-                r.late_ignored,
-                "-" if r.recovery_s is None else f"{r.recovery_s:.1f} s",
-                "-"
-                if r.makespan_s is None
-                else f"{r.makespan_s:.1f} s" + (f" ({r.overhead:.2f}x)" if r.overhead else ""),
-                _short(r.message or "-", 120).replace("|", "/"),
-            )
-        )
+        cells = [r.title] + [c.replace("|", "/") for c in _cells(r, 120)]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -67,8 +67,9 @@ def rss_bytes() -> Optional[int]:
         return None
 
 
-def ncc_threads() -> List[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("ncc-"))
+def ncc_threads(exclude: Sequence[threading.Thread] = ()) -> List[str]:
+    """Names of the project's threads alive now, leaving out ``exclude`` (there before)."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("ncc-") and t not in exclude)
 
 
 def dispatcher_leftovers(cluster: Cluster) -> Dict[str, int]:
@@ -132,6 +133,7 @@ def run_load(
     """Run the load and return the figures (see the module docstring). Stops all it started."""
     work = tempfile.mkdtemp(prefix="ncc-load-")
     speeds = [1.0 if i % 2 == 0 else 0.7 for i in range(sims)]
+    earlier = [t for t in threading.enumerate() if t.name.startswith("ncc-")]  # not ours to judge
     procs = start_cluster(speeds, seconds=seconds, jitter=jitter)
     clusters: List[Cluster] = []
     samples: List[Tuple[float, int, Optional[int], int]] = []  # (t, frames done, rss, threads)
@@ -228,7 +230,7 @@ def run_load(
 
     # threads of closed clusters end on their own (idle pool workers within a few seconds)
     deadline = time.monotonic() + 15.0
-    while ncc_threads() and time.monotonic() < deadline:
+    while ncc_threads(earlier) and time.monotonic() < deadline:
         time.sleep(0.2)
     gc.collect()
     closed_threads = threading.active_count()
@@ -268,7 +270,8 @@ def run_load(
             "peak": max((s[3] for s in samples), default=start_threads),
             "end": end_threads,
             "after_close": closed_threads,
-            "ncc_left_after_close": len(ncc_threads()),
+            "ncc_left_after_close": len(ncc_threads(earlier)),
+            "ncc_names_left": ncc_threads(earlier),
         },
         "dispatcher_leftovers": leftovers,
         "requests": {

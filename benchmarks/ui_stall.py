@@ -73,6 +73,29 @@ def _wait(QtCore: Any, exec_: Callable[..., Any], done: Callable[[], bool], time
     return done()
 
 
+def _control_run(
+    QtCore: Any, exec_: Callable[..., Any], beat: Heartbeat, cluster: Any, refreshes: int, jobs: List[Any]
+) -> Dict[str, Any]:  # noqa: N803
+    import threading
+
+    done = threading.Event()
+
+    def work() -> None:
+        batch = cluster.submit_batch(jobs, name="control")
+        for _ in range(refreshes):
+            cluster.pool.update_all_server_status(force=True)
+        batch.wait(60.0)
+        done.set()
+
+    beat.start()
+    thread = threading.Thread(target=work, name="ui-stall-control", daemon=True)
+    thread.start()
+    _wait(QtCore, exec_, done.is_set, 90.0)
+    result = beat.stop()
+    thread.join(5.0)
+    return result
+
+
 def measure(servers: int, hung: int, refreshes: int, frames: int, seconds: float) -> Dict[str, Any]:
     if sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM"):
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -86,7 +109,7 @@ def measure(servers: int, hung: int, refreshes: int, frames: int, seconds: float
     from nuke_comfy_cluster.ui.standalone import demo_jobs
     from nuke_comfy_cluster.ui.workers import wait_for_tasks
 
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["ui_stall"])
+    _app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["ui_stall"])  # kept alive for the run
     speeds = [SPEEDS[i % len(SPEEDS)] for i in range(servers)]
     started = time.monotonic()
     procs = start_cluster(speeds, seconds=seconds, timeout=60.0, extra_args=["--cache-none"])
@@ -95,12 +118,25 @@ def measure(servers: int, hung: int, refreshes: int, frames: int, seconds: float
     cluster = None
     panel = None
     try:
+        # the simulators stand in for GPU boxes elsewhere on the network: they must not
+        # compete with the panel for this machine's CPU more than remote servers would
+        for proc in procs:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 15)
+            except (AttributeError, OSError):
+                pass
         for proc in frozen:
             proc.sigstop()
         configs = [
             ServerConfig(name=f"sim{i:02d}", ip="127.0.0.1", port=p.port, priority=i % 3) for i, p in enumerate(procs)
         ]
         cluster = Cluster.from_servers(configs)  # websockets, background polling, dispatcher: all running
+        beat = Heartbeat(QtCore)
+
+        # --- control: the same core work with no panel at all (plain threads): what the
+        # machine and the core's own threads cost an idle Qt event loop ----------------
+        control = _control_run(QtCore, exec_, beat, cluster, refreshes, demo_jobs(list(range(501, 501 + frames))))
+
         panel = ClusterPanel(cluster, auto_refresh=False)
         panel.resize(1100, 700)
         # the window's first polish, layout and paint are a one-time cost, reported apart
@@ -109,14 +145,24 @@ def measure(servers: int, hung: int, refreshes: int, frames: int, seconds: float
         QtWidgets.QApplication.processEvents()
         first_show_ms = (time.perf_counter() - shown) * 1000.0
         _wait(QtCore, exec_, lambda: False, 0.5)
-        beat = Heartbeat(QtCore)
-
-        # --- ours: refreshes on worker threads while a batch runs -------------------------
         refresh_times: List[float] = []
         panel.refresh_finished.connect(refresh_times.append)
-        beat.start()
         batch_box: List[Any] = []
         panel.batch_watched.connect(lambda batch_id: batch_box.append(panel.batch(batch_id)))
+
+        # --- first use: one refresh and a 3-frame batch, cold (lazy imports, first
+        # connections, first layout of the jobs view): reported, not the target ----------
+        beat.start()
+        warm_jobs = demo_jobs([9001, 9002, 9003])
+        panel.submit_in_background(lambda: cluster.submit_batch(warm_jobs, name="warm-up"), "bench-warm-up")
+        panel.refresh()
+        _wait(QtCore, exec_, lambda: bool(refresh_times) and bool(batch_box) and batch_box[0].finished, 60.0)
+        cold = beat.stop()
+        panel.jobs.clear_finished()
+        del refresh_times[:], batch_box[:]
+
+        # --- ours: refreshes on worker threads while a batch runs -------------------------
+        beat.start()
         jobs = demo_jobs(list(range(1, frames + 1)))
         panel.submit_in_background(lambda: cluster.submit_batch(jobs, name="ui_stall"), "bench-submit")
         for i in range(refreshes):
@@ -163,6 +209,8 @@ def measure(servers: int, hung: int, refreshes: int, frames: int, seconds: float
         "simulators_started_in_s": round(startup_s, 2),
         "first_show_ms": round(first_show_ms, 1),
         "offline_after_refresh": offline,
+        "control_no_panel": control,
+        "first_use": cold,
         "panel": {
             "refreshes": len(refresh_times),
             "refresh_s": _stats(refresh_times),
@@ -212,6 +260,9 @@ def _report(result: Dict[str, Any]) -> str:
         ),
         row("panel (refresh on QThread workers)", ours),
         row("baseline (refresh on GUI thread)", base),
+        "{:<34} {:>10.1f} ms {:>10.1f} ms   (same core work, plain threads, no panel)".format(
+            "control (no panel)", result["control_no_panel"]["max_stall_ms"], result["control_no_panel"]["p99_gap_ms"]
+        ),
     ]
     batch = result["batch"]
     if batch:
@@ -224,7 +275,10 @@ def _report(result: Dict[str, Any]) -> str:
             )
         )
     lines.append("offline after refresh: {}".format(", ".join(result["offline_after_refresh"]) or "none"))
-    lines.append("first show of the window (not counted above): {:.0f} ms".format(result["first_show_ms"]))
+    lines.append(
+        "not counted above: first show of the window {:.0f} ms; first use (cold refresh + 3 frames) "
+        "longest stall {:.1f} ms".format(result["first_show_ms"], result["first_use"]["max_stall_ms"])
+    )
     lines.append(
         "target: longest stall < {:.0f} ms -> {}".format(
             result["target_ms"], "met" if result["target_met"] else "MISSED"

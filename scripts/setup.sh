@@ -17,7 +17,8 @@ stamp() { sha1sum scripts/setup.sh | cut -c1-40 > "$1/.stamp"; }
 if ! stamp_ok .venv; then
   echo "setup: creating .venv (PySide6)" >&2
   python3 -m venv .venv
-  .venv/bin/pip install "${PIP_FLAGS[@]}" "${common[@]}" "PySide6-Essentials" "pytest-qt"
+  # Nuke 16 ships PySide6 6.5.3: test what artists run (6.12.0 also leaks refs to None/True)
+  .venv/bin/pip install "${PIP_FLAGS[@]}" "${common[@]}" "PySide6-Essentials==6.5.3" "pytest-qt"
   .venv/bin/pip install "${PIP_FLAGS[@]}" --no-deps -e .
   stamp .venv
 fi

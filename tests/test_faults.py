@@ -9,6 +9,7 @@ scenarios bigger and prints the figures (docs/RELIABILITY.md).
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -17,7 +18,9 @@ import requests
 from benchmarks.faults import BY_NAME, SCENARIOS, Settings, run_scenario
 from nuke_comfy_cluster.core.api import Cluster
 from nuke_comfy_cluster.core.config import ServerConfig
+from nuke_comfy_cluster.core.dispatch import Dispatcher
 from nuke_comfy_cluster.core.jobs import Job
+from nuke_comfy_cluster.core.pool import ComfyUIServerPool
 from nuke_comfy_cluster.core.server import COOLDOWN_MIN_S, ComfyUIServer
 from nuke_comfy_cluster.core.state import JobState
 from nuke_comfy_cluster.core.templating import frame_prompt
@@ -26,7 +29,7 @@ from tests.conftest import sim_configs, wait_until
 pytestmark = pytest.mark.integration
 
 #: small enough for CI, big enough that the fault lands mid-batch on a busy server
-CI = Settings(frames=12, sims=3, seconds=0.3, jitter=0.1, timeout=90.0, freeze_s=10.0, error_s=3.0, outage_s=2.0)
+CI = Settings(frames=12, sims=3, seconds=0.3, jitter=0.1, timeout=90.0, freeze_s=12.0, error_s=3.0, outage_s=2.0)
 
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -165,3 +168,25 @@ def test_a_frame_that_failed_on_the_preferred_server_goes_to_another(start_sims)
     job = snap.jobs[0]
     assert job.failed_servers == ("sim0",), "the frame did not fail on sim0 first: nothing was tested"
     assert job.state is JobState.DONE and job.server == "sim1", (job.state, job.error)
+
+
+@pytest.mark.timeout(30)
+def test_a_flood_of_loop_steps_loses_none():
+    """The loop handles at most 500 steps between two plans. It used to drop the step it had
+    just taken from the inbox when it hit that bound: under load a finished frame's result
+    was lost and its batch never ended."""
+    pool = ComfyUIServerPool([])
+    dispatcher = Dispatcher(pool)
+    dispatcher.start()
+    try:
+        gate = threading.Event()
+        ran = []
+        dispatcher._call(lambda: gate.wait(5))  # noqa: SLF001 - hold the loop while the inbox fills
+        for i in range(1200):
+            dispatcher._call(lambda i=i: ran.append(i))  # noqa: SLF001
+        gate.set()
+        assert wait_until(lambda: len(ran) == 1200, 10), len(ran)
+        assert ran == list(range(1200))
+    finally:
+        dispatcher.stop()
+        pool.close()

@@ -101,6 +101,7 @@ class Dispatcher(RecoveryMixin):
         self._thread: Optional[threading.Thread] = None
         self._batches: List[Batch] = []
         self._schedulers: Dict[str, Scheduler] = {}
+        self._batch_listeners: List[Callable[[Batch], None]] = []
         self._learned: Dict[str, Scheduler] = {}  # workflow fingerprint -> latest scheduler
         self._waiting_since: Dict[str, float] = {}
         self._by_prompt: Dict[str, Tuple[Batch, Job]] = {}
@@ -145,7 +146,20 @@ class Dispatcher(RecoveryMixin):
         if batch.pinned:
             self.pool.choose_server(batch.pinned)  # raises NoServerAvailable with the reason
         self._call(lambda: self._add_batch(batch))
+        for callback in list(self._batch_listeners):
+            try:
+                callback(batch)
+            except Exception:  # noqa: BLE001 - an observer must not stop a submission
+                log.exception("batch listener failed")
         return batch
+
+    def add_batch_listener(self, callback: Callable[[Batch], None]) -> None:
+        """Called with every batch submitted from now on, on the submitting thread: only enqueue."""
+        self._batch_listeners.append(callback)
+
+    def remove_batch_listener(self, callback: Callable[[Batch], None]) -> None:
+        if callback in self._batch_listeners:
+            self._batch_listeners.remove(callback)
 
     def cancel(self, batch: Batch) -> None:
         self._call(lambda: self._cancel_batch(batch))

@@ -149,8 +149,11 @@ class ServerConnection:
                 body = response.json()
             except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 body = response.text[:2000]
+            hint = ""
+            if response.status_code in (401, 403, 407):
+                hint = " (refused our credentials: check the token / headers configured for this server)"
             raise ServerRejected(
-                f"{self.name}: {method} {path} answered HTTP {response.status_code}",
+                f"{self.name}: {method} {path} answered HTTP {response.status_code}{hint}",
                 status=response.status_code,
                 body=body,
                 **where,

@@ -315,7 +315,9 @@ class ComfyUIServerPool:
         if not self.use_websocket or not server.enabled:
             return
         with self._lock:
-            if server.name in self._sockets:
+            if not self._running or server.name in self._sockets:
+                # not running: the status loop may still be finishing a turn while stop() runs,
+                # and a socket it started now would reconnect forever, owned by nobody
                 return
             sock = ServerSocket(server.config, self.client_id, self._sink)
             self._sockets[server.name] = sock
@@ -337,6 +339,8 @@ class ComfyUIServerPool:
         while not self._stop.is_set():
             now = time.time()
             for server in self.servers:
+                if self._stop.is_set():
+                    return
                 if not server.enabled:
                     continue
                 if self.use_websocket:
@@ -365,9 +369,10 @@ class ComfyUIServerPool:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every thread the pool started and wait for them."""
-        if not self._running:
-            return
-        self._running = False
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
         self._stop.set()
         self._wake.set()
         for name in list(self._sockets):

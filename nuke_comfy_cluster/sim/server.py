@@ -183,7 +183,7 @@ class SimServer:
         token = self.settings.require_token
         if token and not request.path.startswith("/sim/"):
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {token}".encode("utf-8")):
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {token}".encode()):
                 # like a proxy: no hint of the expected value, and the given one is never logged
                 return web.Response(status=401, text="401 Unauthorized", content_type="text/plain")
         return await handler(request)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..core import config as config_mod
 from ..core import config_store
 from ..core.config import ENV_SERVERS, ConfigIssue, ConfigLoad, ServerConfig, load_config, parse_servers
-from .qt import QtCore, QtGui, QtWidgets, Signal, emit, exec_
+from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit, exec_
 from .workers import TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         runner: Optional[TaskRunner] = None,
     ) -> None:
         super().__init__(parent)
+        apply_binding_fixes()
         self.setWindowTitle("ComfyUI Cluster — servers")
         self.pool = pool
         self.environ: Dict[str, str] = dict(os.environ if environ is None else environ)

@@ -8,12 +8,11 @@ cluster: it emits ``cancel_requested(batch_id)`` and ``retry_requested(batch_id)
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, List, Optional
 
 from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
 from ..core.state import JobState
-from .qt import QtCore, QtGui, QtWidgets, Signal, emit
+from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit
 from .server_table import bold_font, cached_brush
 
 Qt = QtCore.Qt
@@ -22,14 +21,16 @@ ProgressRole = int(Qt.ItemDataRole.UserRole) + 11
 BatchIdRole = int(Qt.ItemDataRole.UserRole) + 12
 StateRole = int(Qt.ItemDataRole.UserRole) + 13
 
-_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
-_CACHED_ROLES = (
+JobIndexRole = int(Qt.ItemDataRole.UserRole) + 14
+_CELL_ROLES = (
     int(Qt.ItemDataRole.DisplayRole),
     int(Qt.ItemDataRole.ForegroundRole),
     int(Qt.ItemDataRole.FontRole),
+    int(Qt.ItemDataRole.ToolTipRole),
     ProgressRole,
     StateRole,
 )
+_ITEM_FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 
 COL_NAME, COL_STATE, COL_PROGRESS, COL_FRAMES, COL_SERVER, COL_ATTEMPTS, COL_ERROR = range(7)
 HEADERS = ("Batch / job", "State", "Progress", "Frames", "Server", "Tries", "Error")
@@ -45,18 +46,19 @@ STATE_COLOURS: Dict[str, str] = {
 
 
 class _BatchEntry:
-    """One batch row; also the internal pointer of its job rows (kept alive by the model).
+    """One batch: its latest snapshot and the role -> value last written to each cell.
 
-    ``cells`` / ``job_cells`` cache role -> value per column, dropped when that row changes:
-    a repaint asks every role of every visible cell, and must not recompute them.
+    Job rows are made when the batch is first expanded (until then one empty child
+    row gives it its expand arrow): a 200-frame batch arrives as one row, not 1400 cells.
     """
 
-    __slots__ = ("snapshot", "cells", "job_cells")
+    __slots__ = ("snapshot", "cells", "job_cells", "populated")
 
     def __init__(self, snapshot: BatchSnapshot) -> None:
         self.snapshot = snapshot
-        self.cells: Optional[List[Dict[int, Any]]] = None
-        self.job_cells: List[Optional[List[Dict[int, Any]]]] = [None] * len(snapshot.jobs)
+        self.cells: List[Dict[int, Any]] = []
+        self.job_cells: List[List[Dict[int, Any]]] = []
+        self.populated = False
 
 
 def batch_counts_text(snap: BatchSnapshot) -> str:
@@ -110,70 +112,103 @@ def error_details(error: JobError, job: Optional[JobSnapshot] = None) -> str:
     return "\n".join(lines)
 
 
-class JobsModel(QtCore.QAbstractItemModel):
-    """Batches (top level) and their jobs (children), newest batch last."""
+class JobsModel(QtGui.QStandardItemModel):
+    """Batches (top level) and their jobs (children), newest batch last.
+
+    Like the server table, the cells live in Qt items, written only when what they show
+    changes, so repaints never call into Python (see :class:`ServerTableModel`).
+    """
 
     def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
-        super().__init__(parent)
+        super().__init__(0, len(HEADERS), parent)
+        apply_binding_fixes()
+        self.setHorizontalHeaderLabels(list(HEADERS))
         self._entries: List[_BatchEntry] = []
-        self._now = time.time()
 
     # -- feeding -----------------------------------------------------------------------
     def update_batch(self, snap: BatchSnapshot) -> None:
-        """Add the batch or replace its snapshot (jobs of a batch never change in number)."""
+        """Add the batch or show its new snapshot (a batch keeps its jobs)."""
         row = self.row_of(snap.id)
         if row < 0:
-            self.beginInsertRows(QtCore.QModelIndex(), len(self._entries), len(self._entries))
-            self._entries.append(_BatchEntry(snap))
-            self.endInsertRows()
+            self._append(snap)
             return
         entry = self._entries[row]
-        if len(entry.snapshot.jobs) != len(snap.jobs):  # not expected: a batch keeps its jobs
-            self.beginResetModel()
-            self._entries[row] = _BatchEntry(snap)
-            self.endResetModel()
+        if len(entry.snapshot.jobs) != len(snap.jobs):  # not expected: rebuild that batch
+            self.removeRow(row)
+            del self._entries[row]
+            self._append(snap, row)
             return
         old = entry.snapshot
         entry.snapshot = snap
-        # only the cells that look different are redrawn: a repaint asks Python for every
-        # role of every cell in the dirty region
-        old_cells, entry.cells = entry.cells, self._batch_cells(snap)
-        self._emit_changed(row, QtCore.QModelIndex(), old_cells, entry.cells)
+        entry.cells = self._write(QtCore.QModelIndex(), row, entry.cells, self._batch_cells(snap))
+        if not entry.populated:
+            return
         parent = self.index(row, 0)
         for i, (a, b) in enumerate(zip(old.jobs, snap.jobs)):
-            if a == b:
-                continue
-            old_job = entry.job_cells[i]
-            if old_job is None:
-                continue  # never drawn (collapsed): computed when first asked
-            entry.job_cells[i] = self._job_cells(b)
-            self._emit_changed(i, parent, old_job, entry.job_cells[i])
+            if a != b:
+                entry.job_cells[i] = self._write(parent, i, entry.job_cells[i], self._job_cells(snap, i))
 
-    def _emit_changed(
-        self, row: int, parent: QtCore.QModelIndex, old: Optional[List[Dict[int, Any]]], new: List[Dict[int, Any]]
-    ) -> None:
-        changed = list(range(len(HEADERS))) if old is None else [c for c in range(len(HEADERS)) if old[c] != new[c]]
-        start = prev = None
-        for col in changed + [None]:  # one dataChanged per run of adjacent cells
-            if col is not None and prev is not None and col == prev + 1:
-                prev = col
+    def _append(self, snap: BatchSnapshot, row: Optional[int] = None) -> None:
+        entry = _BatchEntry(snap)
+        entry.cells = self._batch_cells(snap)
+        top = self._items(entry.cells)
+        if snap.jobs:
+            top[0].appendRow([QtGui.QStandardItem() for _ in HEADERS])  # the expand arrow
+        if row is None:
+            self._entries.append(entry)
+            self.appendRow(top)
+        else:
+            self._entries.insert(row, entry)
+            self.insertRow(row, top)
+
+    def populate(self, row: int) -> None:
+        """Make the job rows of batch ``row`` (the view calls it when the batch is expanded)."""
+        if not 0 <= row < len(self._entries) or self._entries[row].populated:
+            return
+        entry = self._entries[row]
+        entry.populated = True
+        top = self.item(row, 0)
+        top.removeRows(0, top.rowCount())
+        entry.job_cells = [self._job_cells(entry.snapshot, i) for i in range(len(entry.snapshot.jobs))]
+        for cells in entry.job_cells:
+            top.appendRow(self._items(cells))
+
+    @staticmethod
+    def _items(cells: List[Dict[int, Any]]) -> List[QtGui.QStandardItem]:
+        items = []
+        for cell in cells:
+            item = QtGui.QStandardItem()
+            item.setFlags(_ITEM_FLAGS)
+            for role, value in cell.items():
+                item.setData(value, role)
+            items.append(item)
+        return items
+
+    def _write(
+        self, parent: QtCore.QModelIndex, row: int, old: List[Dict[int, Any]], new: List[Dict[int, Any]]
+    ) -> List[Dict[int, Any]]:
+        for col in range(len(HEADERS)):
+            if old[col] == new[col]:
                 continue
-            if start is not None:
-                emit(self.dataChanged, self.index(row, start, parent), self.index(row, prev, parent))
-            start = prev = col
+            values = dict(new[col])
+            for role in old[col]:
+                if role not in values:
+                    values[role] = None  # clears the role
+            self.setItemData(self.index(row, col, parent), values)
+        return new
 
     def _batch_cells(self, snap: BatchSnapshot) -> List[Dict[int, Any]]:
-        return [_cell(lambda r, c=c: self._batch_data(snap, c, r)) for c in range(len(HEADERS))]
+        return [_cell(lambda r, c=c: self._batch_data(snap, c, r), snap.id, None) for c in range(len(HEADERS))]
 
-    def _job_cells(self, job: JobSnapshot) -> List[Dict[int, Any]]:
-        return [_cell(lambda r, c=c: self._job_data(job, c, r)) for c in range(len(HEADERS))]
+    def _job_cells(self, snap: BatchSnapshot, i: int) -> List[Dict[int, Any]]:
+        job = snap.jobs[i]
+        return [_cell(lambda r, c=c: self._job_data(job, c, r), snap.id, i) for c in range(len(HEADERS))]
 
     def remove_batch(self, batch_id: str) -> None:
         row = self.row_of(batch_id)
         if row >= 0:
-            self.beginRemoveRows(QtCore.QModelIndex(), row, row)
             del self._entries[row]
-            self.endRemoveRows()
+            self.removeRow(row)
 
     def finished_batch_ids(self) -> List[str]:
         return [e.snapshot.id for e in self._entries if e.snapshot.finished]
@@ -195,99 +230,14 @@ class JobsModel(QtCore.QAbstractItemModel):
         """The batch of a batch row or of a job row."""
         if not index.isValid():
             return None
-        entry = index.internalPointer()
-        if isinstance(entry, _BatchEntry):
-            return entry.snapshot
-        return self._entries[index.row()].snapshot if 0 <= index.row() < len(self._entries) else None
+        return self.batch(index.data(BatchIdRole) or "")
 
     def job_for(self, index: QtCore.QModelIndex) -> Optional[JobSnapshot]:
-        if not index.isValid():
+        if not index.isValid() or not index.parent().isValid():
             return None
-        entry = index.internalPointer()
-        if isinstance(entry, _BatchEntry) and 0 <= index.row() < len(entry.snapshot.jobs):
-            return entry.snapshot.jobs[index.row()]
-        return None
-
-    # -- Qt model API ------------------------------------------------------------------
-    def index(self, row: int, column: int, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> QtCore.QModelIndex:  # noqa: B008
-        if column < 0 or column >= len(HEADERS) or row < 0:
-            return QtCore.QModelIndex()
-        if not parent.isValid():
-            if row >= len(self._entries):
-                return QtCore.QModelIndex()
-            return self.createIndex(row, column)
-        if parent.internalPointer() is not None or parent.row() >= len(self._entries):
-            return QtCore.QModelIndex()  # jobs have no children
-        entry = self._entries[parent.row()]
-        if row >= len(entry.snapshot.jobs):
-            return QtCore.QModelIndex()
-        return self.createIndex(row, column, entry)
-
-    def parent(self, index: QtCore.QModelIndex = QtCore.QModelIndex()) -> QtCore.QModelIndex:  # noqa: B008
-        if not index.isValid():
-            return QtCore.QModelIndex()
-        entry = index.internalPointer()
-        if not isinstance(entry, _BatchEntry):
-            return QtCore.QModelIndex()
-        for row, candidate in enumerate(self._entries):
-            if candidate is entry:
-                return self.createIndex(row, 0)
-        return QtCore.QModelIndex()
-
-    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
-        if not parent.isValid():
-            return len(self._entries)
-        if parent.internalPointer() is None and 0 <= parent.row() < len(self._entries) and parent.column() == 0:
-            return len(self._entries[parent.row()].snapshot.jobs)
-        return 0
-
-    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
-        return len(HEADERS)
-
-    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
-        if (
-            orientation == Qt.Orientation.Horizontal
-            and role == Qt.ItemDataRole.DisplayRole
-            and 0 <= section < len(HEADERS)
-        ):
-            return HEADERS[section]
-        return None
-
-    def flags(self, index: QtCore.QModelIndex) -> Any:
-        if not index.isValid():
-            return Qt.ItemFlag.NoItemFlags
-        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-
-    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        role = int(role)
-        col = index.column()
-        entry = index.internalPointer()
-        if isinstance(entry, _BatchEntry):  # a job row
-            jobs = entry.snapshot.jobs
-            if not 0 <= index.row() < len(jobs):
-                return None
-            job = jobs[index.row()]
-            if role == _TOOLTIP:
-                return self._job_data(job, col, role)
-            if role == BatchIdRole:
-                return entry.snapshot.id
-            cells = entry.job_cells[index.row()]
-            if cells is None:
-                cells = entry.job_cells[index.row()] = self._job_cells(job)
-            return cells[col].get(role)
-        if not 0 <= index.row() < len(self._entries):
-            return None
-        entry = self._entries[index.row()]
-        snap = entry.snapshot
-        if role == _TOOLTIP:
-            return self._batch_data(snap, col, role)
-        if role == BatchIdRole:
-            return snap.id
-        if entry.cells is None:
-            entry.cells = self._batch_cells(snap)
-        return entry.cells[col].get(role)
+        batch = self.batch_for(index)
+        row = index.row()
+        return batch.jobs[row] if batch is not None and 0 <= row < len(batch.jobs) else None
 
     def _batch_data(self, snap: BatchSnapshot, col: int, role: int) -> Any:
         state = snap.state
@@ -367,10 +317,12 @@ class JobsModel(QtCore.QAbstractItemModel):
         return None
 
 
-def _cell(value_of: Any) -> Dict[int, Any]:
-    """role -> value for the roles a repaint asks (tooltips are computed on hover)."""
-    cell = {}
-    for role in _CACHED_ROLES:
+def _cell(value_of: Any, batch_id: str, job_index: Optional[int]) -> Dict[int, Any]:
+    """role -> value of one cell, with the ids that lead back to its batch and job."""
+    cell: Dict[int, Any] = {BatchIdRole: batch_id}
+    if job_index is not None:
+        cell[JobIndexRole] = job_index
+    for role in _CELL_ROLES:
         value = value_of(role)
         if value is not None:
             cell[role] = value
@@ -411,7 +363,8 @@ class JobsView(QtWidgets.QWidget):
         self.model = JobsModel(self)
         self.tree = QtWidgets.QTreeView(self)
         self.tree.setModel(self.model)
-        self.tree.setItemDelegate(ProgressDelegate(self.tree))
+        # Python draws only the bars; every other cell is drawn by Qt alone
+        self.tree.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(self.tree))
         self.tree.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.tree.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         self.tree.setUniformRowHeights(True)
@@ -428,6 +381,7 @@ class JobsView(QtWidgets.QWidget):
             self.tree.setColumnWidth(col, width)
         self.tree.header().setStretchLastSection(True)
         self.tree.doubleClicked.connect(self._double_clicked)
+        self.tree.expanded.connect(self._expanded)
 
         self.cancel_button = QtWidgets.QPushButton("Cancel", self)
         self.cancel_button.setToolTip("Cancel the selected batch: removes our queued prompts and stops ours if running")
@@ -463,7 +417,7 @@ class JobsView(QtWidgets.QWidget):
         self._buttons_timer.setSingleShot(True)
         self._buttons_timer.setInterval(0)
         self._buttons_timer.timeout.connect(self._update_buttons)
-        self.tree.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.tree.selectionModel().selectionChanged.connect(self._buttons_timer.start)
         self.model.rowsInserted.connect(self._rows_inserted)
         self._update_buttons()
 
@@ -478,6 +432,7 @@ class JobsView(QtWidgets.QWidget):
         # widen for the new batch's texts, measured here (sizeHintForColumn would ask the
         # model for every role of every row through Python)
         metrics = self.tree.fontMetrics()
+        bold = QtGui.QFontMetrics(bold_font())  # batch names are drawn bold
         for snap in self.model.batches()[first : last + 1]:
             texts = {
                 COL_NAME: snap.name,
@@ -486,12 +441,17 @@ class JobsView(QtWidgets.QWidget):
             }
             for col, text in texts.items():
                 extra = self.tree.indentation() + 24 if col == COL_NAME else 16
-                wanted = min(metrics.horizontalAdvance(text) + extra, 360)
+                width = (bold if col == COL_NAME else metrics).horizontalAdvance(text)
+                wanted = min(width + extra, 360)
                 if wanted > self.tree.columnWidth(col):
                     self.tree.setColumnWidth(col, wanted)
         if not self.current_index().isValid():
-            self.select_batch(self.model.batches()[last].id)
-        self._update_buttons()
+            self.tree.setCurrentIndex(self.model.index(last, 0))
+        self._buttons_timer.start()
+
+    def _expanded(self, index: QtCore.QModelIndex) -> None:
+        if not index.parent().isValid():
+            self.model.populate(index.row())
 
     # -- selection ---------------------------------------------------------------------
     def current_index(self) -> QtCore.QModelIndex:
@@ -514,6 +474,7 @@ class JobsView(QtWidgets.QWidget):
     def select_job(self, batch_id: str, job_index: int) -> None:
         row = self.model.row_of(batch_id)
         if row >= 0:
+            self.model.populate(row)
             parent = self.model.index(row, 0)
             self.tree.expand(parent)
             self.tree.setCurrentIndex(self.model.index(job_index, 0, parent))

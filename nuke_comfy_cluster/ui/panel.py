@@ -23,14 +23,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 from ..core.errors import ClusterError, user_message
 from ..core.state import PoolSnapshot
 from .jobs_view import JobsView
-from .qt import QtCore, QtGui, QtWidgets, Signal, emit
+from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit
 from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView
 from .workers import BatchBridge, SnapshotBridge, TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
 Qt = QtCore.Qt
 
-AUTO_LABEL = "Auto (least loaded)"
 _STRATEGY_LABELS = {"least_loaded": "least loaded", "round_robin": "round robin", "priority": "by priority"}
 #: how often "last seen" ages and cooldowns are redrawn, and batches looked for (no network)
 TICK_MS = 1000
@@ -120,6 +119,7 @@ class ClusterPanel(QtWidgets.QWidget):
         auto_refresh: bool = True,
     ) -> None:
         super().__init__(parent)
+        apply_binding_fixes()
         if cluster is None:
             from ..core.api import default_cluster
 

@@ -67,15 +67,13 @@ def exec_(obj: Any, *args: Any) -> Any:
     return method(*args)
 
 
-_emit_lock = threading.Lock()
-_emit_loses_true: Optional[bool] = None
-#: releases where emit() is known to lose a reference to True (checked, not guessed: see _probe_emit)
+_fix_lock = threading.Lock()
+_fixed: Optional[bool] = None
+#: PySide6 releases whose calls lose references to None / True / False (seen, not guessed)
 _KNOWN_LEAKY = {(6, 12, 0)}
-_PROBE_EMITS = 64
-
-
-def _incref(obj: Any) -> None:
-    ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))(obj)
+_PROBE_CALLS = 64
+#: what the singletons' reference counts are raised by: more than any session can lose
+_HEADROOM = 1 << 40
 
 
 def _binding_version() -> Tuple[int, ...]:
@@ -83,48 +81,57 @@ def _binding_version() -> Tuple[int, ...]:
     return tuple(v for v in info[:3] if isinstance(v, int))
 
 
-def _probe_emit() -> bool:
-    """True when ``SignalInstance.emit`` hands back ``True`` without owning a reference.
+def _leaks_singletons() -> bool:
+    """True when calls into the binding give back ``None`` / ``True`` without owning them.
 
-    PySide6 6.12.0 does: every emit made from Python takes one reference from ``True``,
-    and the interpreter aborts ("bool_dealloc: deallocating True or False") at exit, or
-    mid-run once a few hundred signals were emitted. Known releases are listed; others
-    are measured in three small rounds (the median, so other threads touching ``True``
-    meanwhile do not decide it), each loss given back at once.
+    PySide6 6.12.0 does, on every void call (``setText``, ``setEnabled``, ...) and every
+    ``emit()``: on Python 3.11 the count of ``None`` or ``True`` then runs down and the
+    interpreter aborts ("none_dealloc" / "bool_dealloc: deallocating True or False"), at
+    exit or mid-session. Known releases are listed; others are measured (median of three
+    small rounds, so other threads touching the singletons do not decide it).
     """
     if BINDING != "PySide6":
         return False
     if _binding_version() in _KNOWN_LEAKY:
         return True
-
-    class _Probe(QtCore.QObject):
-        probed = Signal()
-
-    probe = _Probe()
+    probe = QtCore.QObject()
     losses = []
     for _ in range(3):
-        before = sys.getrefcount(True)
-        for _ in range(_PROBE_EMITS):
-            probe.probed.emit()
-        lost = before - sys.getrefcount(True)
-        for _ in range(min(max(lost, 0), _PROBE_EMITS)):
-            _incref(True)
-        losses.append(lost)
-    return sorted(losses)[1] >= _PROBE_EMITS * 3 // 4
+        before = sys.getrefcount(None)
+        for _ in range(_PROBE_CALLS):
+            probe.setObjectName("ncc-probe")
+        losses.append(before - sys.getrefcount(None))
+    return sorted(losses)[1] >= _PROBE_CALLS * 3 // 4
+
+
+def apply_binding_fixes() -> bool:
+    """Work around known binding bugs once per process; returns True when a fix was applied.
+
+    For the singleton leak above: ``None``, ``True`` and ``False`` are static objects that
+    must never be freed, so their reference counts are raised far beyond what any session
+    can lose (what Python 3.12 does for them by design: immortal objects). Nothing else
+    is touched; on Python 3.12+ and on sound bindings this does nothing. Called by the
+    panel, the editor, the standalone window and :func:`emit`.
+    """
+    global _fixed
+    if _fixed is not None:
+        return _fixed
+    with _fix_lock:
+        if _fixed is None:
+            fix = sys.implementation.name == "cpython" and sys.version_info < (3, 12) and _leaks_singletons()
+            if fix:
+                for obj in (None, True, False):
+                    ctypes.c_ssize_t.from_address(id(obj)).value += _HEADROOM
+            _fixed = fix
+    return bool(_fixed)
 
 
 def emit(signal: Any, *args: Any) -> Any:
-    """``signal.emit(*args)``; use it for every emit (any thread): it repairs the
-    reference PySide6 6.12.0 loses on each one (see :func:`_probe_emit`)."""
-    global _emit_loses_true
-    if _emit_loses_true is None:
-        with _emit_lock:
-            if _emit_loses_true is None:
-                _emit_loses_true = _probe_emit()
-    result = signal.emit(*args)
-    if _emit_loses_true and result is True:
-        _incref(True)
-    return result
+    """``signal.emit(*args)``, after :func:`apply_binding_fixes` (every emit of PySide6
+    6.12.0 loses a reference to ``True``). Use it for every emit, from any thread."""
+    if _fixed is None:
+        apply_binding_fixes()
+    return signal.emit(*args)
 
 
 def enum_value(value: Any) -> int:
@@ -142,6 +149,7 @@ __all__ = [
     "QtWidgets",
     "Signal",
     "Slot",
+    "apply_binding_fixes",
     "emit",
     "enum_value",
     "exec_",

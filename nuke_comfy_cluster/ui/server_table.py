@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.state import PoolSnapshot, ServerSnapshot, ServerStatus
-from .qt import QtCore, QtGui, QtWidgets, Signal, emit, enum_value
+from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit, enum_value
 
 Qt = QtCore.Qt
 
@@ -24,7 +24,6 @@ StatusColourRole = int(Qt.ItemDataRole.UserRole) + 2
 NameRole = int(Qt.ItemDataRole.UserRole) + 3
 
 _DISPLAY = int(Qt.ItemDataRole.DisplayRole)
-_EDIT = int(Qt.ItemDataRole.EditRole)
 _TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
 _DECORATION = int(Qt.ItemDataRole.DecorationRole)
 _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
@@ -32,11 +31,16 @@ _FONT = int(Qt.ItemDataRole.FontRole)
 _CHECK = int(Qt.ItemDataRole.CheckStateRole)
 _ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+_BASE_FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 _LEFT = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
 
 COL_STATUS, COL_NAME, COL_ADDRESS, COL_QUEUE, COL_PRIORITY, COL_ENABLED, COL_LATENCY, COL_GPU, COL_VRAM, COL_SEEN = (
     range(10)
 )
+_FLAGS = {
+    COL_ENABLED: _BASE_FLAGS | Qt.ItemFlag.ItemIsUserCheckable,
+    COL_PRIORITY: _BASE_FLAGS | Qt.ItemFlag.ItemIsEditable,
+}
 HEADERS = ("Status", "Name", "Host:port", "Queue", "Priority", "Enabled", "Latency", "GPU", "VRAM free", "Last seen")
 HEADER_TIPS = (
     "Reachability and load; hover an offline server for the reason",
@@ -188,18 +192,29 @@ def _checked(value: Any) -> bool:
         return bool(value)
 
 
-class ServerTableModel(QtCore.QAbstractTableModel):
-    """One row per server of the latest :class:`PoolSnapshot`."""
+class ServerTableModel(QtGui.QStandardItemModel):
+    """One row per server of the latest :class:`PoolSnapshot`.
+
+    The cells live in Qt's own item storage and are written only when what they show
+    changes. Why not a Python ``data()``: a repaint asks it for every role of every
+    visible cell, each call a round trip that must take the GIL back from the pool's
+    and dispatcher's threads; measured, a full repaint of 20 rows went from 17 ms to
+    61 ms with four busy Python threads, against 3.5 ms to 4.4 ms from items.
+    """
 
     enabled_toggled = Signal(str, bool)
     priority_edited = Signal(str, int)
 
     def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
-        super().__init__(parent)
+        super().__init__(0, len(HEADERS), parent)
+        apply_binding_fixes()
+        for col, (text, tip) in enumerate(zip(HEADERS, HEADER_TIPS)):
+            self.setHeaderData(col, Qt.Orientation.Horizontal, text, Qt.ItemDataRole.DisplayRole)
+            self.setHeaderData(col, Qt.Orientation.Horizontal, tip, Qt.ItemDataRole.ToolTipRole)
         self._snapshot: Optional[PoolSnapshot] = None
         self._rows: List[ServerSnapshot] = []
-        #: per row, per column: role -> value, computed on first use after the row changed
-        self._cache: List[Optional[List[Dict[int, Any]]]] = []
+        #: per row, per column: the role -> value last written to the item
+        self._cells: List[List[Dict[int, Any]]] = []
         self._now = time.time()
 
     # -- feeding -----------------------------------------------------------------------
@@ -210,47 +225,56 @@ class ServerTableModel(QtCore.QAbstractTableModel):
     def set_snapshot(self, snapshot: PoolSnapshot, now: Optional[float] = None) -> None:
         """Show ``snapshot``. With the same servers, rows are updated in place (selection,
         sorting and an open editor survive) and only the cells whose look changed are
-        redrawn: a repaint costs a Python call per role per cell. Otherwise the rows are reset."""
+        written (and redrawn). Otherwise the rows are rebuilt (one model reset)."""
         self._now = now if now is not None else time.time()
         rows = list(snapshot.servers)
         old_rows, old_next = self._rows, self._snapshot.next_server if self._snapshot is not None else None
+        self._snapshot = snapshot
         if [s.name for s in rows] != [s.name for s in old_rows]:
-            self.beginResetModel()
-            self._snapshot, self._rows = snapshot, rows
-            self._cache = [None] * len(rows)
-            self.endResetModel()
+            self._rebuild(rows)
             return
-        self._snapshot, self._rows = snapshot, rows
+        self._rows = rows
         for row, (old, new) in enumerate(zip(old_rows, rows)):
             if old != new or (old.name == old_next) != (new.name == snapshot.next_server):
-                self._recompute(row)
+                self._update_row(row)
 
     def tick(self, now: Optional[float] = None) -> None:
-        """Time moved on: redraw the cells whose time-dependent text changed (last seen, cooldown)."""
+        """Time moved on: rewrite the cells whose time-dependent text changed (last seen, cooldown)."""
         self._now = now if now is not None else time.time()
         for row, server in enumerate(self._rows):
-            cells = self._cache[row]
-            if cells is not None and any(
-                cells[col].get(_DISPLAY) != self._display(server, col, self._now) for col in (COL_STATUS, COL_SEEN)
-            ):
-                self._recompute(row)
+            cells = self._cells[row]
+            if any(cells[col].get(_DISPLAY) != self._display(server, col, self._now) for col in (COL_STATUS, COL_SEEN)):
+                self._update_row(row)
 
-    def _recompute(self, row: int) -> None:
-        """New cells for ``row``; dataChanged only for the runs of cells that look different."""
-        old = self._cache[row]
-        new = self._cache[row] = self._compute_row(self._rows[row])
-        if old is None:
-            changed = list(range(len(HEADERS)))
-        else:
-            changed = [col for col in range(len(HEADERS)) if not _same_cell(old[col], new[col], col)]
-        start = prev = None
-        for col in changed + [None]:
-            if col is not None and prev is not None and col == prev + 1:
-                prev = col
+    def _rebuild(self, rows: List[ServerSnapshot]) -> None:
+        self.beginResetModel()
+        blocked = self.blockSignals(True)  # one reset, not a signal per item
+        try:
+            self._rows = rows
+            self._cells = [self._compute_row(server) for server in rows]
+            self.setRowCount(0)
+            self.setRowCount(len(rows))
+            for row, cells in enumerate(self._cells):
+                for col, cell in enumerate(cells):
+                    item = QtGui.QStandardItem()
+                    item.setFlags(_FLAGS.get(col, _BASE_FLAGS))
+                    self.setItem(row, col, item)
+                    self.setItemData(self.index(row, col), cell)
+        finally:
+            self.blockSignals(blocked)
+        self.endResetModel()
+
+    def _update_row(self, row: int) -> None:
+        old = self._cells[row]
+        new = self._cells[row] = self._compute_row(self._rows[row])
+        for col in range(len(HEADERS)):
+            if _same_cell(old[col], new[col], col):
                 continue
-            if start is not None:
-                emit(self.dataChanged, self.index(row, start), self.index(row, prev))
-            start = prev = col
+            values = dict(new[col])
+            for role in old[col]:
+                if role not in values:
+                    values[role] = None  # clears the role
+            self.setItemData(self.index(row, col), values)
 
     def server_at(self, row: int) -> Optional[ServerSnapshot]:
         return self._rows[row] if 0 <= row < len(self._rows) else None
@@ -261,47 +285,6 @@ class ServerTableModel(QtCore.QAbstractTableModel):
                 return i
         return -1
 
-    # -- Qt model API ------------------------------------------------------------------
-    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(HEADERS)
-
-    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(HEADERS):
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return HEADERS[section]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return HEADER_TIPS[section]
-        return None
-
-    def flags(self, index: QtCore.QModelIndex) -> Any:
-        base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        if not index.isValid():
-            return Qt.ItemFlag.NoItemFlags
-        if index.column() == COL_ENABLED:
-            return base | Qt.ItemFlag.ItemIsUserCheckable
-        if index.column() == COL_PRIORITY:
-            return base | Qt.ItemFlag.ItemIsEditable
-        return base
-
-    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        # called for every role of every visible cell on each repaint: a dict lookup per call
-        row = index.row()
-        if not 0 <= row < len(self._rows) or not index.isValid():
-            return None
-        role = int(role)
-        if role == _TOOLTIP:  # only on hover: not worth caching
-            server = self._rows[row]
-            is_next = self._snapshot is not None and self._snapshot.next_server == server.name
-            return self._tooltip(server, index.column(), self._now, is_next)
-        cells = self._cache[row]
-        if cells is None:
-            cells = self._cache[row] = self._compute_row(self._rows[row])
-        return cells[index.column()].get(role)
-
     def _compute_row(self, server: ServerSnapshot) -> List[Dict[int, Any]]:
         now = self._now
         is_next = self._snapshot is not None and self._snapshot.next_server == server.name
@@ -309,15 +292,16 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         grey = None if server.enabled else cached_brush(STATUS_COLOURS[ServerStatus.DISABLED.value])
         cells: List[Dict[int, Any]] = []
         for col in range(len(HEADERS)):
-            display = self._display(server, col, now)
             cell: Dict[int, Any] = {
-                _DISPLAY: display,
-                _EDIT: server.priority if col == COL_PRIORITY else display,
+                _DISPLAY: self._display(server, col, now),
                 SortRole: self._sort_key(server, col, now),
                 NameRole: server.name,
                 StatusColourRole: cached_colour(colour),
                 _ALIGN: _RIGHT if col in (COL_QUEUE, COL_PRIORITY, COL_LATENCY, COL_VRAM) else _LEFT,
             }
+            tip = self._tooltip(server, col, now, is_next)
+            if tip:
+                cell[_TOOLTIP] = tip
             if col == COL_STATUS:
                 cell[_DECORATION] = dot_icon(colour)
                 cell[_FOREGROUND] = cached_brush(colour)
@@ -419,6 +403,7 @@ class ServerTableModel(QtCore.QAbstractTableModel):
         return None
 
     def setData(self, index: QtCore.QModelIndex, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+        """A user edit (checkbox, priority): reported, not stored; the pool's next snapshot shows it."""
         if not index.isValid() or not 0 <= index.row() < len(self._rows):
             return False
         server = self._rows[index.row()]
@@ -476,7 +461,8 @@ class ServerTableView(QtWidgets.QTableView):
         self.proxy.setSortRole(SortRole)
         self.proxy.setDynamicSortFilter(True)
         self.setModel(self.proxy)
-        self.setItemDelegate(ServerTableDelegate(self))
+        # only the priority column has a Python delegate (its spin box); Qt draws the rest alone
+        self.setItemDelegateForColumn(COL_PRIORITY, ServerTableDelegate(self))
         self.setSortingEnabled(True)
         self.sortByColumn(COL_PRIORITY, Qt.SortOrder.AscendingOrder)
         self.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)

@@ -139,13 +139,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
     try:
-        from .qt import QtCore, QtWidgets, exec_
+        from .qt import QtCore, QtWidgets, apply_binding_fixes, exec_
     except ImportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from .workers import wait_for_tasks
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0] if sys.argv else "ncc-panel"])
+    apply_binding_fixes()
     procs: List[Any] = []
     cluster = None
     window = None

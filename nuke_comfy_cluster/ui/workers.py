@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..core.errors import user_message
-from .qt import QtCore, Signal, emit
+from .qt import QtCore, Signal, apply_binding_fixes, emit
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class TaskRunner(QtCore.QObject):
 
     def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
         super().__init__(parent)
+        apply_binding_fixes()
         self._threads: Dict[int, _TaskThread] = {}
         self._closed = False
 

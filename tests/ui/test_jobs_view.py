@@ -98,6 +98,8 @@ def test_batches_and_jobs_from_snapshots(view):
     model.update_batch(_batch(jobs, message="Waiting for gpu-c"))
     assert model.rowCount() == 1
     top = model.index(0, 0)
+    assert model.rowCount(top) == 1, "job rows wait until the batch is first expanded"
+    view.tree.expand(top)
     assert model.rowCount(top) == 6
     assert model.data(top) == "shot010"
     assert model.data(model.index(0, jv.COL_STATE)) == "running"
@@ -125,6 +127,8 @@ def test_batches_and_jobs_from_snapshots(view):
     model.update_batch(_batch(jobs))
     assert model.rowCount() == 1
     assert model.data(model.index(0, jv.COL_FRAMES)) == "3/6 done · 1 queued · 1 failed"
+    assert model.data(model.index(2, jv.COL_STATE, top)) == "done"
+    assert model.data(model.index(2, jv.COL_PROGRESS, top), jv.ProgressRole) == pytest.approx(1.0)
 
     # the progress delegate paints without complaint
     view.show()
@@ -136,9 +140,9 @@ def test_buttons_follow_the_selection_and_errors_on_demand(view, qtbot):
 
     jobs = [_job(0, "done", "gpu-a"), _job(1, "failed", "gpu-b", error=_workflow_error()), _job(2, "running", "gpu-a")]
     view.update_batch(_batch(jobs))
-    # a new batch is selected when nothing is
+    # a new batch is selected when nothing is; the buttons follow on the next event loop turn
     assert view.selected_batch().id == "b1"
-    assert view.cancel_button.isEnabled()
+    qtbot.waitUntil(view.cancel_button.isEnabled, timeout=1000)
     assert view.retry_button.isEnabled()
     assert view.error_button.isEnabled()
     assert not view.clear_button.isEnabled()
@@ -195,6 +199,7 @@ def test_jobs_view_follows_a_batch_to_the_end(start_sims, make_cluster, make_pan
     assert "running" in seen_states, "progress was shown while it ran"
     assert model.data(model.index(0, jv.COL_FRAMES)) == "6/6 done"
     top = model.index(0, 0)
+    panel.jobs.tree.expand(top)
     servers = {model.data(model.index(r, jv.COL_SERVER, top)) for r in range(6)}
     assert servers <= {"sim0", "sim1"} and servers
     assert model.data(model.index(0, jv.COL_PROGRESS), jv.ProgressRole) == pytest.approx(1.0)

@@ -74,5 +74,7 @@ def test_live_status_arrives_without_refresh(start_sims, make_cluster, make_pane
     qtbot.waitUntil(all_online, timeout=15000)
     qtbot.waitUntil(lambda: all(panel.model.server_at(r).live for r in range(2)), timeout=15000)
     assert panel.model.data(panel.model.index(0, st.COL_SEEN)) == "live"
-    assert panel.model.data(panel.model.index(0, st.COL_GPU)) not in ("", "–")
+    # device and VRAM come from /system_stats, polled when the socket connects
+    qtbot.waitUntil(lambda: panel.model.data(panel.model.index(0, st.COL_GPU)) not in ("", "–"), timeout=10000)
+    assert "GB" in panel.model.data(panel.model.index(0, st.COL_VRAM))
     assert panel.snapshot.next_server in ("sim0", "sim1")
