@@ -139,19 +139,51 @@ def test_unwritable_place_is_a_config_error_naming_the_file(tmp_path):
     assert str(target) in str(info.value)
 
 
-@pytest.mark.skipif(not POSIX or os.geteuid() == 0, reason="root ignores permissions")
+@pytest.mark.skipif(not POSIX, reason="POSIX permissions")
 def test_permission_denied_is_named(tmp_path):
+    """Run as an unprivileged user even when the tests run as root (root ignores modes)."""
+    import subprocess
+    import sys
+    import textwrap
+
     folder = tmp_path / "ro"
     folder.mkdir()
     path = folder / "servers.json"
     save_servers(path, servers(1))
-    os.chmod(str(folder), 0o500)
+    os.chmod(str(tmp_path), 0o755)
+    os.chmod(str(folder), 0o555)
+    os.chmod(str(path), 0o644)
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from nuke_comfy_cluster.core.config import ServerConfig
+        from nuke_comfy_cluster.core.config_store import save_servers
+        from nuke_comfy_cluster.core.errors import ConfigError
+        if os.geteuid() == 0:  # imports first: the interpreter may live under /root
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            save_servers(sys.argv[1], [ServerConfig("x", "h", 1)])
+        except ConfigError as e:
+            print(e)
+            sys.exit(3)
+        sys.exit(0)
+        """
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, HOME=str(tmp_path))
+    parents = [tmp_path] + list(tmp_path.parents)
+    opened = [(p, os.stat(p).st_mode) for p in parents if os.geteuid() == 0 and not (os.stat(p).st_mode & 0o001)]
+    for p, mode in opened:  # let the unprivileged child reach the folder
+        os.chmod(str(p), mode | 0o001)
     try:
-        with pytest.raises(ConfigError) as info:
-            save_servers(path, servers(2))
-        assert "permission denied" in str(info.value)
+        done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=60)
     finally:
+        for p, mode in opened:
+            os.chmod(str(p), mode)
         os.chmod(str(folder), 0o700)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "permission denied" in done.stdout and str(path) in done.stdout
 
 
 @pytest.mark.skipif(not POSIX, reason="fcntl lock")
