@@ -291,7 +291,7 @@ class Command:
         return (self.kind, self.argv, self.expected)
 
 
-_PYTHON = re.compile(r"(?:^|(?<=[\s=;&|(`]))(?P<exe>[^\s'\";&|()`=]*\bpython(?:3(?:\.\d+)?)?(?:\.exe)?)(?=\s)")
+_PYTHON = re.compile(r"(?:^|(?<=[\s=;&|(`]))(?P<exe>(?!-)[^\s'\";&|()`=]*\bpython(?:3(?:\.\d+)?)?(?:\.exe)?)(?=\s)")
 _SCRIPT = re.compile(r"(?:^|(?<=[\s;&|(]))(?:bash|sh)\s+(?P<script>[^\s;&|]*scripts/[\w.-]+)(?P<rest>[^\n]*)")
 _EXIT = re.compile(r"\bexit(?: code)?\s+(\d+)")
 

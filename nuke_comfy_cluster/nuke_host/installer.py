@@ -26,7 +26,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -255,6 +257,57 @@ def vendor(target: Path, report: InstallReport) -> None:
     # uses the pure-Python fallbacks these packages ship alongside
 
 
+def _too_new(target: Path, python_version: str) -> List[str]:
+    """``name<version`` for every fetched distribution whose Requires-Python excludes ours."""
+    want = tuple(int(x) for x in python_version.split("."))
+    bounds = []
+    for info in sorted(target.glob("*.dist-info")):
+        name, _, version = info.name[: -len(".dist-info")].rpartition("-")
+        try:
+            meta = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        found = re.search(r"^Requires-Python:\s*>=\s*(\d+)\.(\d+)", meta, re.M)
+        if found and (int(found.group(1)), int(found.group(2))) > want:
+            bounds.append(f"{name}<{version}")
+    return bounds
+
+
+def vendor_for_python(target: Path, python_version: str, report: InstallReport) -> None:
+    """Fetch requests and websocket-client releases that support ``python_version`` (e.g. the
+    3.9 of Nuke 14) with pip, into ``target``. Needs the package index, not Nuke.
+
+    pip's own Requires-Python check can be bypassed by local wheel folders (find-links), so
+    every fetched distribution is checked again and refetched below any release that is too
+    new, until all fit.
+    """
+    if not re.fullmatch(r"3\.\d{1,2}", python_version):
+        raise OSError(f"--for-python takes a version like 3.9, not {python_version!r}")
+    bounds: List[str] = []
+    for _ in range(8):
+        if target.exists():
+            shutil.rmtree(str(target))
+        target.mkdir(parents=True)
+        command = [
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            "--target", str(target), "--python-version", python_version, "--only-binary=:all:",
+            "--no-compile", "requests", "websocket-client", *bounds,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise OSError(f"pip could not fetch dependencies for Python {python_version}: {last[0]}")
+        too_new = _too_new(target, python_version)
+        if not too_new:
+            break
+        bounds += too_new
+    else:
+        raise OSError(f"no releases of requests / websocket-client found for Python {python_version}")
+    for info in sorted(target.glob("*.dist-info")):
+        name, _, version = info.name[: -len(".dist-info")].rpartition("-")
+        report.vendored[name] = version
+
+
 # --------------------------------------------------------------------------- install / uninstall
 
 
@@ -282,7 +335,7 @@ def _manifest(plugin: Path) -> Dict[str, object]:
         return {}
 
 
-def install(nuke_dir: Optional[str] = None) -> InstallReport:
+def install(nuke_dir: Optional[str] = None, for_python: Optional[str] = None) -> InstallReport:
     """Install (or refresh) the plugin into ``nuke_dir`` and hook it into its init.py."""
     root = Path(nuke_dir or default_nuke_dir()).expanduser().resolve()
     plugin = root / PLUGIN_DIR
@@ -297,11 +350,14 @@ def install(nuke_dir: Optional[str] = None) -> InstallReport:
     staging = Path(tempfile.mkdtemp(prefix=".ncc-install-", dir=str(root)))
     try:
         _copy_plugin(staging, report)
-        vendor(staging / VENDOR_DIR, report)
+        if for_python:
+            vendor_for_python(staging / VENDOR_DIR, for_python, report)
+        else:
+            vendor(staging / VENDOR_DIR, report)
         manifest = {
             "version": __version__,
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": sys.version.split()[0],
+            "python": for_python or sys.version.split()[0],
             "created_init": created_init,
             "vendored": report.vendored,
         }
@@ -369,13 +425,23 @@ def _parser(command: str) -> argparse.ArgumentParser:
         default=None,
         help=f"the .nuke folder or a folder on NUKE_PATH (default: {default_nuke_dir()})",
     )
+    if command == "install":
+        parser.add_argument(
+            "--for-python",
+            metavar="X.Y",
+            help="fetch dependencies for Nuke's Python (3.9 for Nuke 14, 3.10 for 15, 3.11 for 16) "
+            "from the package index instead of copying this Python's",
+        )
     return parser
 
 
 def _main(command: str, argv: Optional[Sequence[str]]) -> int:
     args = _parser(command).parse_args(list(argv) if argv is not None else None)
     try:
-        report = install(args.nuke_dir) if command == "install" else uninstall(args.nuke_dir)
+        if command == "install":
+            report = install(args.nuke_dir, for_python=args.for_python)
+        else:
+            report = uninstall(args.nuke_dir)
     except OSError as e:
         print(f"{command} failed: {e}", file=sys.stderr)
         return 1
