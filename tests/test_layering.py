@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -56,7 +55,25 @@ def test_ui_imports_qt_only_through_the_shim():
 
 
 def test_every_package_module_is_importable_without_side_effects():
-    import nuke_comfy_cluster
-
-    names = [m.name for m in pkgutil.walk_packages(nuke_comfy_cluster.__path__, "nuke_comfy_cluster.")]
-    assert any(n.endswith(".core.pool") for n in names)
+    """Import every module (ui with Qt, nuke_host without nuke): no thread, no socket."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, socket, sys, threading
+        opened = []
+        real = socket.socket.connect
+        socket.socket.connect = lambda self, *a: opened.append(a) or real(self, *a)
+        import nuke_comfy_cluster
+        names = [m.name for m in pkgutil.walk_packages(nuke_comfy_cluster.__path__, "nuke_comfy_cluster.")]
+        skip = ("nuke_comfy_cluster.__main__", "nuke_comfy_cluster.sim.__main__")
+        for name in names:
+            if name not in skip:
+                importlib.import_module(name)
+        assert "nuke" not in sys.modules, "something imported nuke at import time"
+        assert threading.active_count() == 1, threading.enumerate()
+        assert not opened, opened
+        print(len(names))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 40

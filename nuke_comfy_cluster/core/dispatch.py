@@ -690,7 +690,11 @@ class Dispatcher(RecoveryMixin):
         outputs = list(job.outputs)
         prompt_id = job.prompt_id or ""
         started = job.started_mono
-        download_dir = os.path.join(batch.output_dir or self.download_dir, ".downloads") if batch.output_dir else os.path.join(self.download_dir, batch.id)
+        # beside the delivered sequence when there is one, else a per-batch temp folder
+        if batch.output_dir:
+            download_dir = os.path.join(batch.output_dir, ".downloads")
+        else:
+            download_dir = os.path.join(self.download_dir, batch.id)
 
         def work() -> None:
             try:

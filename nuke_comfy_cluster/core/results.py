@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from .errors import MalformedResponse, ServerRejected
+from .errors import ConfigError, MalformedResponse
 from .jobs import Job, OutputFile
 from .paths import is_under, safe_join, to_local
 from .server import ComfyUIServer
@@ -151,5 +151,5 @@ def deliver(job: Job, folder: str, name: str) -> Optional[str]:
 def ensure_safe_name(name: str) -> str:
     """A sequence base name chosen by the user must be a plain file name."""
     if not name or os.path.basename(name) != name or name in (".", ".."):
-        raise ServerRejected(f"sequence name {name!r} must be a plain file name")
+        raise ConfigError(f"sequence name {name!r} must be a plain file name")
     return name

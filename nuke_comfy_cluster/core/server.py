@@ -192,7 +192,6 @@ class ComfyUIServer:
 
     def _record_error(self, exc: BaseException, now: float) -> None:
         self._last_error = str(exc)
-        self._last_check = self._last_check  # unchanged: last time it ANSWERED
         if self._enabled:
             if isinstance(exc, ServerRejected) and exc.status is not None:
                 self._status = ServerStatus.ERROR
