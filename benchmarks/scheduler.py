@@ -1,6 +1,7 @@
 """Batch scheduler in virtual time: makespan and fairness against OPT, LB and baselines.
 
-    python -m benchmarks.scheduler [--json] [--seeds N] [--quick]
+    python -m benchmarks.scheduler [--json] [--seeds N] [--quick] [--only TEXT]
+    python -m benchmarks.scheduler --scale [--json]
 
 Runs the scenarios of DESIGN.md ("Targets the scheduler is measured against")
 in the discrete-event model of :mod:`nuke_comfy_cluster.sim.virtual`, with the
@@ -24,6 +25,28 @@ Definitions (per seed, then mean and 95th percentile over seeds):
 * queue wait: time a prompt spends accepted by a server before it runs, in
   units of its own run time.
 
+Scenarios whose name contains "model" give each client's frames a model that a
+server must load (a setup of ``setup_s`` seconds at speed 1, divided by the
+server's speed, paid by a prompt that finds another model loaded; ComfyUI's
+classic cache). They add a fourth baseline, ``present``: the same policy told
+nothing of the cache (it learns a cold frame's time as a frame time and plans as
+if every server were warm), which is how the scheduler behaved before it knew of
+setups. Their references:
+
+* one client: OPT with setups (clairvoyant largest frame first to the server
+  where it ends first, a server's first frame paying the setup);
+* several clients: the best static plan (who runs where and in which order, one
+  setup per switch; :mod:`benchmarks.static_plan`), searched separately for the
+  max and for the mean over clients of each client's makespan; ours is compared
+  on both (``plan_max``, ``plan_mean``).
+
+``--scale`` runs one client on 1/0.5/0.25 with 100 to 100,000 frames and prints
+the client's CPU time per frame (deciding: building the server records and
+planning), plans per frame, and the most of our prompts one server held, against
+the same policy without the hard window cap; also with a lagging client whose
+messages arrive up to two frame times late (the case where a frame's start is
+heard just before its end and the learned frame time collapses).
+
 Every server has the same priority and the speeds are shuffled over the names
 per seed, so the policy has to learn them. Exit status 0 when every target
 passes, 1 otherwise.
@@ -41,6 +64,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from benchmarks import static_plan
 from nuke_comfy_cluster.core.scheduler import Scheduler
 from nuke_comfy_cluster.sim.virtual import (
     BurstClient,
@@ -58,10 +82,14 @@ SERVER_SETS: Dict[str, Tuple[float, ...]] = {
     "2 GPUs 1/0.5": (1.0, 0.5),
     "4 GPUs 1/1/0.5/0.25": (1.0, 1.0, 0.5, 0.25),
     "8 GPUs 1.5/1/1/0.8/0.5/0.5/0.3/0.25": (1.5, 1.0, 1.0, 0.8, 0.5, 0.5, 0.3, 0.25),
+    "3 GPUs 1/0.5/0.25": (1.0, 0.5, 0.25),
 }
+CLASSIC_SETS = tuple(SERVER_SETS)[:3]  # the scenarios without models
+MODEL_SETS = ("3 GPUs 1/0.5/0.25", "8 GPUs 1.5/1/1/0.8/0.5/0.5/0.3/0.25")
 BASE_FRAME = 10.0  # seconds of work per frame at speed 1
 NOISE = 0.2  # +-20 % per frame, uniform
 BASELINES = ("sequential", "round_robin", "least_queue")
+PRESENT = "present"  # the policy told nothing of the servers' cache
 
 
 @dataclass(frozen=True)
@@ -76,12 +104,26 @@ class Scenario:
     judged: Optional[Tuple[int, ...]] = None
     steady: bool = False  # queue wait measured over the middle of the run only
     #: the policy starts from frame times learned on two frames per server of an
-    #: earlier batch (Scheduler.learn_from), instead of probing: informational
+    #: earlier batch (Scheduler.learn_from), instead of probing
     warm: bool = False
+    #: model load in frame times (of work at speed 1); with ``models``
+    setup: float = 0.0
+    #: "" = frames name no model; "same" = one model for every client; "different" = one per client
+    models: str = ""
+    #: one client runs a batch of one model, then a second batch of another (judged on the second)
+    second_batch: bool = False
 
     @property
     def speeds(self) -> Tuple[float, ...]:
         return SERVER_SETS[self.servers]
+
+    @property
+    def setup_s(self) -> float:
+        return self.setup * BASE_FRAME if self.models else 0.0
+
+    @property
+    def strategies(self) -> Tuple[str, ...]:
+        return ((PRESENT,) if self.models else ()) + BASELINES
 
 
 @dataclass
@@ -92,6 +134,12 @@ class Run:
     ratio_lb: float
     worst_fair: float
     queue_wait: float
+    #: several clients with models: max / mean client makespan over the best static plan's
+    plan_max: float = 0.0
+    plan_mean: float = 0.0
+    loads: int = 0  # setups paid on all servers
+    #: policy clients' CPU time deciding, per frame (not deterministic: not compared)
+    cpu_ms: float = field(default=0.0, compare=False)
 
 
 @dataclass
@@ -108,19 +156,19 @@ class Summary:
 
 def scenarios() -> List[Scenario]:
     out: List[Scenario] = []
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(
             Scenario("push, 1 client", key, (24,), targets=(("ratio_opt", "mean", 1.03), ("ratio_opt", "p95", 1.08)))
         )
         out.append(Scenario("push, 1 client", key, (200,), targets=(("ratio_opt", "mean", 1.01),)))
     for ttl, limit in ((2.0, 1.03), (5.0, 1.05), (10.0, 1.10)):
-        for key in SERVER_SETS:
+        for key in CLASSIC_SETS:
             out.append(Scenario("polling only", key, (24,), ttl=ttl, targets=(("ratio_opt", "mean", limit),)))
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(
             Scenario("polling only, no herding", key, (24,) * 4, ttl=10.0, targets=(("ratio_lb", "mean", 1.10),))
         )
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(
             Scenario(
                 "push, 4 clients",
@@ -129,7 +177,7 @@ def scenarios() -> List[Scenario]:
                 targets=(("ratio_lb", "mean", 1.03), ("worst_fair", "mean", 1.10), ("worst_fair", "p95", 1.25)),
             )
         )
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(
             Scenario(
                 "push, mixed 200+3x24",
@@ -139,13 +187,51 @@ def scenarios() -> List[Scenario]:
                 judged=(1, 2, 3),
             )
         )
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(Scenario("push, 1 client, warm", key, (24,), warm=True))
     for ttl in (2.0, 5.0, 10.0):
-        for key in SERVER_SETS:
+        for key in CLASSIC_SETS:
             out.append(Scenario("polling only, warm", key, (24,), ttl=ttl, warm=True))
-    for key in SERVER_SETS:
+    for key in CLASSIC_SETS:
         out.append(Scenario("push, steady state", key, (60,) * 4, targets=(("queue_wait", "mean", 1.0),), steady=True))
+    return out + model_scenarios()
+
+
+def model_scenarios() -> List[Scenario]:
+    """Frames that need a model loaded (DESIGN.md: "with model loads")."""
+    one = (("ratio_opt", "mean", 1.05),)
+    plan = (("plan_max", "mean", 1.25), ("plan_mean", "mean", 1.25))
+    out: List[Scenario] = []
+    for setup in (1.0, 4.0, 20.0):
+        for key in MODEL_SETS:
+            out.append(Scenario("model, 1 client, costs known", key, (24,), warm=True, setup=setup, models="same", targets=one))
+    for setup in (1.0, 4.0, 20.0):
+        for key in MODEL_SETS:
+            out.append(Scenario("model, 1 client, nothing known", key, (24,), setup=setup, models="same", targets=one))
+    for key in MODEL_SETS:
+        out.append(
+            Scenario("model, change between batches", key, (24, 24), warm=False, setup=4.0, models="different",
+                     second_batch=True, targets=one)
+        )
+    for clients in (2, 4):
+        for key in MODEL_SETS:
+            frames = 12 if key.startswith("3 ") else 24
+            out.append(
+                Scenario("model, %d clients, different models" % clients, key, (frames,) * clients, warm=True,
+                         setup=4.0, models="different", targets=plan)
+            )
+    for clients in (2, 4):
+        for key in MODEL_SETS:
+            frames = 12 if key.startswith("3 ") else 24
+            out.append(
+                Scenario("model, %d clients, different, nothing known" % clients, key, (frames,) * clients,
+                         setup=4.0, models="different")
+            )
+    out.append(Scenario("model, 4 clients, same model", MODEL_SETS[1], (24,) * 4, warm=True, setup=4.0, models="same"))
+    out.append(
+        Scenario("model, mixed 200+3x24, different", MODEL_SETS[1], (200, 24, 24, 24), warm=True, setup=4.0,
+                 models="different", judged=(1, 2, 3))
+    )
     return out
 
 
@@ -161,40 +247,102 @@ def _world(sc: Scenario, seed: int) -> Tuple[List[ServerSpec], List[List[float]]
     return specs, works, starts
 
 
-def _earlier_batch(specs: Sequence[ServerSpec], seed: int) -> Scheduler:
-    """What a previous batch of the same workflow learned: two frames per server."""
+def _earlier_batch(specs: Sequence[ServerSpec], seed: int, setup: float = 0.0, told: bool = True) -> Scheduler:
+    """What a previous batch of the same workflow learned: two frames per server.
+
+    With a ``setup``, the first of them ran cold; ``told``: the scheduler was told
+    so (else it learned the cold run as a frame time, as the present policy does).
+    """
     rng = random.Random("earlier|%d" % seed)
     earlier = Scheduler(lambda: 0.0)
     for spec in specs:
-        for work in frame_works(2, rng, BASE_FRAME, NOISE):
-            earlier.job_finished(spec.name, 0.0, work / spec.speed)
+        for i, work in enumerate(frame_works(2, rng, BASE_FRAME, NOISE)):
+            if not setup:
+                earlier.job_finished(spec.name, 0.0, work / spec.speed)
+            elif i == 0 and told:
+                earlier.job_finished(spec.name, 0.0, (setup + work) / spec.speed, setup / spec.speed, cold=True)
+            elif i == 0:
+                earlier.job_finished(spec.name, 0.0, (setup + work) / spec.speed)
+            else:
+                earlier.job_finished(spec.name, 0.0, work / spec.speed, 0.0 if told else None, cold=False if told else None)
     return earlier
 
 
+def _client(sc: Scenario, world: World, i: int, works: Sequence[float], start: float, strategy: str,
+            fastest: str, model: Optional[str]) -> Client:
+    name = "client%d" % i
+    kw = {"model": model, "setup": sc.setup_s} if model is not None else {}
+    if strategy in ("policy", PRESENT):
+        c: Client = PolicyClient(
+            world, name, works, start=start, ttl=sc.ttl, cache_info="full" if strategy == "policy" else "none", **kw
+        )
+    elif strategy == "sequential":
+        c = SequentialClient(world, name, works, fastest, start=start, ttl=sc.ttl, **kw)
+    else:
+        c = BurstClient(world, name, works, strategy, start=start, ttl=sc.ttl, **kw)
+    return c
+
+
+def _model(sc: Scenario, i: int) -> Optional[str]:
+    if not sc.models:
+        return None
+    return "m0" if sc.models == "same" else "m%d" % i
+
+
 def run_once(sc: Scenario, seed: int, strategy: str = "policy") -> Tuple[Run, World, List[Client]]:
-    """Run one seed of a scenario with ``strategy`` = "policy" or one of BASELINES."""
+    """Run one seed of a scenario with ``strategy`` = "policy", "present" or one of BASELINES."""
     specs, works, starts = _world(sc, seed)
     world = World(specs, seed)
     fastest = max(specs, key=lambda s: s.speed).name
     clients: List[Client] = []
-    for i, (w, start) in enumerate(zip(works, starts)):
-        name = "client%d" % i
-        if strategy == "policy":
-            c: Client = PolicyClient(world, name, w, start=start, ttl=sc.ttl)
-            if sc.warm:
-                c.scheduler.learn_from(_earlier_batch(specs, seed))
-        elif strategy == "sequential":
-            c = SequentialClient(world, name, w, fastest, start=start, ttl=sc.ttl)
-        else:
-            c = BurstClient(world, name, w, strategy, start=start, ttl=sc.ttl)
-        clients.append(world.add(c))
-    world.run()
+    if sc.second_batch:
+        first = world.add(_client(sc, world, 0, works[0], 0.0, strategy, fastest, _model(sc, 0)))
+        world.run()
+        # The same artist, the next shot: another model, the servers still hold the first one.
+        second = _client(sc, world, 1, works[1], world.now + 1.0, strategy, fastest, _model(sc, 1))
+        if isinstance(second, PolicyClient):
+            second.scheduler.learn_from(first.scheduler)
+        clients = [first, world.add(second)]
+        world.run()
+    else:
+        for i, (w, start) in enumerate(zip(works, starts)):
+            c = _client(sc, world, i, w, start, strategy, fastest, _model(sc, i))
+            if sc.warm and isinstance(c, PolicyClient):
+                c.scheduler.learn_from(_earlier_batch(specs, seed, sc.setup_s, told=strategy == "policy"))
+            clients.append(world.add(c))
+        world.run()
     if not all(c.done for c in clients):
         raise RuntimeError("%s seed %d (%s): frames left unfinished" % (sc.name, seed, strategy))
-    return _measure(sc, world, clients, works), world, clients
+    return _measure(sc, world, clients, works, seed), world, clients
 
 
-def _measure(sc: Scenario, world: World, clients: Sequence[Client], works: Sequence[Sequence[float]]) -> Run:
+def _measure(
+    sc: Scenario, world: World, clients: Sequence[Client], works: Sequence[Sequence[float]], seed: int = 0
+) -> Run:
+    speeds = [s.speed for s in world.specs]
+    frames = sum(len(w) for w in works)
+    cpu = sum(c.cpu_s for c in clients if isinstance(c, PolicyClient)) * 1000.0 / frames
+    loads = sum(srv.loads for srv in world.servers.values())
+    if sc.second_batch:
+        # Judged on the second batch: every server holds the first batch's model.
+        c = clients[1]
+        ratio = c.result.makespan / static_plan.opt_with_setups(works[1], speeds, sc.setup_s)
+        fair = c.result.makespan / (c.result.work / sum(speeds))
+        wait = statistics.fmean(j.wait / j.duration for j in c.result.jobs)
+        return Run(ratio, c.result.makespan / lower_bound(works[1], speeds), fair, wait, loads=loads, cpu_ms=cpu)
+    run = _measure_shared(sc, world, clients, works)
+    run.loads, run.cpu_ms = loads, cpu
+    if sc.models and len(clients) == 1:
+        run.ratio_opt = clients[0].result.makespan / static_plan.opt_with_setups(works[0], speeds, sc.setup_s)
+    if sc.models == "different" and len(clients) > 1 and sc.judged is None:
+        best_max, best_mean = _reference_plans(sc, seed, works, [c.start for c in clients])
+        spans = [c.result.makespan for c in clients]
+        run.plan_max = max(spans) / best_max.max
+        run.plan_mean = statistics.fmean(spans) / best_mean.mean
+    return run
+
+
+def _measure_shared(sc: Scenario, world: World, clients: Sequence[Client], works: Sequence[Sequence[float]]) -> Run:
     every = [w for ws in works for w in ws]
     speeds = [s.speed for s in world.specs]
     first = min(c.start for c in clients)
@@ -211,24 +359,57 @@ def _measure(sc: Scenario, world: World, clients: Sequence[Client], works: Seque
     return Run(makespan / opt_makespan(every, speeds), makespan / lower_bound(every, speeds), worst, wait)
 
 
-def evaluate(sc: Scenario, seeds: Sequence[int], baselines: Sequence[str] = BASELINES) -> Dict[str, Summary]:
-    out = {s: Summary() for s in ("policy",) + tuple(baselines)}
+_NOMINAL: Dict[Tuple[str, str, Tuple[int, ...], float], Tuple[static_plan.Plan, static_plan.Plan]] = {}
+
+
+def _reference_plans(
+    sc: Scenario, seed: int, works: Sequence[Sequence[float]], starts: Sequence[float]
+) -> Tuple[static_plan.Plan, static_plan.Plan]:
+    """The best static plans (for the max, for the mean) for this seed's frames.
+
+    Searched once per scenario on nominal frames, then re-balanced for each seed's
+    frames and start times (the search is the slow part).
+    """
+    speeds = list(sc.speeds)
+    key = (sc.name, sc.servers, sc.frames, sc.setup)
+    if key not in _NOMINAL:
+        nominal = [static_plan.Job(n, BASE_FRAME, sc.setup_s) for n in sc.frames]
+        _NOMINAL[key] = (
+            static_plan.best_static_plan(nominal, speeds, "max"),
+            static_plan.best_static_plan(nominal, speeds, "mean"),
+        )
+    jobs = [static_plan.Job(len(w), statistics.fmean(w), sc.setup_s, s) for w, s in zip(works, starts)]
+    best_max, best_mean = _NOMINAL[key]
+    return static_plan.refine(best_max, jobs, speeds, "max"), static_plan.refine(best_mean, jobs, speeds, "mean")
+
+
+def evaluate(sc: Scenario, seeds: Sequence[int], baselines: Optional[Sequence[str]] = None) -> Dict[str, Summary]:
+    others = sc.strategies if baselines is None else tuple(baselines)
+    out = {s: Summary() for s in ("policy",) + others}
     for seed in seeds:
         for strategy, summary in out.items():
             summary.runs.append(run_once(sc, seed, strategy)[0])
     return out
 
 
+_METRIC_NAMES = {
+    "ratio_opt": "x OPT",
+    "ratio_lb": "x LB",
+    "worst_fair": "x fair share",
+    "queue_wait": "frame times in queue",
+    "plan_max": "x best plan (max over clients)",
+    "plan_mean": "x best plan (mean over clients)",
+}
+
+
 def _target_text(sc: Scenario) -> str:
-    names = {
-        "ratio_opt": "x OPT",
-        "ratio_lb": "x LB",
-        "worst_fair": "x fair share",
-        "queue_wait": "frame times in queue",
-    }
     if not sc.targets:
         return "none (informational)"
-    return ", ".join("%s <= %g %s" % (how, limit, names[metric]) for metric, how, limit in sc.targets)
+    return ", ".join("%s <= %g %s" % (how, limit, _METRIC_NAMES[metric]) for metric, how, limit in sc.targets)
+
+
+def _has_plan(sc: Scenario) -> bool:
+    return sc.models == "different" and len(sc.frames) > 1 and sc.judged is None and not sc.second_batch
 
 
 def report(sc: Scenario, results: Dict[str, Summary]) -> dict:
@@ -252,18 +433,40 @@ def report(sc: Scenario, results: Dict[str, Summary]) -> dict:
         "seeds": len(ours.runs),
         "target": _target_text(sc),
         "pass": ok,
-        "baselines": {
-            name: {
-                "mean_ratio_opt": round(s.stat("ratio_opt", "mean"), 4),
-                "mean_ratio_lb": round(s.stat("ratio_lb", "mean"), 4),
-                "worst_client_fair_share": round(s.stat("worst_fair", "mean"), 4),
-                "mean_queue_wait_frames": round(s.stat("queue_wait", "mean"), 4),
-            }
-            for name, s in results.items()
-            if name != "policy"
-        },
+        "baselines": {name: _figures(sc, s) for name, s in results.items() if name != "policy"},
     }
+    if sc.models:
+        row.update(
+            {
+                "models": sc.models,
+                "setup_s": sc.setup_s,
+                "costs_known": sc.warm,
+                "second_batch": sc.second_batch,
+                "mean_loads": round(ours.stat("loads", "mean"), 2),
+                "cpu_ms_per_frame": round(ours.stat("cpu_ms", "mean"), 4),
+            }
+        )
+        if _has_plan(sc):
+            for metric in ("plan_max", "plan_mean"):
+                row["mean_ratio_" + metric] = round(ours.stat(metric, "mean"), 4)
+                row["p95_ratio_" + metric] = round(ours.stat(metric, "p95"), 4)
     return row
+
+
+def _figures(sc: Scenario, s: Summary) -> dict:
+    out = {
+        "mean_ratio_opt": round(s.stat("ratio_opt", "mean"), 4),
+        "mean_ratio_lb": round(s.stat("ratio_lb", "mean"), 4),
+        "worst_client_fair_share": round(s.stat("worst_fair", "mean"), 4),
+        "mean_queue_wait_frames": round(s.stat("queue_wait", "mean"), 4),
+    }
+    if sc.models:
+        out["mean_loads"] = round(s.stat("loads", "mean"), 2)
+        out["cpu_ms_per_frame"] = round(s.stat("cpu_ms", "mean"), 4)
+        if _has_plan(sc):
+            out["mean_ratio_plan_max"] = round(s.stat("plan_max", "mean"), 4)
+            out["mean_ratio_plan_mean"] = round(s.stat("plan_mean", "mean"), 4)
+    return out
 
 
 _BASELINE_METRIC = {
@@ -294,7 +497,7 @@ def _table(rows: List[dict], scs: List[Scenario]) -> str:
         key, unit = _BASELINE_METRIC[
             sc.targets[0][0] if sc.targets else ("ratio_opt" if len(sc.frames) == 1 else "ratio_lb")
         ]
-        frames = r["frames"] if isinstance(r["frames"], int) else "+".join(str(f) for f in r["frames"])
+        frames = _frames_text(r)
         fair = "-"
         if r["clients"] > 1:
             fair = "%.3f %.3f" % (r["worst_client_fair_share"], r["p95_worst_client_fair_share"])
@@ -319,19 +522,154 @@ def _table(rows: List[dict], scs: List[Scenario]) -> str:
     return "\n".join(lines)
 
 
+def _frames_text(r: dict) -> str:
+    return str(r["frames"]) if isinstance(r["frames"], int) else "+".join(str(f) for f in r["frames"])
+
+
+def _model_table(rows: List[dict], scs: List[Scenario]) -> str:
+    """Scenarios with model loads: ours and the present policy on the same figure."""
+    fmt = "%-44s %-28s %-11s %-5s | %-19s | %-5s | %-19s | %-5s | %-19s | %s"
+    head = fmt % (
+        "scenario (costs known = seeded, as from the store)",
+        "server speeds",
+        "frames",
+        "setup",
+        "ours",
+        "loads",
+        "present policy",
+        "loads",
+        "seq/rr/lq",
+        "target",
+    )
+    lines = [head, "-" * len(head)]
+    for r, sc in zip(rows, scs):
+        b = r["baselines"]
+        if _has_plan(sc):
+            ours = "%.3f %.3f xplan" % (r["mean_ratio_plan_max"], r["mean_ratio_plan_mean"])
+            present = "%.3f %.3f xplan" % (b[PRESENT]["mean_ratio_plan_max"], b[PRESENT]["mean_ratio_plan_mean"])
+            rest = "/".join("%.2f" % b[n]["mean_ratio_plan_max"] for n in BASELINES)
+        elif len(sc.frames) == 1 or sc.second_batch:
+            ours = "%.3f %.3f xOPT" % (r["mean_ratio_opt"], r["p95_ratio_opt"])
+            present = "%.3f xOPT" % b[PRESENT]["mean_ratio_opt"]
+            rest = "/".join("%.2f" % b[n]["mean_ratio_opt"] for n in BASELINES)
+        else:
+            ours = "%.3f xLB %.3f fair" % (r["mean_ratio_lb"], r["worst_client_fair_share"])
+            present = "%.3f xLB %.3f fair" % (b[PRESENT]["mean_ratio_lb"], b[PRESENT]["worst_client_fair_share"])
+            rest = "/".join("%.2f" % b[n]["mean_ratio_lb"] for n in BASELINES)
+        lines.append(
+            fmt
+            % (
+                r["name"],
+                r["servers"].split(" ", 2)[-1],
+                _frames_text(r),
+                "%gx" % sc.setup,
+                ours,
+                "%.1f" % r["mean_loads"],
+                present,
+                "%.1f" % b[PRESENT]["mean_loads"],
+                rest,
+                ("" if not sc.targets else "PASS " if r["pass"] else "FAIL ") + r["target"],
+            )
+        )
+    lines.append("")
+    lines.append("setup: model load in frame times; xOPT: one client's makespan over OPT with setups (p95 beside);")
+    lines.append("xplan: max and mean client makespan over the best static plan's; loads: setups paid in all;")
+    lines.append("present policy: the same scheduler told nothing of the cache; change between batches: the second batch.")
+    return "\n".join(lines)
+
+
+SCALE_FRAMES = (100, 1000, 10000, 100000)
+SCALE_SPEEDS = (1.0, 0.5, 0.25)
+
+
+def scale_row(frames: int, capped: bool, lag: bool, seed: int = 1) -> dict:
+    """One client, ``frames`` frames on 1/0.5/0.25: what deciding costs and how deep we queue."""
+    specs = [ServerSpec("gpu%d" % i, s) for i, s in enumerate(SCALE_SPEEDS)]
+    delay = (0.005, 2.0 * BASE_FRAME) if lag else (0.005, 0.05)
+    world = World(specs, seed, push_delay=delay)
+    works = frame_works(frames, random.Random(seed), BASE_FRAME, NOISE)
+    kw = {} if capped else {"max_window": 10**9}
+    client = world.add(PolicyClient(world, "c", works, **kw))
+    t0 = time.perf_counter()
+    world.run()
+    wall = time.perf_counter() - t0
+    if not client.done:
+        raise RuntimeError("scale %d: frames left unfinished" % frames)
+    return {
+        "frames": frames,
+        "policy": "ours" if capped else "no window cap",
+        "client": "lagging" if lag else "push",
+        "cpu_ms_per_frame": round(client.cpu_s * 1000.0 / frames, 4),
+        "plans_per_frame": round(client.plans / frames, 2),
+        "max_ours_per_server": client.max_ours,
+        "window": client.scheduler.max_window if capped else None,
+        "ratio_opt": round(client.result.makespan / opt_makespan(works, SCALE_SPEEDS), 4),
+        "wall_s": round(wall, 1),
+    }
+
+
+def _scale_table(rows: List[dict]) -> str:
+    fmt = "%-8s %-14s %-8s | %-12s | %-6s | %-16s | %-6s | %-6s"
+    head = fmt % ("frames", "policy", "client", "CPU ms/frame", "plans", "max ours/server", "window", "xOPT")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            fmt
+            % (
+                r["frames"],
+                r["policy"],
+                r["client"],
+                "%.4f" % r["cpu_ms_per_frame"],
+                "%.2f" % r["plans_per_frame"],
+                r["max_ours_per_server"],
+                "-" if r["window"] is None else r["window"],
+                "%.3f" % r["ratio_opt"],
+            )
+        )
+    lines.append("")
+    lines.append("CPU ms/frame: client process time deciding (server records + plan) per frame; plans: plan() calls")
+    lines.append("per frame; lagging: every message up to 2 frame times late, in order per server.")
+    return "\n".join(lines)
+
+
+def run_scale(max_frames: int) -> Tuple[List[dict], bool]:
+    rows = []
+    for lag in (False, True):
+        for frames in (f for f in SCALE_FRAMES if f <= max_frames):
+            for capped in (True, False):
+                rows.append(scale_row(frames, capped, lag))
+    ours = [r for r in rows if r["policy"] == "ours"]
+    base = [r for r in ours if r["frames"] == min(r2["frames"] for r2 in ours)]
+    # Flat: no batch size costs more than twice the smallest one per frame (CPU timing is noisy).
+    flat = all(r["cpu_ms_per_frame"] <= 2.0 * max(b["cpu_ms_per_frame"] for b in base) for r in ours)
+    capped = all(r["max_ours_per_server"] <= r["window"] for r in ours)
+    return rows, flat and capped
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scheduler", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per scenario (default 20)")
-    parser.add_argument("--quick", action="store_true", help="5 seeds, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="5 seeds, for a smoke run (--scale: up to 10,000 frames)")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="first seed (default 0); other ranges check for over-fitting"
     )
     parser.add_argument("--only", default="", help="run only the scenarios whose name or servers contain this text")
+    parser.add_argument("--scale", action="store_true", help="the scale benchmark (100 to 100,000 frames) instead")
     args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.scale:
+        rows, ok = run_scale(10000 if args.quick else max(SCALE_FRAMES))
+        elapsed = time.perf_counter() - t0
+        if args.json:
+            print(json.dumps({"scale": rows, "all_pass": ok, "elapsed_s": round(elapsed, 1)}, indent=1))
+        else:
+            print(_scale_table(rows))
+            print("\n%.1f s; CPU per frame flat and our prompts per server within the window: %s" % (
+                elapsed, "PASS" if ok else "NOT met"))
+        return 0 if ok else 1
     count = 5 if args.quick else max(1, args.seeds)
     seeds = range(args.first_seed, args.first_seed + count)
-    t0 = time.perf_counter()
     chosen = [sc for sc in scenarios() if args.only in sc.name or args.only in sc.servers]
     rows = [report(sc, evaluate(sc, seeds)) for sc in chosen]
     elapsed = time.perf_counter() - t0
@@ -343,7 +681,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         )
     else:
-        print(_table(rows, chosen))
+        classic = [(r, sc) for r, sc in zip(rows, chosen) if not sc.models]
+        models = [(r, sc) for r, sc in zip(rows, chosen) if sc.models]
+        if classic:
+            print(_table([r for r, _ in classic], [sc for _, sc in classic]))
+        if models:
+            print(("\n" if classic else "") + _model_table([r for r, _ in models], [sc for _, sc in models]))
         print(
             "\n%d seeds per scenario, %.1f s; all targets %s" % (len(seeds), elapsed, "PASS" if all_pass else "NOT met")
         )

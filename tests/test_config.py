@@ -278,6 +278,32 @@ def test_secrets_are_checked_without_being_shown():
     assert 'field "headers"' in errors[0]
 
 
+@pytest.mark.parametrize(
+    "secret", ["REPLACE-WITH-YOUR-TOKEN", "<token>", "changeme", "***", "your-api-key", "xxxxxxxx", "{{ TOKEN }}"]
+)
+def test_placeholder_secrets_are_flagged_without_being_shown(secret):
+    servers, _, errors, warnings = one(entry(name="a", ip="h", token=secret))
+    assert errors == [] and servers[0].token == secret
+    assert len(warnings) == 1 and 'field "token"' in warnings[0] and "placeholder" in warnings[0]
+    assert secret not in warnings[0]
+    _, _, errors, warnings = one(entry(name="a", ip="h", headers={"X-Api-Key": secret}))
+    assert errors == [] and len(warnings) == 1 and "X-Api-Key" in warnings[0] and "placeholder" in warnings[0]
+
+
+@pytest.mark.parametrize("secret", ["sk-12abXYz9", "d41d8cd98f00b204e9800998ecf8427e", "my-token-2024", "Tok3n"])
+def test_real_looking_secrets_are_not_flagged(secret):
+    _, _, errors, warnings = one(entry(name="a", ip="h", token=secret, headers={"X-Key": secret}))
+    assert errors == [] and warnings == []
+
+
+def test_the_example_proxy_file_warns_about_its_placeholders():
+    from tests.conftest import REPO
+
+    text = (REPO / "examples" / "servers-reverse-proxy.json").read_text(encoding="utf-8")
+    _, _, errors, warnings = one(text)
+    assert errors == [] and sum("placeholder" in w for w in warnings) == 2
+
+
 def test_bearer_prefix_is_removed_from_the_token():
     servers, _, errors, warnings = one(entry(name="a", ip="h", token="Bearer abc"))
     assert errors == [] and servers[0].token == "abc" and "Bearer" in warnings[0] and "abc" not in warnings[0]
@@ -484,6 +510,41 @@ def test_file_with_bom_is_read(tmp_path):
     path = tmp_path / "s.json"
     path.write_bytes(b'\xef\xbb\xbf[{"name": "a", "ip": "h"}]')
     assert load_config({"NUKE_COMFYUI_SERVERS": str(path)}).source == "file"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_a_utf16_file_from_powershell_is_read_with_a_warning(tmp_path, encoding):
+    path = tmp_path / "s.json"
+    path.write_bytes('[{"name": "a", "ip": "h"}]\r\n'.encode(encoding))
+    load = load_config({"NUKE_COMFYUI_SERVERS": str(path)})
+    assert load.source == "file" and [s.name for s in load.servers] == ["a"] and load.ok
+    assert len(load.warnings) == 1 and "UTF-" in load.warnings[0] and "save it as UTF-8" in load.warnings[0]
+
+
+def test_a_latin1_file_is_refused_naming_the_byte(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_bytes('[{"name": "caf\u00e9", "ip": "h"}]'.encode("latin-1"))
+    load = load_config({"NUKE_COMFYUI_SERVERS": str(path)})
+    assert load.source == "default" and "not UTF-8 text (byte 0xe9" in load.errors[0]
+
+
+def test_entry_lines_are_found_in_one_pass_over_the_text():
+    """Finding each entry's line once recounted from the start: minutes for a 10 MB file."""
+    from nuke_comfy_cluster.core.config_parse import _entry_lines
+
+    class Counting(str):
+        scanned = 0
+
+        def count(self, sub, start=0, end=None):  # type: ignore[override]
+            end = len(self) if end is None else end
+            Counting.scanned += max(0, end - start)
+            return str.count(self, sub, start, end)
+
+    n = 3000
+    plain = json.dumps([{"name": f"s{i}", "ip": "h", "port": 1} for i in range(n)], indent=2)
+    lines = _entry_lines(Counting(plain))
+    assert lines is not None and len(lines) == n and lines[:2] == [2, 7] and lines[-1] == 2 + 5 * (n - 1)
+    assert Counting.scanned <= 2 * len(plain)
 
 
 def test_missing_file_falls_back_and_says_so(tmp_path):

@@ -177,7 +177,9 @@ def test_permission_denied_is_named(tmp_path):
     for p, mode in opened:  # let the unprivileged child reach the folder
         os.chmod(str(p), mode | 0o001)
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=60
+        )
     finally:
         for p, mode in opened:
             os.chmod(str(p), mode)
@@ -193,7 +195,7 @@ def test_a_held_lock_makes_save_give_up_after_a_bounded_wait(tmp_path, monkeypat
     path = tmp_path / "servers.json"
     save_servers(path, servers(1))
     monkeypatch.setattr(config_store, "LOCK_TIMEOUT", 0.3)
-    fd = os.open(str(path) + ".lock", os.O_RDWR)
+    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         start = time.monotonic()
@@ -276,6 +278,7 @@ def test_list_backups_ignores_other_files(tmp_path):
 
 def test_export_without_and_with_secrets(tmp_path):
     items = [ServerConfig("a", token="tok", headers={"X-Key": "hdr"})]
+    (tmp_path / "out").mkdir()
     dest = export_config(items, tmp_path / "out" / "export.json")
     text = dest.read_text(encoding="utf-8")
     assert "tok" not in text and "hdr" not in text and json.loads(text)[0]["name"] == "a"
@@ -303,10 +306,69 @@ def test_import_of_missing_or_binary_files(tmp_path):
         import_config(tmp_path / "missing.json")
     assert "missing.json" in str(info.value) and "not found" in str(info.value)
     binary = tmp_path / "bin.json"
-    binary.write_bytes(b"\xff\xfe\x00garbage")
+    binary.write_bytes(b"[\xc3\x28garbage")
     with pytest.raises(ConfigError) as info:
         import_config(binary)
-    assert "UTF-8" in str(info.value)
+    assert "UTF-8" in str(info.value) and str(binary) in str(info.value)
+    if POSIX:
+        fifo = tmp_path / "fifo.json"
+        os.mkfifo(str(fifo))
+        with pytest.raises(ConfigError, match="not a regular file"):
+            import_config(fifo)  # would block forever if it were opened for reading
+
+
+def test_import_reads_the_utf16_that_powershell_writes(tmp_path):
+    src = tmp_path / "ps.json"
+    src.write_bytes('[{"name": "gpu1", "ip": "10.0.0.5", "port": 8188}]\r\n'.encode("utf-16"))  # with BOM
+    loaded, issues = import_config(src)
+    assert [s.name for s in loaded] == ["gpu1"]
+    assert [i.level for i in issues] == ["warning"] and "UTF-16" in issues[0].message
+
+
+def test_import_of_a_file_over_the_size_limit_is_refused_without_reading_it_all(tmp_path):
+    from nuke_comfy_cluster.core.config import MAX_CONFIG_BYTES
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.write(b"[" + b" " * (MAX_CONFIG_BYTES + 10) + b"]")
+    with pytest.raises(ConfigError, match="larger than 10 MB"):
+        import_config(big)
+
+
+def test_export_does_not_create_folders_and_names_a_file_in_the_way(tmp_path):
+    items = [ServerConfig("a")]
+    with pytest.raises(ConfigError) as info:
+        export_config(items, tmp_path / "typo" / "export.json")
+    assert "does not exist" in str(info.value) and not (tmp_path / "typo").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        export_config(items, tmp_path / "file" / "sub" / "export.json")
+    assert f"{tmp_path / 'file'} is a file, not a folder" in str(info.value)
+    with pytest.raises(ConfigError, match="it is a folder"):
+        export_config(items, tmp_path)
+
+
+def test_a_save_leaves_no_lock_file_behind(tmp_path):
+    path = tmp_path / "servers.json"
+    save_servers(path, servers(1))
+    save_servers(path, servers(2))
+    backup_now(path)
+    assert not (tmp_path / "servers.json.lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backups", "servers.json"]
+
+
+def test_restore_from_a_bad_backup_names_that_backup(tmp_path):
+    path = tmp_path / "servers.json"
+    save_servers(path, servers(1))
+    bad = tmp_path / "old.json"
+    bad.write_text('[{"name": "a", "ip": "h", "port": 0}]', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        restore_backup(path, bad)
+    message = str(info.value)
+    assert message.startswith(f"Not restored: backup {bad} is not valid: {bad} entry 1")
+    assert str(path) + " " not in message
+    with pytest.raises(ConfigError, match=f"Not restored: cannot read {tmp_path / 'gone.json'}: file not found"):
+        restore_backup(path, tmp_path / "gone.json")
 
 
 # --------------------------------------------------------------------------- crash and concurrency
@@ -397,3 +459,29 @@ def test_two_processes_saving_at_once_leave_valid_files(tmp_path):
     assert len(backups) == 3
     assert all(info.servers in (300, 500) and info.path.read_bytes() in good for info in backups)
     assert len({info.path.name for info in backups}) == 3
+
+
+def test_the_lock_still_excludes_when_each_holder_removes_its_lock_file(tmp_path):
+    """Removing the lock file on release must not let a waiter and a newcomer in together."""
+    import threading
+
+    path = tmp_path / "servers.json"
+    inside = []
+    overlaps = []
+
+    def worker() -> None:
+        for _ in range(30):
+            with config_store._locked(path, timeout=30):
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(len(inside))
+                time.sleep(0.0005)
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not overlaps
+    assert not (tmp_path / "servers.json.lock").exists()

@@ -100,7 +100,9 @@ def test_server_restarted_with_queue_lost(start_sims, tmp_path):
     frames = range(1, 13)
     with Cluster.from_servers(sim_configs(procs), status_ttl=1.0) as cluster:
         batch = cluster.submit_frames(WORKFLOW, frames, output_dir=str(tmp_path), sequence_name="r")
-        assert wait_until(lambda: any(j.server == "sim0" and j.state is JobState.RUNNING for j in batch.snapshot().jobs), 30)
+        assert wait_until(
+            lambda: any(j.server == "sim0" and j.state is JobState.RUNNING for j in batch.snapshot().jobs), 30
+        )
         procs[0].kill()
         procs[0].restart()
         snap = batch.wait(90)
@@ -134,12 +136,32 @@ def test_execution_error_carries_node_message_traceback(start_sims):
 
 
 def test_cancel_batch_running_on_several_servers_spares_other_artists(start_sims):
-    procs = start_sims([1.0, 1.0], seconds=1.5)
-    other = requests.post(procs[0].url + "/prompt", json={"prompt": WORKFLOW, "client_id": "other-artist"}, timeout=5)
+    """At the cancel, another artist's long prompt runs on sim0 (ours queued behind it) and one
+    of ours runs on sim1: ours are deleted or interrupted, theirs runs to the end."""
+    procs = start_sims([1.0, 1.0], seconds=3.0)
+    other = requests.post(
+        procs[0].url + "/prompt",
+        json={"prompt": WORKFLOW, "client_id": "other-artist", "extra_data": {"sim_seconds": 8.0}},
+        timeout=5,
+    )
     other_id = other.json()["prompt_id"]
+
+    def running(proc):
+        return [item[1] for item in requests.get(proc.url + "/queue", timeout=5).json()["queue_running"]]
+
+    assert wait_until(lambda: running(procs[0]) == [other_id], 10)
     with Cluster.from_servers(sim_configs(procs)) as cluster:
         batch = cluster.submit_frames(WORKFLOW, range(1, 9))
-        assert wait_until(lambda: sum(1 for j in batch.snapshot().jobs if j.prompt_id) >= 3, 20)
+
+        def ours_running_on_sim1():
+            return [j for j in batch.snapshot().jobs if j.server == "sim1" and j.prompt_id in running(procs[1])]
+
+        assert wait_until(
+            lambda: sum(1 for j in batch.snapshot().jobs if j.prompt_id) >= 3 and ours_running_on_sim1(), 20
+        )
+        ours_running = ours_running_on_sim1()[0]
+        assert running(procs[0]) == [other_id], "premise: the other artist's prompt runs at the cancel"
+        cancelled_at = time.time()
         cluster.cancel(batch)
         snap = batch.wait(20)
     assert snap.finished and snap.state in ("cancelled", "failed")
@@ -155,7 +177,12 @@ def test_cancel_batch_running_on_several_servers_spares_other_artists(start_sims
         return True
 
     assert wait_until(queues_free_of_ours, 10)
-    assert wait_until(lambda: other_id in requests.get(procs[0].url + "/history", timeout=5).json(), 10)
+    # ours that ran at the cancel was interrupted, not left to render a frame nobody wants
+    entry = requests.get(procs[1].url + "/history/" + ours_running.prompt_id, timeout=5).json()[ours_running.prompt_id]
+    ended = max(m[1]["timestamp"] for m in entry["status"]["messages"]) / 1000.0
+    # (unless it ended in the instant between the cancel and the server's answer to /queue)
+    assert entry["status"]["status_str"] == "error" or ended < cancelled_at + 0.3, entry["status"]
+    assert wait_until(lambda: other_id in requests.get(procs[0].url + "/history", timeout=5).json(), 15)
     entry = requests.get(procs[0].url + "/history/" + other_id, timeout=5).json()[other_id]
     assert entry["status"]["status_str"] == "success"  # the other artist's job was not interrupted
 
@@ -175,7 +202,10 @@ def test_results_through_shared_directory_and_through_download(start_sims, tmp_p
     share = tmp_path / "share"
     (share / "out").mkdir(parents=True)
     (share / "in").mkdir()
-    shared, private = start_sims([1.0], seconds=0.2, output_dir=str(share / "out"), input_dir=str(share / "in"))[0], None
+    shared, private = (
+        start_sims([1.0], seconds=0.2, output_dir=str(share / "out"), input_dir=str(share / "in"))[0],
+        None,
+    )
     private = start_sims([1.0], seconds=0.2)[0]
     servers = [
         ServerConfig("shared", "127.0.0.1", shared.port, dir_local=str(share), dir_remote=str(share)),

@@ -282,49 +282,57 @@ def test_sequence_names_chosen_by_the_user_are_plain_names(tmp_path):
 _SAVE_STEPS = ("mkstemp", "fsync", "chmod", "replace")
 
 
-@pytest.mark.parametrize("call", range(1, 5))
 @pytest.mark.parametrize("step", _SAVE_STEPS)
-def test_a_save_failing_at_any_step_keeps_a_complete_file_and_a_backup(tmp_path, monkeypatch, step, call):
-    """Each file operation of a save fails in turn (the n-th call of it): the file is the old
-    one or the new one, complete; backups are complete; no temp file is left behind."""
-    path = tmp_path / "cfg" / "servers.json"
-    old = servers_to_json([ServerConfig("old", "10.0.0.1", 8188)])
-    new = servers_to_json([ServerConfig(f"new{i}", "10.0.0.2", 8188 + i) for i in range(50)])
-    config_store.save_servers(path, old)
-
-    calls = {"n": 0}
+def test_a_save_failing_at_any_step_keeps_a_complete_file_and_a_backup(tmp_path, monkeypatch, step):
+    """Each file operation of a save fails in turn (its 1st call, its 2nd, ... as many as one
+    save makes): the file is the old one or the new one, complete; backups are complete; no
+    temporary file is left behind."""
     module, name = {
         "mkstemp": (config_store.tempfile, "mkstemp"),
         "fsync": (config_store.os, "fsync"),
         "chmod": (config_store.os, "chmod"),
         "replace": (config_store.os, "replace"),
     }[step]
+    original = getattr(module, name)
+    old = servers_to_json([ServerConfig("old", "10.0.0.1", 8188)])
+    new = servers_to_json([ServerConfig(f"new{i}", "10.0.0.2", 8188 + i) for i in range(50)])
 
-    def failing(original):
+    def save_failing_at(path, call):
+        """Save ``new`` over ``old`` with the ``call``-th call of the step failing (0: none);
+        returns (saved, how many calls of the step the save made)."""
+        config_store.save_servers(path, old)
+        calls = {"n": 0}
+
         def wrapper(*args, **kw):
             calls["n"] += 1
             if calls["n"] == call:
                 raise OSError(28, "No space left on device")
             return original(*args, **kw)
 
-        return wrapper
+        monkeypatch.setattr(module, name, wrapper)
+        try:
+            config_store.save_servers(path, new)
+            saved = True
+        except ConfigError as e:
+            saved = False
+            assert str(path.parent) in str(e) or "servers" in str(e)
+        finally:
+            monkeypatch.setattr(module, name, original)
+        return saved, calls["n"]
 
-    monkeypatch.setattr(module, name, failing(getattr(module, name)))
-    try:
-        config_store.save_servers(path, new)
-        saved = True
-    except ConfigError as e:
-        saved = False
-        assert str(path.parent) in str(e) or "servers" in str(e)
-    monkeypatch.undo()
-
-    text = path.read_text(encoding="utf-8")
-    assert text == (new if saved else old)
-    servers, issues = parse_servers(text)
-    assert servers and not [i for i in issues if i.level == "error"]
-    for backup in config_store.list_backups(path):
-        assert backup.path.read_text(encoding="utf-8") in (old, new)
-    leftovers = [p for p in path.parent.rglob("*") if p.name.endswith(".tmp")]
-    assert leftovers == []
-    if saved and calls["n"] >= 1:
-        assert config_store.list_backups(path), "a save that replaced the file kept no backup"
+    saved, made = save_failing_at(tmp_path / "dry" / "servers.json", 0)
+    assert saved and made >= 1, f"a save never calls {step}: nothing to test"
+    for call in range(1, made + 1):
+        path = tmp_path / f"fail{call}" / "servers.json"
+        saved, seen = save_failing_at(path, call)
+        assert seen >= call, f"the {call}. call of {step} never happened: the fault was not injected"
+        text = path.read_text(encoding="utf-8")
+        assert text == (new if saved else old), (step, call)
+        servers, issues = parse_servers(text)
+        assert servers and not [i for i in issues if i.level == "error"]
+        for backup in config_store.list_backups(path):
+            assert backup.path.read_text(encoding="utf-8") in (old, new)
+        leftovers = [p for p in path.parent.rglob("*") if p.name.endswith(".tmp")]
+        assert leftovers == [], (step, call)
+        if saved:
+            assert config_store.list_backups(path), "a save that replaced the file kept no backup"

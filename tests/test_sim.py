@@ -776,3 +776,146 @@ def test_sigstop_times_out_and_sigcont_resumes(sim):
         ghosts = [e for e in history.values() if e["prompt"][2].get("1", {}).get("inputs", {}).get("color") == colour]
         time.sleep(0.05)
     assert len(ghosts) == 1 and ghosts[0]["status"]["status_str"] == "success"
+
+
+# ---- heterogeneous servers and model loads (--without-nodes, --models, --fail-class, --load-seconds) ----
+
+# Bodies as a real ComfyUI 0.3.39 answers them (checked in tests/real/test_conformance.py).
+CKPT_TOOLTIP = {"tooltip": "The name of the checkpoint (model) to load."}
+
+
+def checkpoint_workflow(ckpt: str, size: int = 64) -> Dict[str, Any]:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "ckpt"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def odd_sim():
+    args = ["--without-nodes", "ImageInvert,ImageScaleBy", "--models", "b.safetensors,a.safetensors"]
+    args += ["--fail-class", "ImageBlur", "--load-seconds", "1.5"]
+    with SimProcess(seconds=0.1, name="odd", extra_args=args) as proc:
+        yield proc
+
+
+def test_without_nodes_answers_like_comfyui_missing_the_node(odd_sim, sim):
+    info = requests.get(odd_sim.url + "/object_info", timeout=T).json()
+    assert "ImageInvert" not in info and "ImageScaleBy" not in info and "ImageBlur" in info
+    assert requests.get(odd_sim.url + "/object_info/ImageInvert", timeout=T).json() == {}
+    assert "SaveImage" in requests.get(odd_sim.url + "/object_info/SaveImage", timeout=T).json()
+    expected = capture("post_prompt_error_invalid_class.json")
+    prompt = expected["request_json"]["prompt"]
+    prompt["2"]["class_type"] = "ImageInvert"
+    response = requests.post(odd_sim.url + "/prompt", json={"prompt": prompt}, timeout=T)
+    body = expected["body_json"]
+    body["error"]["message"] = "Cannot execute because node ImageInvert does not exist."
+    assert (response.status_code, response.headers["Content-Type"], response.json()) == (
+        400,
+        expected["content_type"],
+        body,
+    )
+    # the same prompt on a simulator that has the node is accepted
+    assert requests.post(sim.url + "/prompt", json={"prompt": prompt}, timeout=T).status_code == 200
+
+
+def test_without_nodes_rejects_unknown_class_names_clearly():
+    result = subprocess.run(
+        [sys.executable, "-m", "nuke_comfy_cluster.sim", "--without-nodes", "ImageInvert,NoSuchThing"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "unknown node class NoSuchThing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_models_sets_the_checkpoints_and_others_answer_value_not_in_list(odd_sim, sim):
+    assert requests.get(odd_sim.url + "/models/checkpoints", timeout=T).json() == ["a.safetensors", "b.safetensors"]
+    loader = requests.get(odd_sim.url + "/object_info/CheckpointLoaderSimple", timeout=T).json()
+    assert loader["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"] == [
+        ["a.safetensors", "b.safetensors"],
+        CKPT_TOOLTIP,
+    ]
+    response = requests.post(
+        odd_sim.url + "/prompt", json={"prompt": checkpoint_workflow("zzz.safetensors")}, timeout=T
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        },
+        "node_errors": {
+            "1": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "ckpt_name: 'zzz.safetensors' not in ['a.safetensors', 'b.safetensors']",
+                        "extra_info": {
+                            "input_name": "ckpt_name",
+                            "input_config": [["a.safetensors", "b.safetensors"], CKPT_TOOLTIP],
+                            "received_value": "zzz.safetensors",
+                        },
+                    }
+                ],
+                "dependent_outputs": ["4"],
+                "class_type": "CheckpointLoaderSimple",
+            }
+        },
+    }
+    accepted = requests.post(odd_sim.url + "/prompt", json={"prompt": checkpoint_workflow("b.safetensors")}, timeout=T)
+    assert accepted.status_code == 200, accepted.text
+    # the default simulator has its own two checkpoints
+    assert requests.get(sim.url + "/models/checkpoints", timeout=T).json() == [
+        "sim_sd15.safetensors",
+        "v1-5-pruned-emaonly-fp16.safetensors",
+    ]
+
+
+def test_fail_class_raises_cuda_out_of_memory(odd_sim):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "oom"}},
+    }
+    with WsRecorder(odd_sim.ws_url, "oom") as ws:
+        prompt_id = post_prompt(odd_sim, prompt, "oom")["prompt_id"]
+        messages = run_messages(ws, prompt_id)
+    kinds = [t for t in types_of(messages) if t != "status"]
+    assert kinds == ["execution_start", "execution_cached", "executing", "executing", "execution_error", "executing"]
+    error = next(m for m in messages if m["type"] == "execution_error")["data"]
+    assert (error["node_id"], error["node_type"], error["executed"]) == ("2", "ImageBlur", ["1"])
+    assert error["exception_type"] == "torch.OutOfMemoryError"
+    assert error["exception_message"].startswith("CUDA out of memory.")
+    history = requests.get(f"{odd_sim.url}/history/{prompt_id}", timeout=T).json()[prompt_id]
+    assert history["status"]["status_str"] == "error" and history["outputs"] == {}
+
+
+def _run_seconds(proc: SimProcess, ws: WsRecorder, prompt: Dict[str, Any]) -> Any:
+    """(seconds from execution_start to success by the server's clock, nodes execution_cached listed)."""
+    ws.clear()
+    prompt_id = post_prompt(proc, prompt, ws.client_id)["prompt_id"]
+    messages = run_messages(ws, prompt_id, timeout=20)
+    stamp = {m["type"]: m["data"]["timestamp"] for m in messages if m["type"].startswith("execution_")}
+    assert "execution_success" in stamp, types_of(messages)
+    cached = next(m for m in messages if m["type"] == "execution_cached")["data"]["nodes"]
+    return (stamp["execution_success"] - stamp["execution_start"]) / 1000.0, cached
+
+
+def test_load_seconds_charged_only_when_the_loader_runs(odd_sim):
+    # load 1.5 s, frame 0.1 s: a loaded model costs nothing, a switch (classic cache) pays again
+    with WsRecorder(odd_sim.ws_url, "loads") as ws:
+        cold, cached = _run_seconds(odd_sim, ws, checkpoint_workflow("a.safetensors", 64))
+        assert cold >= 1.5 and cached == []
+        warm, cached = _run_seconds(odd_sim, ws, checkpoint_workflow("a.safetensors", 72))
+        assert "1" in cached and warm < 1.0, warm
+        switch, cached = _run_seconds(odd_sim, ws, checkpoint_workflow("b.safetensors", 64))
+        assert switch >= 1.5 and "1" not in cached
+        back, cached = _run_seconds(odd_sim, ws, checkpoint_workflow("a.safetensors", 80))
+        assert back >= 1.5 and "1" not in cached  # b evicted a: only the last prompt's outputs are kept

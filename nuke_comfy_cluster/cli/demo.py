@@ -72,26 +72,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .status_cmds import format_table
 
     out = args.out or tempfile.mkdtemp(prefix="ncc-demo-")
-    print("Starting 3 simulated ComfyUI servers (speeds {}) on 127.0.0.1 ...".format(
-        " / ".join(str(s) for s in SPEEDS)), file=sys.stderr)
+    print(
+        "Starting 3 simulated ComfyUI servers (speeds {}) on 127.0.0.1 ...".format(" / ".join(str(s) for s in SPEEDS)),
+        file=sys.stderr,
+    )
     result = run_demo(args.frames, args.seconds, out)
     snap = result["snapshot"]
     if args.json:
-        print(json.dumps({
-            "state": snap.state,
-            "makespan_s": snap.makespan,
-            "sequential_estimate_s": result["sequential_estimate_s"],
-            "frames_per_server": snap.servers,
-            "output": out,
-            "jobs": [j.as_dict() for j in snap.jobs],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "state": snap.state,
+                    "makespan_s": snap.makespan,
+                    "sequential_estimate_s": result["sequential_estimate_s"],
+                    "frames_per_server": snap.servers,
+                    "output": out,
+                    "jobs": [j.as_dict() for j in snap.jobs],
+                },
+                indent=2,
+            )
+        )
     else:
         print()
         print(summary_table(snap))
         seq = result["sequential_estimate_s"]
+        if snap.makespan:
+            print(f"makespan on the cluster: {snap.makespan:.1f} s for {len(snap.jobs)} frames")
         if seq and snap.makespan:
-            print(f"one server, frame after frame (fastest, measured): ~{seq:.1f} s -> cluster speed-up {seq / snap.makespan:.2f}x")
-        print(f"sequence: {out}/shot010_comfy.####.png")
+            print(
+                f"one server, frame after frame (fastest, measured): ~{seq:.1f} s -> cluster speed-up {seq / snap.makespan:.2f}x"
+            )
         print()
         print(format_table(result["status"]))
     return 0 if snap.ok else 1

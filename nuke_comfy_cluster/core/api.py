@@ -13,15 +13,70 @@ integrations use, on a process-wide default cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from .config import ServerConfig
+from .delivery import (
+    SequenceLock,
+    check_output_dir,
+    describe_frames,
+    existing_frames,
+    require_saving_node,
+)
 from .dispatch import Dispatcher
+from .errors import ConfigError
+from .frames import MAX_FRAMES, FrameList, parse_frames
 from .jobs import Batch, Job, PromptPreparer
 from .pool import ComfyUIServerPool
 from .results import ensure_safe_name
 from .templating import derive_seed, frame_prompt, seeded_prompt, validate_workflow
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How and where a batch runs; every ``Cluster.submit*`` takes one (or the same names as keywords).
+
+    ``server`` pins the batch (default: the panel's override, else the cluster decides);
+    ``output_dir`` + ``sequence_name`` deliver every result as ``NAME.####.ext`` sequences
+    (one per saving node); ``overwrite`` allows replacing frames already there.
+    """
+
+    server: Optional[str] = None
+    name: str = ""
+    output_dir: Optional[str] = None
+    sequence_name: Optional[str] = None
+    prepare: Optional[PromptPreparer] = None
+    base_seed: Optional[int] = None
+    overwrite: bool = False
+    max_attempts: Optional[int] = None
+    workflow: Optional[Dict[str, Any]] = None  # set by submit_frames / submit_iterations
+
+    @classmethod
+    def merge(cls, options: Optional[SubmitOptions], kw: Mapping[str, Any]) -> SubmitOptions:
+        base = options if options is not None else cls()
+        unknown = set(kw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError("unknown submit option(s): {}".format(", ".join(sorted(unknown))))
+        return dataclasses.replace(base, **{k: v for k, v in kw.items()}) if kw else base
+
+    def but(self, **changes: Any) -> SubmitOptions:
+        return dataclasses.replace(self, **changes)
+
+
+def _frame_list(frames: Iterable[int]) -> FrameList:
+    if isinstance(frames, FrameList):
+        return frames
+    if isinstance(frames, range) and frames.step > 0:
+        if len(frames) > MAX_FRAMES:
+            raise ConfigError(f"{len(frames):,} frames: one batch holds at most {MAX_FRAMES:,}")
+        return FrameList([(frames.start, frames[-1], frames.step)] if len(frames) else [])
+    items = list(frames)
+    if len(items) > MAX_FRAMES:
+        raise ConfigError(f"{len(items):,} frames: one batch holds at most {MAX_FRAMES:,}")
+    return FrameList.of(items)
 
 
 class Cluster:
@@ -65,106 +120,134 @@ class Cluster:
         elif not any(s.last_status_check for s in self.pool.servers):
             self.pool.update_all_server_status(force=True)
 
-    def submit_batch(self, jobs: Sequence[Job], **kw: Any) -> Batch:
-        server = kw.pop("server", None) or self.pool.override
-        if kw.get("sequence_name"):
-            ensure_safe_name(kw["sequence_name"])
-        self._ready(server)
-        batch = Batch(list(jobs), pinned=server, **kw)
-        return self.dispatcher.submit_batch(batch)
-
-    def submit(
-        self,
-        prompt: Dict[str, Any],
-        *,
-        server: Optional[str] = None,
-        name: str = "",
-        output_dir: Optional[str] = None,
-        sequence_name: Optional[str] = None,
-        prepare: Optional[PromptPreparer] = None,
-    ) -> Batch:
-        """One prompt, to the pinned server or the best one now."""
-        validate_workflow(prompt)
-        return self.submit_batch(
-            [Job(prompt, label=name or "prompt")],
-            server=server,
-            name=name or "prompt",
-            output_dir=output_dir,
-            sequence_name=sequence_name,
-            prepare=prepare,
+    def submit_batch(self, jobs: Sequence[Job], options: Optional[SubmitOptions] = None, **kw: Any) -> Batch:
+        """Jobs made by the caller; ``options`` (or the same names as keywords) say where results go."""
+        opts = SubmitOptions.merge(options, kw)
+        server = opts.server or self.pool.override
+        jobs = list(jobs)
+        workflow = opts.workflow if opts.workflow is not None else (jobs[0].prompt if jobs else {})
+        batch = Batch(
+            jobs,
+            name=opts.name,
+            pinned=server,
+            prepare=opts.prepare,
+            output_dir=opts.output_dir,
+            sequence_name=opts.sequence_name if opts.output_dir else None,
+            max_attempts=opts.max_attempts or 0,
+            workflow=workflow,
         )
+        if opts.output_dir:
+            self._claim_sequence(batch, workflow, opts)
+        try:
+            self._ready(server)
+            return self.dispatcher.submit_batch(batch)
+        except BaseException:
+            if batch.lock_file is not None:
+                batch.lock_file.release()
+            raise
+
+    @staticmethod
+    def _claim_sequence(batch: Batch, workflow: Dict[str, Any], opts: SubmitOptions) -> None:
+        """Before anything renders: something to save, a writable folder, one writer, no silent overwrite."""
+        folder = opts.output_dir or ""
+        name = ensure_safe_name(opts.sequence_name or "result")
+        batch.sequence_name = name
+        require_saving_node(workflow)
+        check_output_dir(folder)
+        batch.lock_file = SequenceLock.acquire(folder, name, batch.id, batch.name)
+        try:
+            frames = [j.frame if j.frame is not None else 1 for j in batch.jobs]
+            existing = existing_frames(folder, name, frames)
+            if existing and not opts.overwrite:
+                raise ConfigError(
+                    "{} of the {} frames of sequence {} already exist in {} ({}): pass --overwrite "
+                    "(Overwrite on the node) to replace them, or choose another name".format(
+                        len(existing), len(frames), name, folder, describe_frames(existing)
+                    )
+                )
+            batch.existed = tuple(existing)
+        except BaseException:
+            batch.lock_file.release()
+            batch.lock_file = None
+            raise
+
+    def submit(self, prompt: Dict[str, Any], options: Optional[SubmitOptions] = None, **kw: Any) -> Batch:
+        """One prompt, to the pinned server or the best one now."""
+        opts = SubmitOptions.merge(options, kw)
+        validate_workflow(prompt)
+        label = opts.name or "prompt"
+        return self.submit_batch([Job(prompt, label=label)], opts.but(name=label, workflow=prompt))
 
     def submit_frames(
         self,
         workflow: Dict[str, Any],
-        frames: Iterable[int],
-        *,
-        server: Optional[str] = None,
-        name: str = "",
-        output_dir: Optional[str] = None,
-        sequence_name: Optional[str] = None,
-        prepare: Optional[PromptPreparer] = None,
-        base_seed: Optional[int] = None,
+        frames: Union[str, Iterable[int]],
+        options: Optional[SubmitOptions] = None,
+        **kw: Any,
     ) -> Batch:
-        """One prompt per frame (frame tokens substituted), spread over the cluster."""
+        """One prompt per frame (frame tokens substituted), spread over the cluster.
+
+        ``frames`` is a frame list text (``1001-1024``, ``1,3,5-7``) or frame numbers; each
+        frame's prompt is made when it is sent, so a long range costs frame numbers only.
+        """
+        opts = SubmitOptions.merge(options, kw)
         validate_workflow(workflow)
-        frames = list(frames)
-        if len(set(frames)) != len(frames):
-            raise ValueError("frame list has duplicates: each frame is rendered once")
-        jobs = []
-        for i, frame in enumerate(frames):
-            prompt = frame_prompt(workflow, frame)
-            seed = None
-            if base_seed is not None:
-                prompt = seeded_prompt(prompt, base_seed, frame, 0)
-                seed = derive_seed(base_seed, frame, 0)
-            jobs.append(Job(prompt, index=i, label=f"frame {frame}", frame=frame, seed=seed))
-        return self.submit_batch(
-            jobs,
-            server=server,
-            name=name or f"frames {frames[0]}-{frames[-1]}" if frames else "frames",
-            output_dir=output_dir,
-            sequence_name=sequence_name,
-            prepare=prepare,
-        )
+        frame_list = parse_frames(frames) if isinstance(frames, str) else _frame_list(frames)
+        base_seed = opts.base_seed
+
+        def make(job: Job) -> Dict[str, Any]:
+            prompt = frame_prompt(workflow, job.frame)
+            return seeded_prompt(prompt, base_seed, job.frame, 0) if base_seed is not None else prompt
+
+        jobs = [
+            Job(
+                index=i,
+                label=f"frame {frame}",
+                frame=frame,
+                seed=derive_seed(base_seed, frame, 0) if base_seed is not None else None,
+                factory=make,
+            )
+            for i, frame in enumerate(frame_list)
+        ]
+        if not len(frame_list):
+            raise ConfigError("no frames to render: the frame list is empty")
+        name = opts.name or f"frames {frame_list.text}"
+        return self.submit_batch(jobs, opts.but(name=name, workflow=workflow))
 
     def submit_iterations(
         self,
         workflow: Dict[str, Any],
         iterations: int,
+        options: Optional[SubmitOptions] = None,
         *,
-        base_seed: int = 0,
         frame: Optional[int] = None,
-        server: Optional[str] = None,
-        name: str = "",
-        output_dir: Optional[str] = None,
-        sequence_name: Optional[str] = None,
-        prepare: Optional[PromptPreparer] = None,
+        **kw: Any,
     ) -> Batch:
         """N variations of one prompt, each with its own deterministic seed."""
+        opts = SubmitOptions.merge(options, kw)
         validate_workflow(workflow)
         if iterations < 1:
             raise ValueError("iterations must be at least 1")
+        if iterations > MAX_FRAMES:
+            raise ValueError(f"{iterations} iterations: one batch holds at most {MAX_FRAMES:,}")
         base = frame_prompt(workflow, frame) if frame is not None else workflow
+        base_seed = opts.base_seed or 0
+
+        def make(job: Job) -> Dict[str, Any]:
+            return seeded_prompt(base, base_seed, frame, job.iteration or 0)
+
         jobs = [
             Job(
-                seeded_prompt(base, base_seed, frame, i),
                 index=i,
                 label=f"iteration {i + 1}",
                 frame=frame,
                 iteration=i,
                 seed=derive_seed(base_seed, frame, i),
+                factory=make,
             )
             for i in range(iterations)
         ]
-        return self.submit_batch(
-            jobs,
-            server=server,
-            name=name or f"{iterations} iterations",
-            output_dir=output_dir,
-            sequence_name=sequence_name,
-            prepare=prepare,
-        )
+        return self.submit_batch(jobs, opts.but(name=opts.name or f"{iterations} iterations", workflow=workflow))
 
     def cancel(self, batch: Batch) -> None:
         self.dispatcher.cancel(batch)

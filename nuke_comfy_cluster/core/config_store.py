@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from .config import ConfigIssue, ServerConfig, parse_servers, servers_to_json
+from .config import ConfigIssue, ServerConfig, parse_servers, read_config_file, servers_to_json
 from .errors import ConfigError
 
 CONFIG_FILENAME = "comfyui_servers.json"
@@ -89,36 +89,69 @@ def _fail(action: str, path: Path, exc: OSError) -> ConfigError:
 
 @contextlib.contextmanager
 def _locked(path: Path, timeout: Optional[float] = None) -> Iterator[None]:
-    """Hold ``<path>.lock`` exclusively (between processes and between threads), waiting at most ``timeout``."""
+    """Hold ``<path>.lock`` exclusively (between processes and between threads), waiting at most ``timeout``.
+
+    The lock file is removed on release (an empty ``.lock`` beside the config only
+    puzzles people); a waiter that then holds the lock of a removed file sees the
+    path now names another file (or none) and starts over.
+    """
     if timeout is None:
         timeout = LOCK_TIMEOUT
     lock_path = path.with_name(path.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(lock_path), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise _fail("lock", path, exc) from exc
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _try_lock(fd)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
-                    raise _fail("lock", path, exc) from exc
-                if time.monotonic() >= deadline:
-                    raise ConfigError(
-                        f"Cannot save {path}: another program has been saving it for more than {timeout:.0f} s "
-                        f"(lock file {lock_path})"
-                    ) from exc
-                time.sleep(0.02)
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            yield
-        finally:
-            _unlock(fd)
-    finally:
+            fd = os.open(str(lock_path), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _fail("lock", path, exc) from exc
+        try:
+            _wait_for_lock(fd, path, lock_path, deadline, timeout)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_named(fd, lock_path):
+            break
+        _unlock(fd)
         os.close(fd)
+    try:
+        yield
+    finally:
+        if sys.platform != "win32":  # Windows cannot remove a file that is open
+            with contextlib.suppress(OSError):
+                os.unlink(str(lock_path))
+        _unlock(fd)
+        os.close(fd)
+
+
+def _wait_for_lock(fd: int, path: Path, lock_path: Path, deadline: float, timeout: float) -> None:
+    while True:
+        try:
+            _try_lock(fd)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+                raise _fail("lock", path, exc) from exc
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"Cannot save {path}: another program has been saving it for more than {timeout:.0f} s "
+                    f"(lock file {lock_path})"
+                ) from exc
+            time.sleep(0.02)
+
+
+def _still_named(fd: int, lock_path: Path) -> bool:
+    """True when ``lock_path`` still names the file ``fd`` has open (not removed by the last holder)."""
+    if sys.platform == "win32":  # pragma: no cover - never removed there
+        return True
+    try:
+        held, named = os.fstat(fd), os.stat(str(lock_path))
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -316,12 +349,13 @@ def _read_bytes(path: Path) -> bytes:
         raise _fail("read", path, exc) from exc
 
 
-def _read_text(path: Path) -> str:
-    data = _read_bytes(path)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"Cannot read {path}: not UTF-8 text (byte offset {exc.start})") from exc
+def _read_config(path: Path) -> Tuple[str, List[ConfigIssue]]:
+    """(text, warnings) of a file to import or restore; read as the environment's file is
+    (size limit, no FIFOs, UTF-16 from PowerShell accepted with a warning)."""
+    read = read_config_file(str(path), origin="")
+    if read.text is None:
+        raise ConfigError(read.issues[0].message, read.issues)
+    return read.text, list(read.issues)
 
 
 def _validated(path: Path, servers_or_json_text: Union[str, Sequence[ServerConfig]]) -> Tuple[str, List[ServerConfig]]:
@@ -378,34 +412,53 @@ def save_servers(
 def restore_backup(path: PathLike, backup: Union[PathLike, BackupInfo], *, keep_backups: int = 20) -> SaveResult:
     """Put a backup back in place; the current file is backed up first, so a restore can be undone."""
     source = backup.path if isinstance(backup, BackupInfo) else Path(backup)
-    text = _read_text(source)
     try:
-        return save_servers(path, text, keep_backups=keep_backups)
+        text, _ = _read_config(source)
     except ConfigError as exc:
-        errors = [i for i in exc.issues if getattr(i, "level", "") == "error"]
-        if errors:
-            raise ConfigError(f"Not restored: backup {source} is not valid: {errors[0]}", exc.issues) from exc
-        raise
+        text_of = str(exc)
+        raise ConfigError(f"Not restored: {text_of[:1].lower()}{text_of[1:]}", exc.issues) from exc
+    # checked under its own name first, so a message points at the bad backup, not at the target
+    _, issues = parse_servers(text, origin=str(source))
+    errors = [i for i in issues if i.level == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"Not restored: backup {source} is not valid: {errors[0]}{more}", issues)
+    return save_servers(path, text, keep_backups=keep_backups)
 
 
 def export_config(servers: Sequence[ServerConfig], dest: PathLike, include_secrets: bool = False) -> Path:
     """Write the servers to ``dest`` (atomic; token and headers left out unless ``include_secrets``)."""
-    dest = Path(dest)
+    dest = Path(os.path.abspath(str(dest)))
     servers = list(servers)
     text = servers_to_json(servers, include_secrets=include_secrets)
     secret = include_secrets and any(s.token or s.headers for s in servers)
+    _check_export_target(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(dest, text.encode("utf-8"), 0o600 if secret else 0o644)
     except OSError as exc:
         raise _fail("export to", dest, exc) from exc
     return dest
 
 
+def _check_export_target(dest: Path) -> None:
+    """A typo in a folder name should fail, not create a tree somewhere unexpected."""
+    if dest.is_dir():
+        raise ConfigError(f"Cannot export to {dest}: it is a folder; give a file name, e.g. {dest / CONFIG_FILENAME}")
+    for parent in [dest.parent, *dest.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"Cannot export to {dest}: {parent} is a file, not a folder")
+            break
+    if not dest.parent.is_dir():
+        raise ConfigError(f"Cannot export to {dest}: folder {dest.parent} does not exist (create it first)")
+
+
 def import_config(src: PathLike) -> Tuple[List[ServerConfig], List[ConfigIssue]]:
     """Read and validate a server file without writing anything; unreadable files raise ConfigError."""
     path = Path(src)
-    return parse_servers(_read_text(path), origin=str(path))
+    text, notes = _read_config(path)
+    servers, issues = parse_servers(text, origin=str(path))
+    return servers, notes + issues
 
 
 __all__ = [

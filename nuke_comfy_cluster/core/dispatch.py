@@ -27,6 +27,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import balancing
+from .delivery import (
+    LocalWriteError,
+    SuspectResult,
+    frame_file,
+    free_bytes,
+    move_into_sequence,
+    pattern_for,
+    prompt_digest,
+    remove_staging,
+    remove_tree,
+    sequence_labels,
+    staging_dir,
+    stem_for,
+)
 from .errors import (
     ClusterError,
     ServerError,
@@ -41,8 +55,7 @@ from .pool import ComfyUIServerPool
 from .protocol import parse_prompt_response, workflow_error_from_execution, workflow_error_from_rejection
 from .recovery import RecoveryMixin, _Orphan
 from .results import (
-    deliver,
-    fetch_output,
+    collect_attempt,
     history_outputs,
     outputs_from_node_output,
     parse_history_entry,
@@ -55,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: how long a batch waits for any server to come back before failing what is left
 DEFAULT_WAIT_FOR_SERVERS_S = 300.0
+#: renders of one frame lost to a file-name clash on a shared folder before they count as failed attempts
+MAX_COLLISIONS = 8
 #: our prompts one server may hold at once when not using the scheduler's window
 SIMPLE_WINDOW = 2
 
@@ -106,7 +121,10 @@ class Dispatcher(RecoveryMixin):
         self._waiting_since: Dict[str, float] = {}
         self._by_prompt: Dict[str, Tuple[Batch, Job]] = {}
         self._by_token: Dict[str, Tuple[Batch, Job]] = {}
-        self._submitting: Set[str] = set()  # job ids with a POST under way
+        self._submitting: Dict[str, Job] = {}  # job id -> job, for jobs with a POST under way
+        #: per batch: index below which no job waits any more, and jobs put back to wait since
+        self._cursor: Dict[str, int] = {}
+        self._requeued: Dict[str, Dict[str, Job]] = {}
         self._busy: Set[Tuple[str, str]] = set()  # (kind, key) of background checks under way
         self._early: Dict[str, List[ServerEvent]] = {}
         self._orphans: List[_Orphan] = []
@@ -232,20 +250,34 @@ class Dispatcher(RecoveryMixin):
 
     def _flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self._dirty or (not force and now - self._last_flush < 0.1):
+        # a snapshot costs O(frames): big batches tell their observers a little less often
+        interval = 0.1 if sum(len(b.jobs) for b in self._batches) < 5000 else 0.5
+        if not self._dirty or (not force and now - self._last_flush < interval):
             return
         self._last_flush = now
         dirty, self._dirty = self._dirty, set()
         for batch in list(self._batches):
             if batch.id in dirty:
+                if all(j.state.finished for j in batch.jobs):
+                    self._release(batch)  # before anyone waiting on the batch is woken
                 batch.changed()
                 if batch.finished:
                     self._forget(batch)
 
+    def _release(self, batch: Batch) -> None:
+        """A finished batch leaves nothing behind: its lock and staging folders go."""
+        if batch.lock_file is not None:
+            batch.lock_file.release()
+            batch.lock_file = None
+        remove_staging(self._output_dir(batch), batch.id)
+
     def _forget(self, batch: Batch) -> None:
+        self._release(batch)
         self._batches = [b for b in self._batches if b is not batch]
         self._schedulers.pop(batch.id, None)
         self._waiting_since.pop(batch.id, None)
+        self._cursor.pop(batch.id, None)
+        self._requeued.pop(batch.id, None)
 
     # -- batches ----------------------------------------------------------------------
     def _wait_time(self) -> float:
@@ -256,9 +288,16 @@ class Dispatcher(RecoveryMixin):
             return self.tick
         return max(0.005, min(self.tick, min(wakeups) - now))
 
+    def _output_dir(self, batch: Batch) -> str:
+        """Where the batch's sequences go: its output folder, else a per-batch temp folder."""
+        return batch.output_dir or os.path.join(self.download_dir, batch.id)
+
     def _add_batch(self, batch: Batch) -> None:
         if batch.max_attempts <= 0:
             batch.max_attempts = self.max_attempts
+        if not batch.labels:
+            workflow = batch.workflow if batch.workflow is not None else (batch.jobs[0].prompt if batch.jobs else {})
+            batch.labels = sequence_labels(workflow)
         self._batches.append(batch)
         scheduler = self._scheduler_factory()
         # the same workflow again: start from the speeds the last batch learned (no new probes)
@@ -276,6 +315,7 @@ class Dispatcher(RecoveryMixin):
             for job in batch.jobs:
                 if job.state is JobState.FAILED:
                     job.state = JobState.PENDING
+                    self._cursor[batch.id] = 0
                     job.error = None
                     job.failed_servers = []
                     job.attempts = 0
@@ -323,6 +363,7 @@ class Dispatcher(RecoveryMixin):
                 job.finished_at = time.time()
             else:
                 job.state = JobState.PENDING
+                self._put_back(batch, job)
                 job.server = None
                 job.prompt_id = None
                 job.started_at = job.started_mono = job.server_done_mono = None
@@ -383,7 +424,7 @@ class Dispatcher(RecoveryMixin):
         for batch in list(self._batches):
             if batch.cancel_requested:
                 continue
-            pending = [j for j in batch.jobs if j.state is JobState.PENDING and j.id not in self._submitting]
+            pending = self._waiting_jobs(batch, limit=max(256, 32 * len(snaps)))
             if not pending:
                 continue
             names = [batch.pinned] if batch.pinned else list(snaps)
@@ -396,8 +437,9 @@ class Dispatcher(RecoveryMixin):
                 batch.message = "Servers are back: continuing"
                 self._touch(batch)
             loads = []
+            in_flight = self._in_flight(batch)
             for snap in usable:
-                ours = [j for j in batch.jobs if j.server == snap.name and self._occupies_server(j)]
+                ours = [j for j in in_flight if j.server == snap.name]
                 # one prompt runs at a time: an older RUNNING one is a missed finish
                 running = sorted(
                     (j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None),
@@ -429,6 +471,44 @@ class Dispatcher(RecoveryMixin):
                 if server is not None:
                     self._start_submit(batch, job, server)
 
+    def _waiting_jobs(self, batch: Batch, limit: int) -> List[Job]:
+        """The first ``limit`` jobs waiting to be sent, oldest first, without scanning the batch.
+
+        Jobs are sent roughly in order, so a cursor skips those already sent for good;
+        jobs put back to wait (failover, Retry failed) are kept aside and come first.
+        The scheduler needs the exact count only near the end of a batch, where it is exact.
+        """
+        jobs = batch.jobs
+        cur = self._cursor.get(batch.id, 0)
+        while cur < len(jobs) and (jobs[cur].state is not JobState.PENDING or jobs[cur].id in self._submitting):
+            cur += 1
+        self._cursor[batch.id] = cur
+        out: List[Job] = []
+        back = self._requeued.get(batch.id)
+        if back:
+            for job_id, job in list(back.items()):
+                if job.state is not JobState.PENDING:
+                    del back[job_id]
+                elif job.id not in self._submitting and job.index < cur:
+                    out.append(job)
+            out.sort(key=lambda j: j.index)
+        i = cur
+        while i < len(jobs) and len(out) < limit:
+            job = jobs[i]
+            if job.state is JobState.PENDING and job.id not in self._submitting:
+                out.append(job)
+            i += 1
+        return out
+
+    def _put_back(self, batch: Batch, job: Job) -> None:
+        """A job waits again (called wherever a job goes back to PENDING)."""
+        self._requeued.setdefault(batch.id, {})[job.id] = job
+
+    def _in_flight(self, batch: Batch) -> List[Job]:
+        """Our jobs of this batch queued or running on a server, from the routing tables."""
+        # every attempt under way (being sent, queued, running, fetched) is in _by_token
+        return [j for b, j in self._by_token.values() if b is batch and self._occupies_server(j)]
+
     def _occupies_server(self, job: Job) -> bool:
         """Queued or running there (a job whose result is being fetched no longer is)."""
         if job.id in self._submitting:
@@ -443,7 +523,9 @@ class Dispatcher(RecoveryMixin):
             return sched.plan(loads, pending)
         # round robin / priority: one prompt at a time to servers with window room
         room = {
-            load.name: max(0, (load.max_in_flight or SIMPLE_WINDOW) - load.ours_queued - (1 if load.ours_running_since else 0))
+            load.name: max(
+                0, (load.max_in_flight or SIMPLE_WINDOW) - load.ours_queued - (1 if load.ours_running_since else 0)
+            )
             for load in loads
         }
         snaps = [s for s in self.pool.server_snapshots() if room.get(s.name)]
@@ -479,7 +561,9 @@ class Dispatcher(RecoveryMixin):
         if batch.pinned and batch.pinned not in snaps:
             reasons = f"server {batch.pinned!r} is no longer configured"
         # no live counter in the text: it changes only when the reasons do (logs stay quiet)
-        msg = "Waiting for a server (gives up after {:.0f} s): {}".format(self.wait_for_servers, reasons or "none configured")
+        msg = "Waiting for a server (gives up after {:.0f} s): {}".format(
+            self.wait_for_servers, reasons or "none configured"
+        )
         if batch.message != msg:
             batch.message = msg
             self._touch(batch)
@@ -489,13 +573,14 @@ class Dispatcher(RecoveryMixin):
                 f"No server came back within {self.wait_for_servers:.0f} s: {reasons}. Frames already rendered are kept; "
                 "use Retry failed when a server is up.",
             )
-            for job in pending:
-                self._finish(batch, job, JobState.FAILED, error)
+            for job in batch.jobs:  # every waiting job, not only the planner's view
+                if job.state is JobState.PENDING and job.id not in self._submitting:
+                    self._finish(batch, job, JobState.FAILED, error)
             del self._waiting_since[batch.id]
 
     # -- submit -----------------------------------------------------------------------
     def _start_submit(self, batch: Batch, job: Job, server: ComfyUIServer) -> None:
-        self._submitting.add(job.id)
+        self._submitting[job.id] = job
         token = uuid.uuid4().hex
         with batch.lock:
             job.server = server.name
@@ -511,11 +596,14 @@ class Dispatcher(RecoveryMixin):
             sent_at = time.time()
             try:
                 body_prompt = prepare(prompt, server) if prepare is not None else prompt
+                digest = prompt_digest(body_prompt)
+                marker = {"batch": batch.id, "job": job.id, "attempt": token}
                 body = {
                     "prompt": body_prompt,
                     "client_id": self.pool.client_id,
                     "prompt_id": requested_id,  # newer ComfyUI honours it; 0.3.39 ignores it
-                    "extra_data": {"ncc_job": job.id, "ncc_attempt": token},
+                    # SaveImage writes extra_pnginfo into the PNG: each file names the attempt that made it
+                    "extra_data": {"ncc_job": job.id, "ncc_attempt": token, "extra_pnginfo": {"ncc": marker}},
                 }
                 answer = server.connection.post_json("prompt", body, job_id=job.id)
                 prompt_id = parse_prompt_response(answer, server.name)
@@ -523,14 +611,21 @@ class Dispatcher(RecoveryMixin):
                 error = e
                 self._call(lambda: self._submit_failed(batch, job, server, token, requested_id, error))
                 return
-            self._call(lambda: self._submitted(batch, job, server, token, prompt_id, sent_at))
+            self._call(lambda: self._submitted(batch, job, server, token, prompt_id, sent_at, digest))
 
         self._io(work)
 
     def _submitted(
-        self, batch: Batch, job: Job, server: ComfyUIServer, token: str, prompt_id: str, sent_at: float
+        self,
+        batch: Batch,
+        job: Job,
+        server: ComfyUIServer,
+        token: str,
+        prompt_id: str,
+        sent_at: float,
+        digest: Optional[str] = None,
     ) -> None:
-        self._submitting.discard(job.id)
+        self._submitting.pop(job.id, None)
         if job.attempt_token != token or job.state.finished:
             # cancelled (or otherwise resolved) while the POST was under way: remove it again
             self._orphans.append(_Orphan(server.name, token, prompt_id, time.monotonic()))
@@ -539,6 +634,7 @@ class Dispatcher(RecoveryMixin):
         server.note_submitted(time.time())
         with batch.lock:
             job.prompt_id = prompt_id
+            job.sent_digest = digest
             job.state = JobState.SUBMITTED
             job.queued_at = sent_at
             job.last_news = time.monotonic()
@@ -553,7 +649,7 @@ class Dispatcher(RecoveryMixin):
     def _submit_failed(
         self, batch: Batch, job: Job, server: ComfyUIServer, token: str, requested_id: str, exc: BaseException
     ) -> None:
-        self._submitting.discard(job.id)
+        self._submitting.pop(job.id, None)
         self._by_token.pop(token, None)
         # no answer in time, or one we could not read: the prompt may be queued there all the same
         maybe_queued = isinstance(exc, ServerError) and exc.may_have_reached_server
@@ -686,17 +782,17 @@ class Dispatcher(RecoveryMixin):
             if sched is not None:
                 started_at = job.started_mono if job.started_mono is not None else job.server_done_mono
                 sched.job_finished(server.name, started_at, job.server_done_mono)
-        token = job.attempt_token
+        token = job.attempt_token or ""
         outputs = list(job.outputs)
         prompt_id = job.prompt_id or ""
         started = job.started_mono
-        # beside the delivered sequence when there is one, else a per-batch temp folder
-        if batch.output_dir:
-            download_dir = os.path.join(batch.output_dir, ".downloads")
-        else:
-            download_dir = os.path.join(self.download_dir, batch.id)
+        digest = job.sent_digest
+        # a private folder per attempt: another frame's file of the same name can never land here
+        staging = staging_dir(self._output_dir(batch), batch.id, job.id, token)
 
         def work() -> None:
+            local: List[OutputFile] = []
+            error: Optional[BaseException] = None
             try:
                 files = outputs
                 if entry is not None:
@@ -705,39 +801,126 @@ class Dispatcher(RecoveryMixin):
                     body = server.connection.get_json(f"history/{prompt_id}")
                     got = parse_history_entry(body, prompt_id)
                     files = history_outputs(got) if got else []
-                local = [fetch_output(server, f, download_dir) for f in files]
-                error: Optional[BaseException] = None
+                local = collect_attempt(server, files, staging, digest, in_place=not batch.output_dir)
             except (ClusterError, ValueError, OSError) as e:
-                local, error = [], e
+                error = e
+                remove_tree(staging)
 
             def done() -> None:
                 self._busy.discard(("complete", job.id))
                 if job.attempt_token != token or job.state.finished:
                     self.ignored_late_results += 1
+                    remove_tree(staging)
                     return
-                if error is not None:
+                if isinstance(error, LocalWriteError):
+                    self._local_failure(batch, job, str(error))
+                elif isinstance(error, SuspectResult):
+                    if not error.collision:
+                        server.record_failure(f"{server.name}: {error}")  # it sent garbage, not a clash of names
+                    elif job.collisions < MAX_COLLISIONS:
+                        # two servers saved the same name into one folder at once: neither the
+                        # frame's nor the server's fault, so it does not use up an attempt
+                        job.collisions += 1
+                        job.attempts = max(0, job.attempts - 1)
+                    self._requeue(batch, job, server.name, f"{server.name}: {error}")
+                elif error is not None:
                     reason = f"{server.name}: could not fetch the result: {error}"
                     self._requeue(batch, job, server.name, reason)
-                    return
-                self._complete(batch, job, server, local, started)
+                else:
+                    self._complete(batch, job, server, local, started, staging)
 
             self._call(done)
 
         self._io(work)
 
     def _complete(
-        self, batch: Batch, job: Job, server: ComfyUIServer, files: List[OutputFile], started: Optional[float]
+        self,
+        batch: Batch,
+        job: Job,
+        server: ComfyUIServer,
+        files: List[OutputFile],
+        started: Optional[float],
+        staging: str,
     ) -> None:
+        """Rename the attempt's checked files into the sequence; DONE only once they are there."""
         now = time.monotonic()
+        if not files and batch.output_dir:
+            remove_tree(staging)
+            self._requeue(batch, job, server.name, f"{server.name}: {job.label} finished without saving an image")
+            return
+        folder = self._output_dir(batch)
+        name = batch.sequence_name or "result"
+        delivered: List[OutputFile] = []
+        per_node: Dict[str, int] = {}
+        try:
+            for out in files:
+                k = per_node.get(out.node, 0)
+                per_node[out.node] = k + 1
+                if not (out.local_path or "").startswith(staging):
+                    delivered.append(out)  # checked in place on the shared drive (no output folder asked for)
+                    continue
+                label = batch.labels.get(out.node, f"n{out.node}")
+                stem = stem_for(name, label, k, job.iteration)
+                ext = os.path.splitext(out.filename)[1].lower() or ".png"
+                target = frame_file(folder, stem, job.frame if job.frame is not None else 1, ext)
+                move_into_sequence(out.local_path or "", target)
+                delivered.append(
+                    OutputFile(
+                        out.node, out.filename, out.subfolder, out.type, target, pattern_for(folder, stem, ext), label
+                    )
+                )
+        except LocalWriteError as e:
+            remove_tree(staging)
+            self._local_failure(batch, job, str(e))
+            return
+        finally:
+            remove_tree(staging)
         with batch.lock:
-            job.outputs = files
+            job.outputs = delivered
             job.progress_value = job.progress_max = 1.0
-        if batch.output_dir and batch.sequence_name:
-            try:
-                deliver(job, batch.output_dir, batch.sequence_name)
-            except (OSError, ClusterError) as e:
-                self._finish(batch, job, JobState.FAILED, JobError("infrastructure", f"could not write {batch.output_dir}: {e}", server.name))
-                return
+        self._warn_if_short_of_space(batch, folder, delivered)
         done = job.server_done_mono if job.server_done_mono is not None else now
         server.record_success((done - started) if started is not None else None)
         self._finish(batch, job, JobState.DONE)
+
+    def _warn_if_short_of_space(self, batch: Batch, folder: str, delivered: List[OutputFile]) -> None:
+        if getattr(batch, "_space_checked", False):
+            return
+        batch._space_checked = True  # type: ignore[attr-defined]  # noqa: SLF001 - once per batch
+        size = 0
+        for out in delivered:
+            try:
+                size += os.path.getsize(out.local_path or "")
+            except OSError:
+                pass
+        free = free_bytes(folder)
+        left = sum(1 for j in batch.jobs if not j.state.finished)
+        if free is not None and size and size * left > free:
+            batch.message = "Warning: {} holds {:.0f} MB free; the {} frames left need about {:.0f} MB".format(
+                folder, free / 1e6, left, size * left / 1e6
+            )
+            log.warning("%s: %s", batch.name, batch.message)
+
+    def _local_failure(self, batch: Batch, job: Job, message: str) -> None:
+        """A result could not be written HERE: no server's fault, nothing more is sent.
+
+        Frames already running finish and are delivered if the folder works again; the
+        waiting ones fail once, with the path and the error, and Retry failed resumes them.
+        """
+        if batch.local_error is None:
+            batch.local_error = message
+        # one error for the batch (the first), so it is reported once
+        error = JobError("local", f"could not write the result: {batch.local_error}")
+        self._finish(batch, job, JobState.FAILED, error)
+        with batch.lock:
+            message = batch.local_error
+            batch.message = (
+                f"Stopped sending frames: could not write the result ({message}). Frames already delivered are "
+                "kept; fix the output folder, then use Retry failed."
+            )
+            for other in batch.jobs:
+                if other.state is JobState.PENDING and other.id not in self._submitting:
+                    other.state = JobState.FAILED
+                    other.error = error
+                    other.finished_at = time.time()
+        self._touch(batch)

@@ -32,11 +32,10 @@ from .config import (
     ENV_PORT,
     ENV_SERVERS,
     ServerConfig,
-    _check_host,
-    _parse_int,
     load_config,
     preferred_server,
 )
+from .config_fields import _check_host, _parse_int
 
 
 def _env(environ: Optional[Mapping[str, str]]) -> Mapping[str, str]:

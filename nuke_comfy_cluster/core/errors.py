@@ -108,6 +108,7 @@ class WorkflowError(ClusterError):
         node_type: Optional[str] = None,
         traceback: Optional[str] = None,
         details: Any = None,
+        error_type: Optional[str] = None,
         **kw: Any,
     ) -> None:
         super().__init__(message, **kw)
@@ -115,6 +116,9 @@ class WorkflowError(ClusterError):
         self.node_type = node_type
         self.traceback = traceback
         self.details = details
+        #: ComfyUI's error type ("value_not_in_list", "invalid_prompt") or the exception's
+        #: class ("torch.OutOfMemoryError"): what tells two servers' errors apart
+        self.error_type = error_type
 
 
 class NoServerAvailable(ClusterError):

@@ -16,13 +16,15 @@ from .errors import ClusterError, WorkflowError
 from .state import JobState
 
 PromptPreparer = Callable[[Dict[str, Any], Any], Dict[str, Any]]
+#: makes a job's prompt when it is sent (frames stay small until then)
+PromptFactory = Callable[["Job"], Dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class JobError:
     """Why a job failed: a workflow error (node, message, traceback) or infrastructure."""
 
-    kind: str  # "workflow" | "infrastructure" | "cancelled"
+    kind: str  # "workflow" | "infrastructure" | "local" (this machine) | "cancelled"
     message: str
     server: Optional[str] = None
     node_id: Optional[str] = None
@@ -59,6 +61,27 @@ class OutputFile:
     subfolder: str = ""
     type: str = "output"
     local_path: Optional[str] = None
+    #: the delivered sequence this file belongs to (path with ``####``), its label ("" = main)
+    pattern: Optional[str] = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """One delivered image sequence of a batch (one per saving node and image index)."""
+
+    pattern: str  # absolute path with ####
+    label: str  # "" for the main sequence, else e.g. "matte"
+    frames: Tuple[int, ...]  # frames delivered so far, sorted
+    existed: Tuple[int, ...] = ()  # frames that were there before the batch (overwritten)
+
+    @property
+    def first(self) -> int:
+        return self.frames[0] if self.frames else 0
+
+    @property
+    def last(self) -> int:
+        return self.frames[-1] if self.frames else 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,7 @@ class JobSnapshot:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "outputs": [o.local_path or o.filename for o in self.outputs],
+            "delivered": [o.local_path for o in self.outputs if o.pattern and o.local_path],
             "error": None
             if self.error is None
             else {
@@ -119,21 +143,30 @@ class JobSnapshot:
 
 
 class Job:
-    """One prompt to render once. Mutated by the dispatcher only."""
+    """One prompt to render once. Mutated by the dispatcher only.
+
+    The prompt is either given or made by ``factory(job)`` each time it is needed, so
+    a 100,000-frame batch holds frame numbers, not 100,000 prompts.
+    """
 
     def __init__(
         self,
-        prompt: Dict[str, Any],
+        prompt: Optional[Dict[str, Any]] = None,
         *,
         index: int = 0,
         label: str = "",
         frame: Optional[int] = None,
         iteration: Optional[int] = None,
         seed: Optional[int] = None,
+        factory: Optional[PromptFactory] = None,
     ) -> None:
+        if prompt is None and factory is None:
+            raise ValueError("a job needs a prompt or a prompt factory")
+        self._snap: Optional[JobSnapshot] = None
         self.id = uuid.uuid4().hex
         self.index = index
-        self.prompt = prompt
+        self._prompt = prompt
+        self._factory = factory
         self.label = label or (str(frame) if frame is not None else f"job {index}")
         self.frame = frame
         self.iteration = iteration
@@ -142,7 +175,9 @@ class Job:
         self.server: Optional[str] = None
         self.prompt_id: Optional[str] = None
         self.attempt_token: Optional[str] = None  # marks our prompt in /queue extra_data
+        self.sent_digest: Optional[str] = None  # what this attempt's render must carry
         self.attempts = 0
+        self.collisions = 0  # renders lost to another prompt writing the same file name
         self.failed_servers: List[str] = []
         self.progress_value = 0.0
         self.progress_max = 0.0
@@ -155,11 +190,28 @@ class Job:
         self.finished_at: Optional[float] = None
         self.outputs: List[OutputFile] = []
         self.error: Optional[JobError] = None
+        self.history: List[str] = []  # earlier attempts' failures, oldest first
         self.last_news: float = time.monotonic()
         self.cancel_requested = False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # any change makes the cached snapshot stale (snapshots of 100,000 jobs stay cheap)
+        object.__setattr__(self, name, value)
+        if name != "_snap":
+            object.__setattr__(self, "_snap", None)
+
+    @property
+    def prompt(self) -> Dict[str, Any]:
+        if self._prompt is not None:
+            return self._prompt
+        assert self._factory is not None
+        return self._factory(self)
+
     def snapshot(self) -> JobSnapshot:
-        return JobSnapshot(
+        snap = self._snap
+        if snap is not None:
+            return snap
+        snap = JobSnapshot(
             id=self.id,
             index=self.index,
             label=self.label,
@@ -180,6 +232,8 @@ class Job:
             outputs=tuple(self.outputs),
             error=self.error,
         )
+        self._snap = snap
+        return snap
 
 
 @dataclass(frozen=True)
@@ -192,6 +246,28 @@ class BatchSnapshot:
     finished_at: Optional[float]
     message: str = ""  # the latest thing the user should know (waiting for servers, ...)
     errors: Tuple[JobError, ...] = field(default_factory=tuple)  # one per distinct failure
+    #: servers left out of this batch and why ("no node ControlNetApplyAdvanced")
+    left_out: Tuple[Tuple[str, str], ...] = ()
+    output_dir: Optional[str] = None
+    sequence_name: Optional[str] = None
+    existed: Tuple[int, ...] = ()  # frames of the sequence that were there before (overwritten)
+
+    @property
+    def sequences(self) -> Tuple[SequenceInfo, ...]:
+        """The delivered sequences, the main one first (each saving node, each image index)."""
+        frames: Dict[Tuple[str, str], List[int]] = {}
+        for j in self.jobs:
+            for o in j.outputs:
+                if o.pattern and j.frame is not None:
+                    frames.setdefault((o.pattern, o.label), []).append(j.frame)
+                elif o.pattern:
+                    frames.setdefault((o.pattern, o.label), []).append(1)
+        out = [
+            SequenceInfo(pattern, label, tuple(sorted(set(fs))), tuple(f for f in self.existed if f in set(fs)))
+            for (pattern, label), fs in frames.items()
+        ]
+        out.sort(key=lambda s: (s.label != "", s.label, s.pattern))
+        return tuple(out)
 
     def count(self, state: JobState) -> int:
         return sum(1 for j in self.jobs if j.state is state)
@@ -264,8 +340,10 @@ class Batch:
         output_dir: Optional[str] = None,
         sequence_name: Optional[str] = None,
         max_attempts: int = 3,
+        workflow: Optional[Dict[str, Any]] = None,
+        batch_id: Optional[str] = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = batch_id or uuid.uuid4().hex
         self.name = name or f"batch {self.id[:6]}"
         self.jobs = jobs
         self.pinned = pinned
@@ -273,6 +351,14 @@ class Batch:
         self.output_dir = output_dir
         self.sequence_name = sequence_name
         self.max_attempts = max_attempts
+        #: the workflow the jobs come from (saving nodes name the sequences); None = the first job's prompt
+        self.workflow = workflow
+        #: saving node id -> sequence label ("" = the main sequence); set by the dispatcher
+        self.labels: Dict[str, str] = {}
+        self.left_out: Dict[str, str] = {}
+        self.existed: Tuple[int, ...] = ()
+        self.lock_file: Any = None  # the SequenceLock held while the batch writes its sequence
+        self.local_error: Optional[str] = None
         self.created_at = time.time()
         self.finished_at: Optional[float] = None
         self.message = ""
@@ -309,6 +395,10 @@ class Batch:
                 finished_at=self.finished_at,
                 message=self.message,
                 errors=tuple(seen.values()),
+                left_out=tuple(sorted(self.left_out.items())),
+                output_dir=self.output_dir,
+                sequence_name=self.sequence_name,
+                existed=self.existed,
             )
 
     def changed(self) -> None:

@@ -12,6 +12,11 @@ Threads the pool owns once :meth:`ComfyUIServerPool.start` is called:
 
 Readers on other threads (the UI, the CLI) get immutable :class:`PoolSnapshot`
 objects, through :meth:`snapshot` or a listener.
+
+The same server listed twice (``127.0.0.1`` and ``localhost``) is used once: the
+later entry is marked a duplicate when the servers are set (address literals, no
+DNS, so safe on the UI thread) and, once the pool runs, by a background check with
+DNS and the servers' own identity (:mod:`.identity`). Either way a warning says so.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from . import balancing
+from . import balancing, identity
 from .config import ConfigLoad, ServerConfig, load_config
 from .errors import NoServerAvailable
 from .events import EventType, ServerEvent
@@ -71,6 +76,8 @@ class ComfyUIServerPool:
         self._events: queue.Queue[Optional[ServerEvent]] = queue.Queue()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._polls: Dict[str, Future] = {}
+        self._duplicates: List[identity.Duplicate] = []
+        self._identity_due = False
         self._running = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -102,6 +109,8 @@ class ComfyUIServerPool:
             self._load = loaded
             if self._override is not None and self._override not in new:
                 self._override = None
+            self._identity_due = True
+        self._apply_duplicates(identity.find_duplicates(s for s in new.values() if s.enabled))
         for server in removed:
             self._stop_socket(server.name)
             server.close()
@@ -131,9 +140,54 @@ class ComfyUIServerPool:
     def set_enabled(self, name: str, enabled: bool) -> None:
         server = self._require(name)
         server.enabled = enabled
+        # the entry kept for a server listed twice may change with what is enabled
+        self._apply_duplicates(identity.find_duplicates(s for s in self.servers if s.enabled))
+        with self._lock:
+            self._identity_due = True
         if enabled:
             self._wake.set()
         self._notify()
+
+    # -- one server listed twice ---------------------------------------------------
+    @property
+    def duplicates(self) -> List[identity.Duplicate]:
+        """Entries found to name a server listed before them (unused while so)."""
+        with self._lock:
+            return list(self._duplicates)
+
+    def _apply_duplicates(self, found: List[identity.Duplicate], *, merge: bool = False) -> None:
+        """Mark the later entries of servers listed twice as unused (and stop their sockets)."""
+        with self._lock:
+            if merge:
+                known = {d.name for d in self._duplicates}
+                found = list(self._duplicates) + [d for d in found if d.name not in known]
+            changed = [d for d in found if d not in self._duplicates]
+            self._duplicates = list(found)
+            marked = {d.name: d for d in found if d.certain}
+            servers = list(self._servers.values())
+        for server in servers:
+            dup = marked.get(server.name)
+            if dup is not None:
+                if server.duplicate_of != dup.same_as:
+                    server.mark_duplicate(dup.same_as, dup.message)
+                    self._stop_socket(server.name)
+            elif server.duplicate_of is not None:
+                server.mark_duplicate(None)
+        for dup in changed:
+            log.warning("%s", dup.message)
+
+    def _check_identity(self) -> None:
+        """DNS and the servers' own answers (pool worker thread): duplicates literals missed."""
+        candidates = [s for s in self.servers if s.enabled and s.duplicate_of is None]
+        try:
+            # only certain ones: identical studio boxes must never be merged on a guess
+            found = [d for d in identity.check_duplicates(candidates, timeout=sum(STATUS_TIMEOUT)) if d.certain]
+        except Exception:  # noqa: BLE001 - a failed check must not stop the status thread
+            log.exception("duplicate-server check failed")
+            return
+        if found:
+            self._apply_duplicates(found, merge=True)
+            self._notify()
 
     def set_priority(self, name: str, priority: int) -> None:
         self._require(name).priority = priority
@@ -158,7 +212,8 @@ class ComfyUIServerPool:
         return PoolSnapshot(
             servers=servers,
             source=loaded.notice if loaded is not None else "",
-            warnings=tuple(loaded.warnings) if loaded is not None else (),
+            warnings=(tuple(loaded.warnings) if loaded is not None else ())
+            + tuple(d.message for d in self.duplicates),
             errors=tuple(loaded.errors) if loaded is not None else (),
             next_server=balancing.choose(servers, self.strategy, now=now, last_pick=self._last_pick),
             taken_at=now,
@@ -187,7 +242,7 @@ class ComfyUIServerPool:
         futures = [
             self._poll(s)
             for s in self.servers
-            if s.enabled and (force or s.status_age(now) >= self.status_ttl)
+            if s.enabled and s.duplicate_of is None and (force or s.status_age(now) >= self.status_ttl)
         ]
         if futures:
             wait(futures, timeout=timeout if timeout is not None else sum(STATUS_TIMEOUT) * 2 + 1.0)
@@ -291,13 +346,19 @@ class ComfyUIServerPool:
             if event.type is EventType.STATUS and event.queue_remaining is not None:
                 server.apply_push(event.queue_remaining, event.at)
                 changed = True
+                if server.api_failed:
+                    self._poll(server)  # the socket lives: see whether the API does again
             elif event.type is EventType.CONNECTED:
                 server.live = True
                 changed = True
+                if event.data.get("reconnect") and not event.data.get("resumed"):
+                    server.object_info.invalidate()  # a restart drops every socket
                 self._poll(server)  # the push may have been lost: learn the queue now
             elif event.type is EventType.DISCONNECTED:
                 server.live = False
                 changed = True
+                if not event.data.get("stalled"):
+                    server.object_info.invalidate()
                 self._poll(server)
         with self._lock:
             listeners = list(self._event_listeners)
@@ -312,7 +373,7 @@ class ComfyUIServerPool:
 
     # -- threads -------------------------------------------------------------------
     def _start_socket(self, server: ComfyUIServer) -> None:
-        if not self.use_websocket or not server.enabled:
+        if not self.use_websocket or not server.enabled or server.duplicate_of is not None:
             return
         with self._lock:
             if not self._running or server.name in self._sockets:
@@ -338,15 +399,23 @@ class ComfyUIServerPool:
     def _status_loop(self) -> None:
         while not self._stop.is_set():
             now = time.time()
+            with self._lock:
+                identity_due, self._identity_due = self._identity_due, False
+            if identity_due:
+                self._ensure_executor().submit(self._check_identity)
             for server in self.servers:
                 if self._stop.is_set():
                     return
-                if not server.enabled:
+                if not server.enabled or server.duplicate_of is not None:
                     continue
                 if self.use_websocket:
                     self._start_socket(server)
                 every = LIVE_POLL_EVERY if server.live else self.status_ttl
-                if server.status_age(now) >= every or server.last_status_check is None:
+                if server.api_failed and server.poll_age(now) >= self.status_ttl:
+                    # pushes keep status_age fresh, but only a poll proves the API again
+                    future = self._poll(server)
+                    future.add_done_callback(lambda _f: self._notify())
+                elif server.status_age(now) >= every or server.last_status_check is None:
                     future = self._poll(server)
                     future.add_done_callback(lambda _f: self._notify())
             self._wake.wait(min(1.0, self.status_ttl / 2))

@@ -9,12 +9,12 @@ local path is built with :func:`paths.safe_join`, which refuses to leave its fol
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from .delivery import SuspectResult, verify_file, write_staged
 from .errors import ConfigError, MalformedResponse
-from .jobs import Job, OutputFile
+from .jobs import OutputFile
 from .paths import is_under, safe_join, to_local
 from .server import ComfyUIServer
 
@@ -61,7 +61,7 @@ def history_outputs(entry: Dict[str, Any]) -> List[OutputFile]:
 
 
 def history_status(entry: Dict[str, Any]) -> str:
-    """"success", "error", or "" when the entry has no final status yet."""
+    """ "success", "error", or "" when the entry has no final status yet."""
     status = entry.get("status")
     if isinstance(status, dict) and isinstance(status.get("status_str"), str):
         return status["status_str"]
@@ -122,30 +122,49 @@ def fetch_output(server: ComfyUIServer, out: OutputFile, download_dir: str) -> O
     return OutputFile(out.node, out.filename, out.subfolder, out.type, target)
 
 
-def sequence_path(folder: str, name: str, job: Job, ext: str) -> str:
-    """Where a job's first image goes in the delivered sequence (Nuke ``####`` padding)."""
-    frame = job.frame if job.frame is not None else 1
-    stem = name if job.iteration is None else f"{name}_i{job.iteration:03d}"
-    return safe_join(folder, "", f"{stem}.{frame:04d}{ext}")
+def fetch_content(server: ComfyUIServer, out: OutputFile, prefer_shared: bool = True) -> Tuple[bytes, str, str]:
+    """One output's bytes, its Content-Type ("" from a shared drive) and where it came from."""
+    shared = shared_output_dir(server) if prefer_shared else None
+    if shared is not None:
+        path = safe_join(shared, out.subfolder, out.filename)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read(), "", path
+    safe_join("/", out.subfolder, out.filename)  # refuse hostile names before asking for them
+    data, ctype = server.connection.get_content(
+        "view", params={"filename": out.filename, "subfolder": out.subfolder, "type": out.type}
+    )
+    return data, ctype, "/view"
 
 
-def sequence_pattern(folder: str, name: str, ext: str = ".png", iteration: Optional[int] = None) -> str:
-    stem = name if iteration is None else f"{name}_i{iteration:03d}"
-    return os.path.join(folder, f"{stem}.####{ext}")
+def collect_attempt(
+    server: ComfyUIServer, files: List[OutputFile], staging: str, digest: Optional[str], in_place: bool = False
+) -> List[OutputFile]:
+    """Fetch, check and stage every output of one attempt; returns them with ``local_path`` staged.
 
+    ``in_place``: a checked file on the shared drive is left where the server wrote it
+    (no sequence asked for: nothing to copy).
 
-def deliver(job: Job, folder: str, name: str) -> Optional[str]:
-    """Copy the job's first local output into the sequence; returns its path."""
-    first = next((o for o in job.outputs if o.local_path), None)
-    if first is None:
-        return None
-    ext = os.path.splitext(first.filename)[1] or ".png"
-    target = sequence_path(folder, name, job, ext)
-    os.makedirs(folder, exist_ok=True)
-    tmp = target + ".ncc-part"
-    shutil.copyfile(first.local_path, tmp)  # type: ignore[arg-type]
-    os.replace(tmp, target)
-    return target
+    A file on the shared drive that fails the check (another prompt wrote the same name)
+    is fetched again through ``/view``, which reads the same name: still wrong, it raises
+    :class:`~.delivery.SuspectResult` and nothing of the attempt is kept.
+    """
+    staged: List[OutputFile] = []
+    for i, out in enumerate(files):
+        data, ctype, source = fetch_content(server, out)
+        try:
+            verify_file(data, out.filename, ctype, digest)
+        except SuspectResult:
+            if source == "/view":
+                raise
+            data, ctype, source = fetch_content(server, out, prefer_shared=False)
+            verify_file(data, out.filename, ctype, digest)
+        if in_place and source != "/view":
+            staged.append(OutputFile(out.node, out.filename, out.subfolder, out.type, source))
+            continue
+        path = write_staged(staging, out.filename, data, i)
+        staged.append(OutputFile(out.node, out.filename, out.subfolder, out.type, path))
+    return staged
 
 
 def ensure_safe_name(name: str) -> str:

@@ -2,6 +2,13 @@
 
 State changes happen under one lock; readers on other threads get immutable
 :class:`~.state.ServerSnapshot` objects from :meth:`ComfyUIServer.get_status`.
+
+Failures are counted per request kind (:data:`SUBMIT`, :data:`RESULTS`,
+:data:`STATUS`, :data:`GENERAL`): a success of one kind proves nothing about
+another, and a websocket ``status`` push proves only the socket. So a server that
+answers ``POST /prompt`` with a wrong-shaped body goes into cooldown although its
+websocket keeps pushing, and a push never makes a server that failed its last HTTP
+poll look reachable again (the pool polls it at once instead).
 """
 
 from __future__ import annotations
@@ -9,10 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Deque, Dict, Optional, Tuple
 
+from .compatibility import ObjectInfoCache
 from .config import ServerConfig
-from .errors import ClusterError, MalformedResponse, ServerError, ServerRejected
+from .errors import ClusterError, MalformedResponse, ServerError, ServerRejected, ServerTimeout
 from .http import STATUS_TIMEOUT, ServerConnection
 from .state import DeviceInfo, ServerCounters, ServerSnapshot, ServerStatus
 
@@ -22,6 +30,12 @@ COOLDOWN_MIN_S = 5.0
 COOLDOWN_MAX_S = 120.0
 #: device/VRAM/version are refreshed this often, queue length every status TTL
 SYSTEM_STATS_EVERY_S = 30.0
+
+#: request kinds whose failures are counted apart
+SUBMIT = "submit"  # POST /prompt
+RESULTS = "results"  # /history, /queue reconciliation, /view downloads
+STATUS = "status"  # the status poll (GET /prompt): only a missed total deadline counts
+GENERAL = "request"  # anything else; reset only by a completed frame
 
 
 def _parse_device(stats: Any) -> DeviceInfo:
@@ -48,6 +62,11 @@ def _parse_device(stats: Any) -> DeviceInfo:
         python_version=str(system.get("python_version", "")).split(" ")[0],
         output_directory=output_directory,
     )
+
+
+def _identity(device: DeviceInfo) -> Tuple[str, ...]:
+    """What changes only when another ComfyUI answers at an address (free memory aside)."""
+    return (device.name, device.type, str(device.vram_total), device.comfyui_version, device.python_version)
 
 
 def parse_queue_remaining(body: Any) -> int:
@@ -94,8 +113,13 @@ class ComfyUIServer:
         self._last_error: Optional[str] = None
         self._device = DeviceInfo()
         self._device_at: float = 0.0
-        self._consecutive_failures = 0
+        self._failures_by_kind: Dict[str, int] = {}
         self._cooldown_until: Optional[float] = None
+        self._cooldown_kind: Optional[str] = None  # the kind of request whose failures began it
+        self._polled_at: Optional[float] = None  # time.time() of the last poll attempt
+        self._duplicate_of: Optional[str] = None
+        #: answers to /object_info/{class}, dropped when the server may have restarted
+        self.object_info = ObjectInfoCache()
         self._dispatches = 0
         self._failures = 0
         self._completed = 0
@@ -145,10 +169,36 @@ class ComfyUIServer:
     def enabled(self, value: bool) -> None:
         with self._lock:
             self._enabled = bool(value)
-            if not value:
+            if not value or self._duplicate_of is not None:
                 self._status = ServerStatus.DISABLED
             elif self._status is ServerStatus.DISABLED:
                 self._status = ServerStatus.UNKNOWN
+
+    @property
+    def duplicate_of(self) -> Optional[str]:
+        """The name of the entry this one is the same server as (it is then not used)."""
+        return self._duplicate_of
+
+    def mark_duplicate(self, of: Optional[str], why: str = "") -> None:
+        """Leave this entry unused because it is the same server as ``of`` (None: use it again)."""
+        with self._lock:
+            self._duplicate_of = of
+            if of is not None:
+                self._status = ServerStatus.DISABLED
+                self._last_error = why or f"the same server as {of}: used once, through {of}"
+            elif self._status is ServerStatus.DISABLED and self._enabled:
+                self._status = ServerStatus.UNKNOWN
+                self._last_error = None
+
+    @property
+    def consecutive_failures(self) -> int:
+        """The longest run of failures of one request kind (what the cooldown follows)."""
+        with self._lock:
+            return max(self._failures_by_kind.values(), default=0)
+
+    def failures_of(self, kind: str) -> int:
+        with self._lock:
+            return self._failures_by_kind.get(kind, 0)
 
     @property
     def status(self) -> ServerStatus:
@@ -169,7 +219,9 @@ class ComfyUIServer:
         return (now if now is not None else time.time()) - self._observed_at
 
     # -- observations ----------------------------------------------------------------
-    def _set_queue(self, remaining: int, observed_at: float, running: Optional[int] = None) -> None:
+    def _set_queue(
+        self, remaining: int, observed_at: float, running: Optional[int] = None, *, proves_api: bool = True
+    ) -> None:
         self._queue_remaining = remaining
         if running is None:
             running = 1 if remaining > 0 else 0
@@ -178,17 +230,32 @@ class ComfyUIServer:
         self._observed_at = observed_at
         while self._in_flight and self._in_flight[0] <= observed_at:
             self._in_flight.popleft()
-        if self._enabled:
-            self._status = ServerStatus.BUSY if remaining > 0 else ServerStatus.ONLINE
+        if not self._enabled or self._duplicate_of is not None:
+            return
+        if not proves_api and self._status in (ServerStatus.OFFLINE, ServerStatus.ERROR):
+            return  # the socket lives, but the API failed last time: only HTTP can clear that
+        self._status = ServerStatus.BUSY if remaining > 0 else ServerStatus.ONLINE
 
     def apply_push(self, queue_remaining: int, at: Optional[float] = None) -> None:
-        """A websocket ``status`` broadcast: the live load signal."""
+        """A websocket ``status`` broadcast: the live load signal.
+
+        It proves the socket, not the API: failure counts, the last error and an
+        offline/error status stay until an HTTP request succeeds."""
         now = at if at is not None else time.time()
         with self._lock:
-            self._set_queue(queue_remaining, now)
+            self._set_queue(queue_remaining, now, proves_api=False)
             self._last_check = now
-            self._last_error = None
-            self._consecutive_failures = 0
+
+    @property
+    def api_failed(self) -> bool:
+        """The last HTTP status poll failed (a push does not clear this)."""
+        return self._status in (ServerStatus.OFFLINE, ServerStatus.ERROR)
+
+    def poll_age(self, now: Optional[float] = None) -> float:
+        """Seconds since the last status poll was started (inf if never)."""
+        if self._polled_at is None:
+            return float("inf")
+        return (now if now is not None else time.time()) - self._polled_at
 
     def _record_error(self, exc: BaseException, now: float) -> None:
         self._last_error = str(exc)
@@ -205,10 +272,11 @@ class ComfyUIServer:
 
         Never raises for server trouble: the snapshot says what happened.
         """
-        if not self._enabled:
+        if not self._enabled or self._duplicate_of is not None:
             return self.get_status()
         started = time.monotonic()
         now = time.time()
+        self._polled_at = now
         try:
             body = self.connection.get_json("prompt", timeout=STATUS_TIMEOUT)
             try:
@@ -230,15 +298,26 @@ class ComfyUIServer:
         except ClusterError as e:
             with self._lock:
                 self._record_error(e, now)
+            if isinstance(e, ServerTimeout):
+                # a hung or trickling API: counted, so a live websocket cannot hide it
+                self.record_failure(str(e), kind=STATUS)
             return self.get_status()
         with self._lock:
+            came_back = self._status not in (ServerStatus.ONLINE, ServerStatus.BUSY)
             self._set_queue(remaining, now)
             self._last_check = now
             self._last_error = None
             self._latency_ms = latency
+            self._end_run(STATUS)
             if device is not None:
+                if self._device_at and _identity(device) != _identity(self._device):
+                    came_back = True  # another ComfyUI (upgraded, moved) answers there now
                 self._device = device
                 self._device_at = now
+        if came_back:
+            # first answer, or answering again after a failure: it may have restarted with
+            # other nodes and models, so the compatibility cache must be asked again
+            self.object_info.invalidate()
         return self.get_status()
 
     def update_queue_detail(self) -> Tuple[list, list]:
@@ -289,18 +368,33 @@ class ComfyUIServer:
         with self._lock:
             self._in_flight.append(at if at is not None else time.time())
             self._dispatches += 1
+            self._end_run(SUBMIT)
+
+    def record_ok(self, kind: str) -> None:
+        """A request of ``kind`` succeeded: that kind's failure run (and a cooldown it began) is over."""
+        with self._lock:
+            self._end_run(kind)
+
+    def _end_run(self, kind: str) -> None:
+        self._failures_by_kind.pop(kind, None)
+        if self._cooldown_kind == kind:
+            self._cooldown_until = None
+            self._cooldown_kind = None
 
     def record_success(self, latency_s: Optional[float] = None) -> None:
+        """A frame rendered and came back: every kind of request worked."""
         with self._lock:
-            self._consecutive_failures = 0
-            self._cooldown_until = None
+            self._failures_by_kind.clear()
+            self._cooldown_until = self._cooldown_kind = None
             self._completed += 1
             if latency_s is not None:
                 ms = latency_s * 1000.0
                 self._latency_mean = ms if self._latency_mean is None else 0.8 * self._latency_mean + 0.2 * ms
 
-    def record_failure(self, reason: str, now: Optional[float] = None) -> None:
-        """An infrastructure failure on this server; repeated ones start a cooldown."""
+    def record_failure(self, reason: str, now: Optional[float] = None, *, kind: str = GENERAL) -> None:
+        """An infrastructure failure of a ``kind`` of request; a run of them starts a cooldown.
+
+        Only a success of the same kind (or a completed frame) ends the run."""
         now = now if now is not None else time.time()
         with self._lock:
             self._failures += 1
@@ -309,21 +403,23 @@ class ComfyUIServer:
                 # requests sent before the cooldown began, failing together (a server that
                 # dies fails every prompt we had there): one failure, not a longer cooldown
                 return
-            self._consecutive_failures += 1
-            if self._consecutive_failures >= COOLDOWN_AFTER:
-                extra = self._consecutive_failures - COOLDOWN_AFTER
+            run = self._failures_by_kind.get(kind, 0) + 1
+            self._failures_by_kind[kind] = run
+            if run >= COOLDOWN_AFTER:
+                extra = run - COOLDOWN_AFTER
                 self._cooldown_until = now + min(COOLDOWN_MAX_S, COOLDOWN_MIN_S * (2**extra))
+                self._cooldown_kind = kind
 
     def mark_unreachable(self, reason: str) -> None:
         with self._lock:
             self._last_error = reason
-            if self._enabled:
+            if self._enabled and self._duplicate_of is None:
                 self._status = ServerStatus.OFFLINE
 
     def clear_cooldown(self) -> None:
         with self._lock:
-            self._cooldown_until = None
-            self._consecutive_failures = 0
+            self._cooldown_until = self._cooldown_kind = None
+            self._failures_by_kind.clear()
 
     def is_available(self, now: Optional[float] = None) -> bool:
         return self.get_status().is_available(now if now is not None else time.time())

@@ -5,6 +5,15 @@ enqueue). ComfyUI drops BOTH sockets if a second one opens with the same clientI
 before the first is closed, so the old socket is always closed before a new one
 opens. Missed messages are not replayed by the server: the CONNECTED event after a
 reconnect tells the dispatcher to reconcile through ``/history`` and ``/queue``.
+
+Only JSON text frames are a sign of life. Binary frames are previews, and ComfyUI
+sends each right after a ``progress`` text frame; binary frames arriving while no
+text frame came for :data:`BINARY_ONLY_LIMIT_S` mean the events are not reaching
+us (a broken server or proxy), so the socket reports DISCONNECTED (``stalled``)
+although it stays open: the server stops showing "live", the pool polls it at the
+status TTL and the dispatcher reconciles its jobs instead of waiting out the silence
+limit of a live server. The next text frame reports CONNECTED (``reconnect``, so
+the missed events are reconciled) and the server is live again.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[ServerEvent], None]
 
+#: binary frames with no text frame for this long: the event stream is not live
+BINARY_ONLY_LIMIT_S = 5.0
+
 
 class ServerSocket:
     """Owns one thread and one websocket to one server."""
@@ -38,6 +50,7 @@ class ServerSocket:
         connect_timeout: float = 3.0,
         backoff_min: float = 0.5,
         backoff_max: float = 10.0,
+        binary_only_limit: Optional[float] = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -45,6 +58,9 @@ class ServerSocket:
         self._connect_timeout = connect_timeout
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
+        self._binary_only_limit = BINARY_ONLY_LIMIT_S if binary_only_limit is None else binary_only_limit
+        self._last_text_at = 0.0  # time.monotonic() of the last text frame
+        self.stalled = False  # open, but only binary frames for longer than the limit
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._lock = threading.Lock()
@@ -110,6 +126,8 @@ class ServerSocket:
                     return
                 self._ws = ws
             ws.settimeout(1.0)
+            self._last_text_at = time.monotonic()
+            self.stalled = False
             self.connected = True
             self._emit(EventType.CONNECTED, reconnect=self.reconnects > 0)
             delay = self._backoff_min
@@ -136,15 +154,40 @@ class ServerSocket:
             if opcode == wsclient.ABNF.OPCODE_CLOSE:
                 return "closed by server"
             if opcode != wsclient.ABNF.OPCODE_TEXT:
+                if opcode == wsclient.ABNF.OPCODE_BINARY:
+                    self._binary_frame()
                 continue
             try:
                 text = payload.decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            self._text_frame()
             event = parse_message(self.config.name, text, time.time())
             if event is not None:
                 self._sink(event)
         return "stopped"
+
+    def _binary_frame(self) -> None:
+        quiet = time.monotonic() - self._last_text_at
+        if not self.stalled and quiet > self._binary_only_limit:
+            self.stalled = True
+            log.warning("%s: websocket sends only binary frames (no event for %.0f s)", self.config.name, quiet)
+            self._emit(
+                EventType.DISCONNECTED,
+                reason=f"only binary frames for {quiet:.0f} s (no event)",
+                stalled=True,
+            )
+
+    def _text_frame(self) -> None:
+        self._last_text_at = time.monotonic()
+        if self.stalled:
+            self.stalled = False
+            self._emit(EventType.CONNECTED, reconnect=True, resumed=True)
+
+    @property
+    def live(self) -> bool:
+        """Open and carrying events."""
+        return self.connected and not self.stalled
 
     def _wait(self, seconds: float) -> None:
         self._kick.wait(seconds)

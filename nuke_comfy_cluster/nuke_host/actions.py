@@ -98,17 +98,55 @@ def create_node() -> Any:
         return None
 
 
-def open_panel() -> Any:
-    """Show the docked panel (the same one the Pane menu opens)."""
-    import nukescripts
+#: where the menu bar's Server Panel docks, the first of these panes the layout has
+DOCK_BESIDE = ("Properties.1", "DAG.1", "Viewer.1")
 
-    from .startup import PANEL_ID
+
+def open_panel() -> Any:
+    """Show the docked panel (the one the Pane menu opens); returns its widget.
+
+    From the menu bar Nuke gives no current pane, and a panel added without one is
+    built but never shown (``PythonPanel.addToPane``). So it docks into a named pane,
+    and when the panel is already docked it is brought to the front, not built again.
+    """
+    import nuke
+
+    from . import startup
 
     try:
-        return nukescripts.panels.restorePanel(PANEL_ID)
+        if nuke.getPaneFor(startup.PANEL_ID) is None:
+            panel = startup.register_panel(create=True)
+            pane = next((p for p in map(nuke.getPaneFor, DOCK_BESIDE) if p is not None), None)
+            if pane is not None:
+                panel.addToPane(pane)
+            else:
+                panel.show()  # a layout without any of those panes: a floating panel
+        widget = _show_panel_widget()
+        if widget is None:
+            _message("The ComfyUI Cluster panel did not open: see the Script Editor output for why.")
+        return widget
     except Exception as e:  # noqa: BLE001
         _message(_explain(e, "Opening the ComfyUI Cluster panel"))
         return None
+
+
+def _show_panel_widget() -> Any:
+    """The live panel widget, made the visible tab of its pane; None when there is none."""
+    from ..ui.panel import ClusterPanel
+    from ..ui.qt import QtWidgets
+
+    for widget in QtWidgets.QApplication.allWidgets():
+        if isinstance(widget, ClusterPanel) and not widget.closed:
+            child, parent = widget, widget.parentWidget()
+            while parent is not None:  # a docked panel is a page of a stack, itself maybe a page
+                if isinstance(parent, QtWidgets.QStackedWidget):
+                    tabs = parent.parentWidget()
+                    # a tab widget's own stack follows its tab bar: switch the tab, not the stack
+                    target = tabs if isinstance(tabs, QtWidgets.QTabWidget) else parent
+                    target.setCurrentWidget(child)
+                child, parent = parent, parent.parentWidget()
+            return widget
+    return None
 
 
 def open_config_editor() -> Any:

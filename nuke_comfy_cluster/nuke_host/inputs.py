@@ -1,7 +1,7 @@
 """The node's inputs as files a ComfyUI server can load.
 
 On the main thread, :func:`render_inputs` writes each connected input to PNG frames
-with a temporary Write node, into a run folder on the shared drive
+with a temporary Write node (at full resolution, one view), into a run folder on the shared drive
 (``<dir_local>/input/nuke_comfy_cluster/...``) when one is configured, else into the
 temp folder. The workflow's LoadImage inputs then hold those local paths with a
 ``####`` frame token, which the core replaces per frame.
@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.paths import is_under, to_remote
 from ..core.templating import has_frame_token
+from .node import parent_group
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +70,50 @@ def render_inputs(
     """Render the group's inputs for ``first``..``last`` on the main thread.
 
     Returns ``{LoadImage node id: local pattern with ####}``. Each input is
-    rendered once even when it feeds several LoadImage nodes.
+    rendered once even when it feeds several LoadImage nodes. The Write lives
+    beside ``group`` (its inputs' node graph, whichever Group that is); it renders
+    at full resolution even in proxy mode (a Write renders at the script's current
+    scale) and only the script's first view (it would render every view into
+    the same files otherwise).
     """
     import nuke
 
     os.makedirs(run_dir, exist_ok=True)
     rendered: Dict[int, str] = {}
     result: Dict[str, str] = {}
-    for index, node_id in pairs:
-        if index not in rendered:
-            upstream = group.input(index)
-            pattern = input_pattern(run_dir, input_names[index])
-            with nuke.root():
-                write = nuke.nodes.Write(file=pattern, file_type=FILE_TYPE, datatype="8 bit")
-            try:
-                write["channels"].setValue("rgba" if "rgba.alpha" in upstream.channels() else "rgb")
-                write.setInput(0, upstream)
-                nuke.execute(write, first, last, 1)
-            finally:
-                nuke.delete(write)
-            rendered[index] = pattern
-        result[node_id] = rendered[index]
+    where = parent_group(group)
+    view = nuke.views()[0]
+    proxy = nuke.root()["proxy"]
+    was_proxy = bool(proxy.value())
+    if was_proxy:
+        proxy.setValue(False)
+    try:
+        for index, node_id in pairs:
+            if index not in rendered:
+                rendered[index] = _render_one(
+                    nuke, where, group.input(index), input_names[index], run_dir, view, first, last
+                )
+            result[node_id] = rendered[index]
+    finally:
+        if was_proxy:
+            proxy.setValue(True)
     return result
+
+
+def _render_one(
+    nuke: Any, where: Any, upstream: Any, input_name: str, run_dir: str, view: str, first: int, last: int
+) -> str:
+    pattern = input_pattern(run_dir, input_name)
+    with where:
+        write = nuke.nodes.Write(file=pattern, file_type=FILE_TYPE, datatype="8 bit")
+    try:
+        write["channels"].setValue("rgba" if "rgba.alpha" in upstream.channels() else "rgb")
+        if not write.setInput(0, upstream):
+            raise RuntimeError(f"cannot connect {upstream.name()} to the Write that renders input {input_name}")
+        nuke.execute(write, first, last, 1, [view])
+    finally:
+        nuke.delete(write)
+    return pattern
 
 
 def apply_inputs(workflow: Dict[str, Any], images: Dict[str, str]) -> Dict[str, Any]:

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from .icon import ICON_NAME, icon_png
@@ -56,6 +56,8 @@ DEPENDENCIES = (
 )
 #: the oldest Python a Nuke we support runs (Nuke 14)
 NUKE_PYTHON = (3, 9)
+#: Nuke major version -> the Python it embeds (the Qt binding is chosen at run time)
+NUKE_PYTHONS = {"14": "3.9", "15": "3.10", "16": "3.11"}
 
 # Written when the package was installed without its checkout's top-level files;
 # tests/nuke/test_install.py checks they match the repository's init.py / menu.py.
@@ -216,27 +218,35 @@ def _dist_files(dist_name: str, top: str) -> Optional[List[Path]]:
     return files
 
 
-def _requires_python_ok(dist_name: str, warnings: List[str]) -> str:
+def _needs_newer(dist_name: str, target: Tuple[int, int]) -> Tuple[str, str]:
+    """(version, Requires-Python) of an installed distribution; the spec is "" when ``target`` fits it."""
     try:
         meta = importlib.metadata.metadata(dist_name)
     except importlib.metadata.PackageNotFoundError:
-        return ""
+        return "", ""
     spec = meta.get("Requires-Python") or ""
     low = [part.strip()[2:] for part in spec.split(",") if part.strip().startswith(">=")]
     for version in low:
         numbers = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
-        if numbers and numbers > NUKE_PYTHON:
-            warnings.append(
-                "{} {} needs Python {}: Nuke 14 runs {}.{}; install an older {} into this Python first".format(
-                    dist_name, meta.get("Version"), spec, NUKE_PYTHON[0], NUKE_PYTHON[1], dist_name
-                )
-            )
-    return str(meta.get("Version") or "")
+        if numbers and numbers > target:
+            return str(meta.get("Version") or ""), spec
+    return str(meta.get("Version") or ""), ""
 
 
-def vendor(target: Path, report: InstallReport) -> None:
-    """Copy the dependencies from this Python's environment into ``target`` (no network)."""
+def _python_tuple(version: str) -> Tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def vendor(target: Path, report: InstallReport, python_version: Optional[str] = None) -> None:
+    """Copy the dependencies from this Python's environment into ``target`` (no network).
+
+    ``python_version`` is the Python they must run on (Nuke's); None: any Nuke we support,
+    so a release that needs more than Nuke 14's 3.9 is pointed out.
+    """
     target.mkdir(parents=True, exist_ok=True)
+    want = _python_tuple(python_version) if python_version else NUKE_PYTHON
+    too_new: List[str] = []
     for dist_name, top in DEPENDENCIES:
         files = _dist_files(dist_name, top)
         if files:
@@ -245,7 +255,10 @@ def vendor(target: Path, report: InstallReport) -> None:
                 dest = target / path.relative_to(base)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(str(path), str(dest))
-            report.vendored[dist_name] = _requires_python_ok(dist_name, report.warnings)
+            version, needs = _needs_newer(dist_name, want)
+            report.vendored[dist_name] = version
+            if needs:
+                too_new.append(f"{dist_name} {version} (Python {needs})")
             continue
         spec = importlib.util.find_spec(top)
         if spec is None or not spec.submodule_search_locations:
@@ -253,8 +266,32 @@ def vendor(target: Path, report: InstallReport) -> None:
             continue
         shutil.copytree(list(spec.submodule_search_locations)[0], str(target / top), ignore=_IGNORE)
         report.vendored[dist_name] = "?"
+    if too_new and python_version:
+        report.warnings.append(
+            "{} need{} a newer Python than {}: the plugin would fail to import there".format(
+                ", ".join(too_new), "s" if len(too_new) == 1 else "", python_version
+            )
+        )
+    elif too_new:
+        newer = [n for n, p in NUKE_PYTHONS.items() if all(_fits(item, _python_tuple(p)) for item in too_new)]
+        same = [n for n, p in NUKE_PYTHONS.items() if p == _running_python()]
+        report.warnings.append(
+            "{} need{} a newer Python than Nuke 14's 3.9{}. For Nuke 14 run `install --nuke 14` (fetches releases "
+            "for 3.9 from the package index){}".format(
+                ", ".join(too_new),
+                "s" if len(too_new) == 1 else "",
+                " (fine for Nuke " + " and ".join(newer) + ")" if newer else "",
+                "; for Nuke {0}, `install --nuke {0}` says so and this warning goes".format(same[0]) if same else "",
+            )
+        )
     # mypyc-compiled modules for this Python are skipped by Nuke's Python, which then
     # uses the pure-Python fallbacks these packages ship alongside
+
+
+def _fits(item: str, python: Tuple[int, int]) -> bool:
+    """``"requests 2.34 (Python >=3.10)"`` fits ``(3, 11)``?"""
+    found = re.search(r">=\s*(\d+)\.(\d+)", item)
+    return found is None or (int(found.group(1)), int(found.group(2))) <= python
 
 
 def _too_new(target: Path, python_version: str) -> List[str]:
@@ -289,9 +326,21 @@ def vendor_for_python(target: Path, python_version: str, report: InstallReport) 
             shutil.rmtree(str(target))
         target.mkdir(parents=True)
         command = [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--target", str(target), "--python-version", python_version, "--only-binary=:all:",
-            "--no-compile", "requests", "websocket-client", *bounds,
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            "--python-version",
+            python_version,
+            "--only-binary=:all:",
+            "--no-compile",
+            "requests",
+            "websocket-client",
+            *bounds,
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
@@ -303,6 +352,8 @@ def vendor_for_python(target: Path, python_version: str, report: InstallReport) 
         bounds += too_new
     else:
         raise OSError(f"no releases of requests / websocket-client found for Python {python_version}")
+    # console scripts (normalizer, wsdump) land in bin/: Nuke never runs them
+    shutil.rmtree(str(target / "bin"), ignore_errors=True)
     for info in sorted(target.glob("*.dist-info")):
         name, _, version = info.name[: -len(".dist-info")].rpartition("-")
         report.vendored[name] = version
@@ -335,8 +386,29 @@ def _manifest(plugin: Path) -> Dict[str, object]:
         return {}
 
 
-def install(nuke_dir: Optional[str] = None, for_python: Optional[str] = None) -> InstallReport:
-    """Install (or refresh) the plugin into ``nuke_dir`` and hook it into its init.py."""
+def _running_python() -> str:
+    return "{}.{}".format(*sys.version_info[:2])
+
+
+def install(
+    nuke_dir: Optional[str] = None, for_python: Optional[str] = None, nuke: Optional[str] = None
+) -> InstallReport:
+    """Install (or refresh) the plugin into ``nuke_dir`` and hook it into its init.py.
+
+    ``nuke`` ("14", "15", "16") or ``for_python`` ("3.9") names the Python the plugin
+    will run on: when it is this Python, its packages are copied; otherwise matching
+    releases are fetched with pip. Neither: this Python's packages, checked against Nuke 14.
+    A failure leaves the Nuke folder as it was (files, old plugin, init.py).
+    """
+    if nuke is not None:
+        if str(nuke) not in NUKE_PYTHONS:
+            raise OSError("--nuke takes {}, not {!r}".format(", ".join(NUKE_PYTHONS), nuke))
+        python = NUKE_PYTHONS[str(nuke)]
+        if for_python and for_python != python:
+            raise OSError(f"Nuke {nuke} runs Python {python}, not {for_python}: give one of --nuke / --for-python")
+        for_python = python
+    if for_python and not re.fullmatch(r"3\.\d{1,2}", for_python):
+        raise OSError(f"--for-python takes a version like 3.9, not {for_python!r}")
     root = Path(nuke_dir or default_nuke_dir()).expanduser().resolve()
     plugin = root / PLUGIN_DIR
     init_py = root / "init.py"
@@ -344,46 +416,72 @@ def install(nuke_dir: Optional[str] = None, for_python: Optional[str] = None) ->
     previous = _manifest(plugin)
     original = _read_text(init_py)
     created_init = bool(previous.get("created_init")) if previous else original is None
+    made = [p for p in [root, *root.parents] if not p.exists()]  # folders this install creates
 
-    # build beside, then swap in: a failed copy never leaves half a plugin behind
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".ncc-install-", dir=str(root)))
+    staging: Optional[Path] = None
+    old: Optional[Path] = None
+    swapped = False
     try:
+        # build beside, then swap in: a failed copy never leaves half a plugin behind
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".ncc-install-", dir=str(root)))
         _copy_plugin(staging, report)
-        if for_python:
+        if for_python and for_python != _running_python():
             vendor_for_python(staging / VENDOR_DIR, for_python, report)
         else:
-            vendor(staging / VENDOR_DIR, report)
+            vendor(staging / VENDOR_DIR, report, for_python)
         manifest = {
             "version": __version__,
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": for_python or sys.version.split()[0],
+            "python": for_python or _running_python(),
             "created_init": created_init,
             "vendored": report.vendored,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if plugin.exists():
-            shutil.rmtree(str(plugin))
+            old = Path(tempfile.mkdtemp(prefix=".ncc-old-", dir=str(root)))
+            os.replace(str(plugin), str(old / PLUGIN_DIR))
             report.actions.append(f"replaced {plugin}")
         else:
             report.actions.append(f"installed {plugin}")
         os.replace(str(staging), str(plugin))
-    finally:
-        if staging.exists():
-            shutil.rmtree(str(staging), ignore_errors=True)
+        swapped = True
 
-    text = original or ""
-    updated = add_block(text, str(plugin))
-    if updated != text:
-        _write_atomic(init_py, updated, newline="")
-        report.actions.append(
-            "{} {}: nuke.pluginAddPath({})".format(
-                "created" if original is None else "updated", init_py, plugin.as_posix()
+        text = original or ""
+        updated = add_block(text, str(plugin))
+        if updated != text:
+            _write_atomic(init_py, updated, newline="")
+            report.actions.append(
+                "{} {}: nuke.pluginAddPath({})".format(
+                    "created" if original is None else "updated", init_py, plugin.as_posix()
+                )
             )
-        )
-    else:
-        report.actions.append(f"{init_py} already loads the plugin")
+        else:
+            report.actions.append(f"{init_py} already loads the plugin")
+    except BaseException:
+        _roll_back(plugin, staging, old, swapped, made)
+        raise
+    if old is not None:
+        shutil.rmtree(str(old), ignore_errors=True)
     return report
+
+
+def _roll_back(plugin: Path, staging: Optional[Path], old: Optional[Path], swapped: bool, made: List[Path]) -> None:
+    """Put the Nuke folder back as install found it (init.py is written last, atomically: it never changed)."""
+    if staging is not None and staging.exists():
+        shutil.rmtree(str(staging), ignore_errors=True)
+    if swapped:
+        shutil.rmtree(str(plugin), ignore_errors=True)
+    if old is not None:
+        kept = old / PLUGIN_DIR
+        if kept.exists() and not plugin.exists():
+            os.replace(str(kept), str(plugin))
+        shutil.rmtree(str(old), ignore_errors=True)
+    for folder in made:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def uninstall(nuke_dir: Optional[str] = None) -> InstallReport:
@@ -426,11 +524,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
         help=f"the .nuke folder or a folder on NUKE_PATH (default: {default_nuke_dir()})",
     )
     if command == "install":
-        parser.add_argument(
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument(
+            "--nuke",
+            choices=sorted(NUKE_PYTHONS),
+            help="the Nuke version the plugin is for (14: Python 3.9, 15: 3.10, 16: 3.11); when this Python "
+            "is not that version, releases for it are fetched from the package index",
+        )
+        which.add_argument(
             "--for-python",
             metavar="X.Y",
-            help="fetch dependencies for Nuke's Python (3.9 for Nuke 14, 3.10 for 15, 3.11 for 16) "
-            "from the package index instead of copying this Python's",
+            help="the same by Python version (3.9 for Nuke 14, 3.10 for 15, 3.11 for 16)",
         )
     return parser
 
@@ -439,7 +543,7 @@ def _main(command: str, argv: Optional[Sequence[str]]) -> int:
     args = _parser(command).parse_args(list(argv) if argv is not None else None)
     try:
         if command == "install":
-            report = install(args.nuke_dir, for_python=args.for_python)
+            report = install(args.nuke_dir, for_python=args.for_python, nuke=args.nuke)
         else:
             report = uninstall(args.nuke_dir)
     except OSError as e:

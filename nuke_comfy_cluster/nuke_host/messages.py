@@ -135,3 +135,12 @@ def failure_popup(snapshot: BatchSnapshot, node_name: str) -> Optional[str]:
     lines = error_lines(snapshot)
     head = f"{node_name}: {snapshot.failed} of {len(snapshot.jobs)} {_unit(snapshot)} failed."
     return "\n\n".join([head] + lines)
+
+
+def tcl_escape(text: str) -> str:
+    """``text`` as a TCL-evaluated knob (a Text_Knob, a node label) must hold it to show it as is.
+
+    Nuke substitutes ``[...]``, ``$name`` and backslash sequences in such knobs, so a
+    status like ``... [frames 1001-1003]`` or a Windows path would be run or mangled.
+    """
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]").replace("$", "\\$")

@@ -13,12 +13,14 @@ import logging
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..core.errors import ClusterError, WorkflowError
 from ..core.results import ensure_safe_name
 from ..core.templating import find_inputs, validate_workflow
+from .messages import tcl_escape
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ K_ITERATIONS = "iterations"
 K_SEED = "base_seed"
 K_OUTPUT = "output_dir"
 K_SEQUENCE = "sequence_name"
+K_OVERWRITE = "overwrite"
 K_SUBMIT = "submit"
 K_CANCEL = "cancel"
 K_STATUS = "status"
@@ -57,15 +60,17 @@ def map_knob(index: int) -> str:
 
 
 def _script(call: str) -> str:
-    """A knob script that imports this package lazily (a farm without it just skips)."""
+    """A knob script that imports this package lazily (a farm without it just skips).
+
+    It binds no name: every knob script of the session shares one namespace, and a
+    knobChanged fired while Submit runs would otherwise delete the name Submit uses.
+    The functions it calls catch their own errors, so only the import can get here.
+    """
     return (
         "try:\n"
-        "    _m = __import__('nuke_comfy_cluster.nuke_host.actions', fromlist=['actions'])\n"
+        f"    __import__('nuke_comfy_cluster.nuke_host.actions', fromlist=['actions']).{call}()\n"
         "except ImportError:\n"
-        "    _m = None\n"
-        "if _m is not None:\n"
-        f"    _m.{call}()\n"
-        "del _m\n"
+        "    pass\n"
     )
 
 
@@ -92,6 +97,7 @@ class NodeSettings:
     inputs: Tuple[Tuple[int, str], ...]
     output_dir: str
     sequence_name: str
+    overwrite: bool = False  # replace frames of the sequence that are already on disk
     workflow: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -224,6 +230,7 @@ def add_knobs(node: Any) -> None:
         nuke.Text_Knob("ncc_output_divider", "output"),
         nuke.File_Knob(K_OUTPUT, "output folder"),
         nuke.String_Knob(K_SEQUENCE, "sequence name"),
+        nuke.Boolean_Knob(K_OVERWRITE, "overwrite"),
         _button(nuke, K_SUBMIT, "Submit", "submit_this", newline=True),
         _button(nuke, K_CANCEL, "Cancel", "cancel_this"),
         nuke.Text_Knob(K_STATUS, "status", "idle"),
@@ -236,25 +243,64 @@ def add_knobs(node: Any) -> None:
     node[K_ITERATIONS].setValue(4)
     node[K_OUTPUT].setTooltip("Empty: a comfy_cluster/<node> folder beside the script (or in the temp folder).")
     node[K_SEQUENCE].setTooltip("Empty: the node's name. Frames land in <output folder>/<name>.####.<ext>.")
+    node[K_OVERWRITE].clearFlag(nuke.STARTLINE)
+    node[K_OVERWRITE].setTooltip("Replace frames of this sequence already on disk (off: such a submission is refused).")
     node["knobChanged"].setValue(KNOB_CHANGED_SCRIPT)
 
 
-def create_node() -> Any:
-    """Create a ComfyUI Cluster node below the selected node (connected to it)."""
+def group_path(node: Any) -> str:
+    """The full name of the Group holding ``node`` ("" for root)."""
+    return node.fullName().rpartition(".")[0]
+
+
+def parent_group(node: Any) -> Any:
+    """The Group holding ``node`` (root at the top), found by full name from root.
+
+    ``nuke.toNode`` is relative to the current context, which is not root inside a
+    Group's own knob scripts or a ``with group:`` block.
+    """
     import nuke
 
-    selected = nuke.selectedNodes()
-    with nuke.root():
+    path = group_path(node)
+    return nuke.toNode("root." + path) if path else nuke.root()
+
+
+def _target_group(nuke: Any) -> Any:
+    # menu and toolbar commands run in root's context: the node graph the artist
+    # clicked into last is where a new node belongs (what Nuke's own Paste does)
+    hit = getattr(nuke, "lastHitGroup", None)
+    return hit() if hit is not None else nuke.thisGroup()
+
+
+def _upstream_in(nuke: Any, where: Any) -> Optional[Any]:
+    """The selected node the artist means, if it sits in ``where``.
+
+    ``selectedNodes()`` lists inputs first, so its first entry is the top of a
+    selected chain; ``selectedNode()`` is the node the artist is thinking about.
+    """
+    try:
+        chosen = nuke.selectedNode()
+    except ValueError:  # Nuke's "No node selected"
+        return None
+    here = "" if where.Class() == "Root" else where.fullName()
+    return chosen if group_path(chosen) == here else None
+
+
+def create_node() -> Any:
+    """Create a ComfyUI Cluster node in the node graph the artist works in, below the selected node."""
+    import nuke
+
+    where = _target_group(nuke)
+    with where:
+        upstream = _upstream_in(nuke, where)
         group = nuke.nodes.Group()
-    group.setName(_unique_name(nuke))
+        group.setName(_unique_name(nuke))
     with group:
         inputs = [nuke.nodes.Input(name=name) for name in INPUT_NAMES]
         output = nuke.nodes.Output()
         output.setInput(0, inputs[0])
     add_knobs(group)
-    if selected:
-        upstream = selected[0]
-        group.setInput(0, upstream)
+    if upstream is not None and group.setInput(0, upstream):
         group.setXYpos(upstream.xpos(), upstream.ypos() + 80)
     set_range_from_input(group)
     refresh_servers(group)
@@ -266,9 +312,11 @@ def is_cluster_node(node: Any) -> bool:
 
 
 def cluster_nodes() -> List[Any]:
+    """Every ComfyUI Cluster node of the script, inside Groups too."""
     import nuke
 
-    return [n for n in nuke.allNodes("Group") if is_cluster_node(n)]
+    with nuke.root():
+        return [n for n in nuke.allNodes("Group", recurseGroups=True) if is_cluster_node(n)]
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -316,30 +364,47 @@ def input_range(node: Any) -> Tuple[int, int]:
     return int(root["first_frame"].value()), int(root["last_frame"].value())
 
 
+#: nodes (full names) whose range this module is setting right now
+_setting_range: Set[str] = set()
+
+
+@contextmanager
+def _our_range_change(node: Any) -> Iterator[None]:
+    # setValue runs knobChanged at once while the panel is open: between setting
+    # first and last the pair matches nothing, and must not read as the artist typing
+    key = node.fullName()
+    _setting_range.add(key)
+    try:
+        yield
+    finally:
+        _setting_range.discard(key)
+
+
 def set_range_from_input(node: Any) -> None:
     if not node[K_FROM_INPUT].value():
         return
     first, last = input_range(node)
-    if node[K_FIRST].value() != first:
-        node[K_FIRST].setValue(first)
-    if node[K_LAST].value() != last:
-        node[K_LAST].setValue(last)
+    with _our_range_change(node):
+        if node[K_FIRST].value() != first:
+            node[K_FIRST].setValue(first)
+        if node[K_LAST].value() != last:
+            node[K_LAST].setValue(last)
 
 
 def reload_workflow(node: Any) -> Optional[Dict[str, Any]]:
     """Read the workflow file into the node's lists; errors go to the info line, not up."""
     path = node[K_WORKFLOW].evaluate()
     if not path:
-        node[K_INFO].setValue("no workflow loaded")
+        set_text(node, K_INFO, "no workflow loaded")
         workflow = None
     else:
         try:
             workflow = load_workflow(path)
         except WorkflowError as e:
-            node[K_INFO].setValue(f"cannot use this workflow: {e.message}")
+            set_text(node, K_INFO, f"cannot use this workflow: {e.message}")
             workflow = None
         else:
-            node[K_INFO].setValue(workflow_summary(workflow))
+            set_text(node, K_INFO, workflow_summary(workflow))
     choices = map_choices(workflow)
     for i in range(len(INPUT_NAMES)):
         knob = node[map_knob(i)]
@@ -359,18 +424,24 @@ def knob_changed(node: Any, knob: Any) -> None:
     if name == K_WORKFLOW:
         reload_workflow(node)
     elif name in (K_FIRST, K_LAST):
+        if node.fullName() in _setting_range:
+            return
         # typing a range means the artist wants that range, not the input's
         if node[K_FROM_INPUT].value() and (node[K_FIRST].value(), node[K_LAST].value()) != input_range(node):
             node[K_FROM_INPUT].setValue(False)
     elif name in (K_FROM_INPUT, "inputChange"):
         set_range_from_input(node)
     elif name == "showPanel":
+        # knobChanged (inputChange) runs only while the panel is open: the input may
+        # have changed since, so the range is brought up to date when it is seen
+        set_range_from_input(node)
         refresh_servers(node)
 
 
 # --------------------------------------------------------------------------- settings
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_TCL_SPECIAL = re.compile(r"[\[\]$\\]")
 
 
 def safe_tag(text: str) -> str:
@@ -413,11 +484,16 @@ def read_settings(node: Any) -> NodeSettings:
     connected = [i for i in range(len(INPUT_NAMES)) if node.input(i) is not None]
     choices = [node[map_knob(i)].value() for i in range(len(INPUT_NAMES))]
     output_dir = node[K_OUTPUT].evaluate() or default_output_dir(script_path(), name)
-    sequence = node[K_SEQUENCE].value() or safe_tag(name)
+    # getText: the name as typed (value() would run any [...] in it as TCL)
+    sequence = node[K_SEQUENCE].getText() or safe_tag(name)
     try:
         ensure_safe_name(sequence)
     except ClusterError as e:
         raise SettingsError(f"Sequence name {sequence!r} must be a plain file name (no folders)") from e
+    if _TCL_SPECIAL.search(sequence):
+        raise SettingsError(
+            f"Sequence name {sequence!r} must not hold [ ] $ or \\: the Read node would evaluate them as TCL"
+        )
     return NodeSettings(
         node_name=name,
         workflow_path=node[K_WORKFLOW].evaluate(),
@@ -430,11 +506,18 @@ def read_settings(node: Any) -> NodeSettings:
         inputs=resolve_inputs(connected, choices, workflow),
         output_dir=output_dir,
         sequence_name=sequence,
+        # nodes saved before the knob existed do not overwrite
+        overwrite=bool(node[K_OVERWRITE].value()) if node.knob(K_OVERWRITE) is not None else False,
         workflow=workflow,
     )
 
 
+def set_text(node: Any, knob: str, text: str) -> None:
+    """Show ``text`` as is in one of the node's text lines (Nuke evaluates them as TCL)."""
+    node[knob].setValue(tcl_escape(text))
+
+
 def set_status(node: Any, status: str, details: Optional[str] = None) -> None:
-    node[K_STATUS].setValue(status)
+    set_text(node, K_STATUS, status)
     if details is not None:
-        node[K_DETAILS].setValue(details)
+        set_text(node, K_DETAILS, details)

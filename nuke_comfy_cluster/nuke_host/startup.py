@@ -65,11 +65,12 @@ def _command(name: str) -> Any:
     return run
 
 
-def register_panel() -> None:
+def register_panel(create: bool = False) -> Any:
+    """Register the docked panel; with ``create``, also return a new, undocked panel."""
     import nukescripts
 
     # also adds the Pane menu entry, and lets saved workspaces restore the panel by id
-    nukescripts.panels.registerWidgetAsPanel(PANEL_WIDGET, PANEL_TITLE, PANEL_ID)
+    return nukescripts.panels.registerWidgetAsPanel(PANEL_WIDGET, PANEL_TITLE, PANEL_ID, create)
 
 
 def add_menus() -> None:

@@ -122,6 +122,7 @@ class SubmitRun:
             name=f"{s.node_name} {s.mode}",
             output_dir=s.output_dir,
             sequence_name=s.sequence_name,
+            overwrite=s.overwrite,
             prepare=self.mapper,
         )
         if s.mode == node_knobs.MODE_ITERATIONS:

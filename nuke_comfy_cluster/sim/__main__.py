@@ -9,8 +9,9 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from .node_defs import CHECKPOINTS, NODE_DEFS
 from .nodes import Dirs
 
 
@@ -41,6 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
         help='answer 401 unless a request carries "Authorization: Bearer TOKEN" (like a reverse proxy)',
     )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
+    cluster = parser.add_argument_group("how this server differs from others (heterogeneous clusters, model loads)")
+    cluster.add_argument(
+        "--without-nodes",
+        default="",
+        metavar="CLASS[,CLASS]",
+        help="node classes this server lacks: absent from /object_info; a prompt using one answers 400 "
+        "invalid_prompt 'Cannot execute because node CLASS does not exist.' (as ComfyUI without the custom node)",
+    )
+    cluster.add_argument(
+        "--models",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="checkpoint names CheckpointLoaderSimple accepts (default: %s); others answer 400 value_not_in_list"
+        % ",".join(CHECKPOINTS),
+    )
+    cluster.add_argument(
+        "--fail-class",
+        default="",
+        metavar="CLASS",
+        help="a node of this class fails when it runs, with a CUDA out-of-memory execution_error",
+    )
+    cluster.add_argument(
+        "--load-seconds",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="a loader node (CheckpointLoaderSimple, UpscaleModelLoader) that actually runs, i.e. is not cached, "
+        "takes L/speed seconds on top of the prompt's time (default 0)",
+    )
     faults = parser.add_argument_group("faults (also settable at run time with POST /sim/fault)")
     faults.add_argument("--fail-next", type=int, default=0, metavar="N", help="next N requests answer 500")
     faults.add_argument("--hang", type=float, default=0.0, metavar="S", help="every request sleeps S s first")
@@ -51,8 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names(parser: argparse.ArgumentParser, flag: str, text: str, known: bool) -> Tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if known and n not in NODE_DEFS]
+    if unknown:
+        parser.error(f"{flag}: unknown node class {', '.join(unknown)} (the simulator has: {', '.join(NODE_DEFS)})")
+    return names
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    without_nodes = _names(parser, "--without-nodes", args.without_nodes, known=True)
+    fail_class = _names(parser, "--fail-class", args.fail_class, known=True)
+    if len(fail_class) > 1:
+        parser.error("--fail-class takes one node class")
+    models = CHECKPOINTS if args.models is None else _names(parser, "--models", args.models, known=False)
+    if args.load_seconds < 0:
+        parser.error("--load-seconds must be >= 0")
     try:
         # Imported after parsing so --help works without aiohttp installed.
         from .server import SimSettings, serve
@@ -103,6 +149,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             previews=args.preview_method == "auto",
             faults=faults,
             require_token=args.require_token,
+            without_nodes=without_nodes,
+            models=tuple(models),
+            fail_class=fail_class[0] if fail_class else "",
+            load_seconds=args.load_seconds,
         )
         asyncio.run(serve(settings, exit_with_parent=args.exit_with_parent))
     except KeyboardInterrupt:

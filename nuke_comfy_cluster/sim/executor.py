@@ -15,6 +15,13 @@ running (a real server reacts at its next check, 0-1.5 s later).
 Time: a prompt takes ``seconds / speed`` x uniform(1 - jitter, 1 + jitter)
 (``extra_data["sim_seconds"]`` overrides ``seconds`` for one prompt), shared
 among the nodes that actually run by their weights. Cached nodes cost nothing.
+A model loader (:data:`LOADERS`) that actually runs adds ``load_seconds / speed``
+on top (the classic cache keeps only the last prompt's outputs, so a prompt with
+another model evicts the loaded one and the next switch back pays again).
+
+``fail_class``: the first node of that class that runs spends its share of the
+time, then fails with a CUDA out-of-memory ``execution_error`` (the
+exception type and message real ComfyUI reports for ``torch.OutOfMemoryError``).
 """
 
 from __future__ import annotations
@@ -57,10 +64,38 @@ Publish = Callable[[str, Dict[str, Any], Optional[str]], None]
 PublishBinary = Callable[[bytes, Optional[str]], None]
 
 
+#: Node classes whose run is a model load (``--load-seconds`` applies to them).
+LOADERS = frozenset({"CheckpointLoaderSimple", "UpscaleModelLoader"})
+
+#: What torch raises on a CUDA out-of-memory (``str(ex)``), as ComfyUI reports it.
+OOM_TYPE = "torch.OutOfMemoryError"
+OOM_MESSAGE = (
+    "CUDA out of memory. Tried to allocate 4.50 GiB. GPU 0 has a total capacity of 7.79 GiB of which "
+    "1.12 GiB is free. Including non-PyTorch memory, this process has 6.65 GiB memory in use. Of the "
+    "allocated memory 5.90 GiB is allocated by PyTorch, and 312.00 MiB is reserved by PyTorch but "
+    "unallocated. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for "
+    "Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
+)
+_OOM_TRACEBACK = [
+    '  File "/opt/comfyui/execution.py", line 349, in execute\n'
+    "    output_data, output_ui, has_subgraph = get_output_data(obj, input_data_all, "
+    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb)\n",
+    '  File "/opt/comfyui/execution.py", line 224, in get_output_data\n'
+    "    return_values = _map_node_over_list(obj, input_data_all, obj.FUNCTION, allow_interrupt=True, "
+    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb)\n",
+    '  File "/opt/comfyui/execution.py", line 196, in _map_node_over_list\n    process_inputs(input_dict, i)\n',
+    '  File "/opt/comfyui/execution.py", line 185, in process_inputs\n'
+    "    results.append(getattr(obj, func)(**inputs))\n",
+]
+
+
 class Timing(NamedTuple):
     speed: float = 1.0
     seconds: float = 1.0
     jitter: float = 0.0
+    #: added (divided by speed) to every loader node that runs, i.e. is not cached
+    load_seconds: float = 0.0
 
 
 class _Interrupted(Exception):
@@ -87,6 +122,7 @@ class Executor:
         cache_enabled: bool = True,
         previews: bool = False,
         exit_hook: Optional[Callable[[], bool]] = None,
+        fail_class: str = "",
     ) -> None:
         self.queue = queue
         self.publish = publish
@@ -99,6 +135,7 @@ class Executor:
         self.previews = previews
         #: Returns True when the "exit_mid_prompt" fault is armed (and disarms it).
         self.exit_hook = exit_hook
+        self.fail_class = fail_class
         self.client_id: Optional[str] = None
         self.last_node_id: Optional[str] = None
         self.last_prompt_id: Optional[str] = None
@@ -149,6 +186,9 @@ class Executor:
         factor = self.rng.uniform(1.0 - jitter, 1.0 + jitter) if jitter else 1.0
         return max(0.0, seconds / max(self.timing.speed, 1e-9) * factor)
 
+    def _load_duration(self) -> float:
+        return max(0.0, self.timing.load_seconds) / max(self.timing.speed, 1e-9)
+
     async def _execute(self, item: QueueItem) -> Tuple[bool, Dict[str, Any], List[Any]]:
         _number, prompt_id, prompt, extra_data, execute_outputs = item
         self._event().clear()
@@ -182,7 +222,7 @@ class Executor:
         ui_outputs: Dict[str, Any] = {}
         meta: Dict[str, Any] = {}
         executed: List[str] = []
-        ctx = RunContext(self.dirs, prompt, extra_data, self.rng)
+        ctx = RunContext(self.dirs, _as_executed(prompt, self.dirs), extra_data, self.rng)
         success = True
         exit_armed = bool(self.exit_hook and self.exit_hook())
         if exit_armed and not to_run:
@@ -215,7 +255,12 @@ class Executor:
             behaviour = BEHAVIOURS[class_type]
             try:
                 steps = behaviour.progress(inputs) if behaviour.progress else 0
-                await self._work(duration * weights[node_id] / total_weight, steps, prompt_id)
+                seconds = duration * weights[node_id] / total_weight
+                if class_type in LOADERS:
+                    seconds += self._load_duration()
+                await self._work(seconds, steps, prompt_id)
+                if class_type == self.fail_class:
+                    raise NodeRuntimeError(OOM_TYPE, OOM_MESSAGE, list(_OOM_TRACEBACK))
                 outputs, ui = await asyncio.get_running_loop().run_in_executor(None, behaviour.run, ctx, inputs)
             except _Interrupted:
                 success = False
@@ -327,6 +372,18 @@ class Executor:
         await asyncio.sleep(0.1)
         sys.stderr.flush()
         os._exit(1)
+
+
+def _as_executed(prompt: Dict[str, Any], dirs: Dirs) -> Dict[str, Any]:
+    """The prompt as ComfyUI's nodes see it (and SaveImage embeds it in the PNG): every node whose
+    class has ``IS_CHANGED`` (here LoadImage: the file's sha256) carries ``"is_changed": [value]``.
+    /history and /queue keep the prompt as it was sent."""
+    out = dict(prompt)
+    for node_id, node in prompt.items():
+        if node.get("class_type") == "LoadImage":
+            path = input_path(str(node.get("inputs", {}).get("image", "")), dirs)
+            out[node_id] = dict(node, is_changed=[file_fingerprint(path)])
+    return out
 
 
 def _meta(node_id: str) -> Dict[str, Any]:

@@ -394,6 +394,10 @@ NODE_DEFS: Dict[str, Dict[str, Any]] = {'EmptyImage': {'input': {'required': {'w
 
 # fmt: on
 
+#: The model files a simulator has unless told otherwise (``--models``).
+CHECKPOINTS = ("sim_sd15.safetensors", "v1-5-pruned-emaonly-fp16.safetensors")
+UPSCALE_MODELS = ("rig_tiny_compact_x1.safetensors",)
+
 
 def object_info(
     input_files: Iterable[str] = (),

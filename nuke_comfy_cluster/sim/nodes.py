@@ -190,6 +190,10 @@ def _write_images(
     base = ctx.dirs.output if folder_type == "output" else ctx.dirs.temp
     folder, stem, counter, subfolder = save_image_path(prefix, base, images.width, images.height)
     text = {"prompt": json.dumps(ctx.prompt)} if compress_text else None
+    extra = ctx.extra_data.get("extra_pnginfo") if isinstance(ctx.extra_data, dict) else None
+    if text is not None and isinstance(extra, dict):
+        # like ComfyUI's SaveImage: every extra_pnginfo key becomes a text chunk of its own
+        text.update({str(k): json.dumps(v) for k, v in extra.items()})
     data = solid_png(images.width, images.height, images.rgb, text)
     results = []
     for batch_number in range(max(1, images.batch)):

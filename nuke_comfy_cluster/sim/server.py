@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .executor import Executor, Timing
 from .faults import FaultState
-from .node_defs import object_info
+from .node_defs import CHECKPOINTS, UPSCALE_MODELS, object_info
 from .nodes import Dirs
 from .prompt_queue import PromptQueue
 from .validation import validate_prompt
@@ -54,8 +54,6 @@ MODEL_FOLDERS = [
     "photomaker",
     "classifiers",
 ]
-CHECKPOINTS = ["sim_sd15.safetensors", "v1-5-pruned-emaonly-fp16.safetensors"]
-UPSCALE_MODELS = ["rig_tiny_compact_x1.safetensors"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,6 +76,14 @@ class SimSettings(NamedTuple):
     faults: Dict[str, Any] = {}
     #: when set, every route but /sim/* wants "Authorization: Bearer <token>" (as a reverse proxy would)
     require_token: str = ""
+    #: node classes this server lacks (a box without a custom node): absent from /object_info, 400 on use
+    without_nodes: Tuple[str, ...] = ()
+    #: the checkpoint names CheckpointLoaderSimple accepts (the files in models/checkpoints)
+    models: Tuple[str, ...] = tuple(CHECKPOINTS)
+    #: a node class that fails with a CUDA out-of-memory execution_error when it runs
+    fail_class: str = ""
+    #: seconds (at speed 1) a loader node that actually runs adds to the prompt
+    load_seconds: float = 0.0
 
 
 def _empty(status: int = 200) -> web.Response:
@@ -106,11 +112,12 @@ class SimServer:
             self.publish_binary,
             self.flush,
             settings.dirs,
-            Timing(settings.speed, settings.seconds, settings.jitter),
+            Timing(settings.speed, settings.seconds, settings.jitter, settings.load_seconds),
             random.Random(settings.seed),
             cache_enabled=settings.cache,
             previews=settings.previews,
             exit_hook=self.faults.take_exit,
+            fail_class=settings.fail_class,
         )
         self.port = 0
         self._runner: Optional[web.AppRunner] = None
@@ -349,7 +356,8 @@ class SimServer:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return _empty(404)
-        return web.json_response({"checkpoints": CHECKPOINTS, "upscale_models": UPSCALE_MODELS}.get(folder, []))
+        files = {"checkpoints": sorted(self.settings.models), "upscale_models": list(UPSCALE_MODELS)}
+        return web.json_response(files.get(folder, []))
 
     async def get_extensions(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(["/extensions/core/groupNode.js", "/extensions/core/widgetInputs.js"])
@@ -474,7 +482,10 @@ class SimServer:
             ]
         except OSError:
             names = []
-        return object_info(names, CHECKPOINTS, UPSCALE_MODELS)
+        defs = object_info(names, sorted(self.settings.models), UPSCALE_MODELS)
+        for missing in self.settings.without_nodes:
+            defs.pop(missing, None)
+        return defs
 
     async def post_prompt(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()  # malformed JSON -> 500 text/plain, as ComfyUI

@@ -11,6 +11,13 @@ The model, kept deliberately small:
   client; a frame of work ``w`` (seconds at speed 1) takes ``w / speed``. A
   change of its queue length (a prompt accepted, a prompt finished) is
   broadcast as a ``status`` with ``queue_remaining``, as ComfyUI does.
+* Models (ComfyUI's classic cache): a client's frames may name a model and a
+  setup of ``s`` seconds of work at speed 1. A server keeps the model of the last
+  prompt it ran; a prompt of another model runs cold and takes ``(s + w) /
+  speed``, its setup ``s / speed``. Frames without a model never touch it.
+  With each status the client also learns which model the last prompt queued
+  there (or the one loaded, when idle) has: what a dispatcher reads from
+  ``/queue`` when the queue changes.
 * A prompt reaches the server a short, random network latency after the client
   sends it. The client counts it as queued there from the moment it sends it.
 * ``ttl=None`` (websocket push): every message (our start, our finish, every
@@ -31,13 +38,20 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from nuke_comfy_cluster.core.scheduler import Scheduler, ServerLoad
 
+#: what a policy client tells its scheduler of the servers' cache: "none" (nothing,
+#: as before cache-aware scheduling), "cold" (warm before sending, cold after the
+#: run, no setup timing) or "full" (also how long the setup took)
+CACHE_INFO = ("none", "cold", "full")
+
 __all__ = [
+    "CACHE_INFO",
     "ServerSpec",
     "VirtualJob",
     "ClientResult",
@@ -60,7 +74,21 @@ class ServerSpec:
 
 
 class VirtualJob:
-    __slots__ = ("id", "client", "frame", "work", "server", "sent", "arrived", "started", "finished")
+    __slots__ = (
+        "id",
+        "client",
+        "frame",
+        "work",
+        "server",
+        "sent",
+        "arrived",
+        "started",
+        "finished",
+        "model",
+        "setup",
+        "cold",
+        "setup_time",
+    )
 
     def __init__(self, id: int, client: Client, frame: int, work: float, server: str, sent: float) -> None:
         self.id = id
@@ -72,6 +100,10 @@ class VirtualJob:
         self.arrived: Optional[float] = None
         self.started: Optional[float] = None
         self.finished: Optional[float] = None
+        self.model: Optional[str] = client.model
+        self.setup = client.setup  # work to load the model, at speed 1
+        self.cold = False  # it found another model loaded and paid the setup
+        self.setup_time = 0.0  # seconds of its run that were setup
 
     @property
     def wait(self) -> float:
@@ -84,16 +116,26 @@ class VirtualJob:
 
 
 class _Server:
-    __slots__ = ("spec", "queue", "running")
+    __slots__ = ("spec", "queue", "running", "loaded", "loads")
 
-    def __init__(self, spec: ServerSpec) -> None:
+    def __init__(self, spec: ServerSpec, loaded: Optional[str] = None) -> None:
         self.spec = spec
         self.queue: Deque[VirtualJob] = deque()
         self.running: Optional[VirtualJob] = None
+        self.loaded = loaded  # model in the cache
+        self.loads = 0  # setups paid
 
     @property
     def queue_remaining(self) -> int:
         return len(self.queue) + (1 if self.running is not None else 0)
+
+    @property
+    def tail_model(self) -> Optional[str]:
+        """The model a prompt queued now would find loaded when it starts."""
+        last = self.queue[-1] if self.queue else self.running
+        if last is not None and last.model is not None:
+            return last.model
+        return self.loaded
 
 
 @dataclass
@@ -125,11 +167,13 @@ class World:
         *,
         push_delay: Tuple[float, float] = (0.005, 0.05),
         latency: Tuple[float, float] = (0.005, 0.02),
+        loaded: Optional[Dict[str, str]] = None,
     ) -> None:
         self.now = 0.0
         self.rng = random.Random(seed)
         self.specs = list(servers)
-        self.servers: Dict[str, _Server] = {s.name: _Server(s) for s in servers}
+        loaded = loaded or {}
+        self.servers: Dict[str, _Server] = {s.name: _Server(s, loaded.get(s.name)) for s in servers}
         self.clients: List[Client] = []
         self._heap: List[tuple] = []
         self._seq = itertools.count()
@@ -180,8 +224,15 @@ class World:
         job = srv.queue.popleft()
         srv.running = job
         job.started = self.now
+        run = job.work / srv.spec.speed
+        if job.model is not None and job.model != srv.loaded:
+            job.cold = True
+            job.setup_time = job.setup / srv.spec.speed
+            run += job.setup_time
+            srv.loaded = job.model
+            srv.loads += 1
         self._push(job.client, srv.spec.name, job.client.on_started, job)
-        self.at(self.now + job.work / srv.spec.speed, self._finish, srv, job)
+        self.at(self.now + run, self._finish, srv, job)
 
     def _finish(self, srv: _Server, job: VirtualJob) -> None:
         # ComfyUI's order: execution_success, the status broadcast, then the
@@ -195,8 +246,9 @@ class World:
 
     def _broadcast(self, srv: _Server, q: Optional[int] = None) -> None:
         q = srv.queue_remaining if q is None else q
+        tail = srv.tail_model
         for c in self.clients:
-            self._push(c, srv.spec.name, c.on_status, srv.spec.name, q)
+            self._push(c, srv.spec.name, c.on_status, srv.spec.name, q, tail, self.now)
 
     def _push(self, client: Client, server: str, fn: Callable[..., None], *args: object) -> None:
         if client.ttl is not None:
@@ -211,12 +263,25 @@ class World:
 class _View:
     """A client's knowledge of one server."""
 
-    __slots__ = ("spec", "q", "observed_at", "busy_since", "queued", "running", "running_since", "last_finish")
+    __slots__ = (
+        "spec",
+        "q",
+        "observed_at",
+        "busy_since",
+        "queued",
+        "running",
+        "running_since",
+        "last_finish",
+        "tail",
+        "tail_at",
+    )
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.q = 0
         self.observed_at = 0.0
+        self.tail: Optional[str] = None  # model of the last prompt queued there, as last seen
+        self.tail_at = 0.0  # when the server was in that state
         self.busy_since: Optional[float] = None
         self.queued: List[VirtualJob] = []  # ours, not known to have started
         self.running: Optional[VirtualJob] = None  # ours, known to run
@@ -228,13 +293,23 @@ class Client:
     """A client with a batch of frames; subclasses decide where they go."""
 
     def __init__(
-        self, world: World, name: str, works: Sequence[float], *, start: float = 0.0, ttl: Optional[float] = None
+        self,
+        world: World,
+        name: str,
+        works: Sequence[float],
+        *,
+        start: float = 0.0,
+        ttl: Optional[float] = None,
+        model: Optional[str] = None,
+        setup: float = 0.0,
     ) -> None:
         self.world = world
         self.name = name
         self.works = list(works)
         self.start = start
         self.ttl = ttl
+        self.model = model
+        self.setup = setup
         self.index = -1
         self.next_frame = 0
         self.result = ClientResult(name, start)
@@ -267,13 +342,18 @@ class Client:
     def _observe_all(self) -> None:
         now = self.world.now
         for name, v in self.views.items():
-            v.q = self.world.servers[name].queue_remaining
+            srv = self.world.servers[name]
+            v.q = srv.queue_remaining
             v.observed_at = now
             v.busy_since = None
+            v.tail = srv.tail_model
+            v.tail_at = now
 
-    def on_status(self, server: str, q: int) -> None:
+    def on_status(self, server: str, q: int, tail: Optional[str] = None, at: Optional[float] = None) -> None:
         v = self.views[server]
         now = self.world.now
+        v.tail = tail
+        v.tail_at = now if at is None else at
         if q == 0:
             v.busy_since = None
         elif q < v.q or v.q == 0:
@@ -346,7 +426,14 @@ class Client:
 
 
 class PolicyClient(Client):
-    """Runs the real :class:`Scheduler` on the virtual clock."""
+    """Runs the real :class:`Scheduler` on the virtual clock.
+
+    ``cache_info`` (one of :data:`CACHE_INFO`) is what it tells the scheduler of
+    the servers' model cache, as a dispatcher would: "none" is the policy as it was
+    before it knew of setups. ``plans``, ``cpu_s`` (process time spent deciding)
+    and ``max_ours`` (most of our prompts one server held, as far as we know) are
+    counted for the benchmarks.
+    """
 
     def __init__(
         self,
@@ -357,19 +444,51 @@ class PolicyClient(Client):
         start: float = 0.0,
         ttl: Optional[float] = None,
         push_lead: float = 0.5,
+        model: Optional[str] = None,
+        setup: float = 0.0,
+        cache_info: str = "full",
         **scheduler_kw: object,
     ) -> None:
-        super().__init__(world, name, works, start=start, ttl=ttl)
+        super().__init__(world, name, works, start=start, ttl=ttl, model=model, setup=setup)
+        if cache_info not in CACHE_INFO:
+            raise ValueError("cache_info must be one of %s" % ", ".join(CACHE_INFO))
         scheduler_kw.setdefault("rng", random.Random(world.rng.random()))
         self.scheduler = Scheduler(world.clock, lead_time=push_lead if ttl is None else ttl, **scheduler_kw)
+        self.cache_info = cache_info if model is not None else "none"
         self._wake_at = float("inf")
         self.plans = 0
+        self.cpu_s = 0.0
+        self.max_ours = 0
+
+    def submit(self, server: str) -> None:
+        super().submit(server)
+        v = self.views[server]
+        self.max_ours = max(self.max_ours, len(v.queued) + (1 if v.running is not None else 0))
 
     def started(self, job: VirtualJob, at: float) -> None:
-        self.scheduler.job_started(job.server, at)
+        if self.cache_info == "none":
+            self.scheduler.job_started(job.server, at)
+        else:
+            self.scheduler.job_started(job.server, at, cold=job.cold)
 
     def finished(self, job: VirtualJob, started_at: float, finished_at: float) -> None:
-        self.scheduler.job_finished(job.server, started_at, finished_at)
+        if self.cache_info == "none":
+            self.scheduler.job_finished(job.server, started_at, finished_at)
+        elif self.cache_info == "cold":
+            self.scheduler.job_finished(job.server, started_at, finished_at, cold=job.cold)
+        else:
+            self.scheduler.job_finished(
+                job.server, started_at, finished_at, setup_s=job.setup_time if job.cold else 0.0, cold=job.cold
+            )
+
+    def _warm(self, v: _View) -> Optional[bool]:
+        """Whether a prompt sent now would find our model loaded, from what the client has seen."""
+        if self.cache_info == "none":
+            return None
+        # One of ours sent after the server was in the state last seen is behind it all.
+        if any(j.arrived is None or j.arrived > v.tail_at for j in v.queued):
+            return True
+        return v.tail == self.model
 
     def _wake(self) -> None:
         if self.world.now >= self._wake_at:
@@ -379,6 +498,7 @@ class PolicyClient(Client):
     def react(self) -> None:
         if not self.pending or self.world.now < self.start:
             return
+        t0 = time.process_time()
         loads = [
             ServerLoad(
                 name=v.spec.name,
@@ -388,11 +508,14 @@ class PolicyClient(Client):
                 ours_queued=len(v.queued),
                 ours_running_since=v.running_since if v.running is not None else None,
                 busy_since=v.busy_since,
+                warm=self._warm(v),
             )
             for v in self.views.values()
         ]
         self.plans += 1
-        for name in self.scheduler.plan(loads, self.pending):
+        chosen = self.scheduler.plan(loads, self.pending)
+        self.cpu_s += time.process_time() - t0
+        for name in chosen:
             self.submit(name)
         wake = self.scheduler.next_wakeup
         if wake is not None and self.pending and wake < self._wake_at:
@@ -412,8 +535,10 @@ class SequentialClient(Client):
         *,
         start: float = 0.0,
         ttl: Optional[float] = None,
+        model: Optional[str] = None,
+        setup: float = 0.0,
     ) -> None:
-        super().__init__(world, name, works, start=start, ttl=ttl)
+        super().__init__(world, name, works, start=start, ttl=ttl, model=model, setup=setup)
         self.server = server
 
     def react(self) -> None:
@@ -434,8 +559,10 @@ class BurstClient(Client):
         *,
         start: float = 0.0,
         ttl: Optional[float] = None,
+        model: Optional[str] = None,
+        setup: float = 0.0,
     ) -> None:
-        super().__init__(world, name, works, start=start, ttl=ttl)
+        super().__init__(world, name, works, start=start, ttl=ttl, model=model, setup=setup)
         if strategy not in ("round_robin", "least_queue"):
             raise ValueError(strategy)
         self.strategy = strategy

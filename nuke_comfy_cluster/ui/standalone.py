@@ -137,6 +137,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.screenshot and _needs_offscreen():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    elif _needs_offscreen():
+        # Qt would abort the process (exit 134) trying to open a window nobody can see
+        print("error: no display: use --screenshot PNG or set DISPLAY", file=sys.stderr)
+        return 2
 
     try:
         from .qt import QtCore, QtWidgets, apply_binding_fixes, exec_

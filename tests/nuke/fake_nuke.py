@@ -10,14 +10,44 @@ Only what the plugin uses is here, and it is strict where Nuke is fragile:
 - a deleted node raises ``ValueError`` like Nuke ("not attached to a node");
 - every call is recorded in :attr:`FakeNuke.calls`.
 
+Foundry semantics it models, each with the source it follows ("DG" is the Python
+developer guide on learn.foundry.com, "panels.py" Foundry's ``nukescripts/panels.py``):
+
+- a node's ``knobChanged`` runs for programmatic ``setValue`` and ``setInput`` too, but
+  only while its properties panel is open, with dummy ``showPanel`` / ``hidePanel`` /
+  ``inputChange`` knobs (DG nuke.addKnobChanged 13.2 and 17.1); ``addUpdateUI``
+  callbacks run at idle time whether a panel is open or not (DG nuke.addUpdateUI);
+- knob scripts share one ``__main__``-like namespace, and a Group's own knob scripts
+  run with the Group as the current context (assumed: see :meth:`FakeNuke.run_script`);
+- ``PythonPanel.addToPane()`` docks only into the given pane or ``nuke.thisPane()``,
+  which exists only while Nuke runs a Pane-menu command or restores a layout; the
+  widget is built once per panel (panels.py addToPane / create / WidgetKnob.makeUI);
+  ``restorePanel`` swallows every error and returns None (panels.py restorePanel);
+  ``getPaneFor`` finds a pane by a built-in panel name or a panel id (DG nuke.getPaneFor);
+- ``allNodes(filter, group, recurseGroups)``, ``selectedNodes()`` inputs first,
+  ``selectedNode()`` the selected node no other selected node uses as input, else
+  ``ValueError`` (DG nuke.allNodes, nuke.selectedNodes 14.0, nuke.selectedNode 13.1);
+- group contexts: ``with group:``, ``thisGroup``, ``lastHitGroup`` (DG Group.begin/end,
+  nuke.lastHitGroup 16.0); a node connects only to nodes of its own group (assumed);
+- ``File_Knob.setValue`` assigns the string only; ``fromUserText("path first-last")``
+  parses the range and reads the file's format (DG nuke.File_Knob);
+- ``execute`` renders at the script's proxy scale, into the Write's ``proxy`` file when
+  one is set, and every view unless ``views`` is given (DG nuke.execute; Write node
+  reference: "executes all renders at the currently active scale");
+- ``String_Knob.value()`` and what a ``Text_Knob`` or a label shows are TCL-evaluated:
+  ``[...]`` commands, ``$variables`` and backslash escapes; ``getText()`` is the raw text
+  (DG String_Knob.value / getText; EvalString_Knob.evaluate).
+
 ``execute`` on a Write "renders" by writing a small PNG per frame whose colour
-encodes (upstream node, frame), so tests can tell which frame reached which prompt.
+encodes (upstream node, frame, view), so tests can tell which frame reached which prompt.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 import queue
+import re
 import struct
 import sys
 import threading
@@ -30,6 +60,11 @@ STARTLINE = 0x1000
 INVISIBLE = 0x400
 NO_ANIMATION = 0x100
 
+FULL_SIZE = 4  # pixels of a rendered frame at full resolution
+PROXY_SIZE = 2  # ... and in proxy mode (the fake's proxy scale is 0.5)
+#: knobChanged nesting deeper than this is a runaway (Nuke would hang or crash)
+MAX_CALLBACK_DEPTH = 20
+
 
 class Missing(NotImplementedError):
     """The plugin used something this fake does not implement."""
@@ -37,6 +72,10 @@ class Missing(NotImplementedError):
 
 class OffMainThread(RuntimeError):
     """Nuke's API was used from the wrong thread."""
+
+
+class TclError(ValueError):
+    """A TCL expression in a knob did not evaluate."""
 
 
 def _on_main(what: str) -> None:
@@ -65,7 +104,7 @@ def _strict_module(name: str) -> types.ModuleType:
     return module
 
 
-def png_bytes(rgb: Tuple[int, int, int], size: int = 4) -> bytes:
+def png_bytes(rgb: Tuple[int, int, int], size: int = FULL_SIZE) -> bytes:
     raw = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -75,12 +114,83 @@ def png_bytes(rgb: Tuple[int, int, int], size: int = 4) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def frame_colour(source: str, frame: int) -> Tuple[int, int, int]:
-    """The colour the fake renders for ``source`` at ``frame``."""
-    return frame % 256, (frame // 256) % 256, zlib.crc32(source.encode()) % 256
+def png_size(data: bytes) -> Tuple[int, int]:
+    """(width, height) from a PNG header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", data[16:24])
+
+
+def frame_colour(source: str, frame: int, view: str = "") -> Tuple[int, int, int]:
+    """The colour the fake renders for ``source`` at ``frame`` (in ``view``; "" is the first view)."""
+    return frame % 256, (frame // 256) % 256, zlib.crc32((source + ("@" + view if view else "")).encode()) % 256
+
+
+# --------------------------------------------------------------------------- TCL
+
+_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_ESCAPES = {"n": "\n", "t": "\t"}
+
+
+def tcl_evaluate(text: str, node: Optional[Node]) -> str:
+    """What Nuke makes of ``text`` in an evaluated string knob: escapes, ``$vars``, ``[commands]``."""
+    out: List[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(_ESCAPES.get(text[i + 1], text[i + 1]))
+            i += 2
+        elif c == "[":
+            depth, j = 1, i + 1
+            while j < len(text) and depth:
+                if text[j] == "\\":
+                    j += 2
+                    continue
+                depth += {"[": 1, "]": -1}.get(text[j], 0)
+                j += 1
+            if depth:
+                raise TclError(f"missing close-bracket in {text!r}")
+            out.append(_tcl_command(tcl_evaluate(text[i + 1 : j - 1], node), node))
+            i = j
+        elif c == "$" and _VARIABLE.match(text, i):
+            raise TclError(f'can\'t read "{_VARIABLE.match(text, i).group(1)}": no such variable')  # type: ignore[union-attr]
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _tcl_command(command: str, node: Optional[Node]) -> str:
+    words = command.split()
+    if len(words) == 2 and words[0] == "value" and node is not None:
+        owner_name, _, knob_name = words[1].rpartition(".")
+        owner = node if not owner_name or owner_name == "this" else node._fake.api_toNode(owner_name)
+        knob = owner.knob(knob_name) if owner is not None else None
+        if knob is None:
+            raise TclError(f"no such knob {words[1]}")
+        return str(knob.value())
+    raise TclError(f'invalid command name "{words[0] if words else ""}"')
 
 
 # --------------------------------------------------------------------------- knobs
+
+
+class Format(Strict):
+    def __init__(self, width: int, height: int, name: str = "") -> None:
+        self._w, self._h, self._name = width, height, name
+
+    def width(self) -> int:
+        return self._w
+
+    def height(self) -> int:
+        return self._h
+
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<Format {self._w}x{self._h} {self._name}>"
 
 
 class Knob(Strict):
@@ -123,7 +233,13 @@ class Knob(Strict):
         self._touch("setValue")
         FakeNuke.current.record("Knob.setValue", self._name, value)
         self._value = self._coerce(value)
+        self._changed()
         return True
+
+    def _changed(self) -> None:
+        # DG addKnobChanged: programmatic changes run knobChanged too (while the panel is open)
+        if self.node is not None and self.node._panel_open:
+            self.node._fake.knob_changed(self.node, self)
 
     def setFlag(self, flag: int) -> None:  # noqa: N802
         self._touch("setFlag")
@@ -164,6 +280,8 @@ class Boolean_Knob(Knob):  # noqa: N801
 
 
 class String_Knob(Knob):  # noqa: N801
+    """``value()`` is TCL-evaluated, ``getText()`` is what was typed (DG String_Knob)."""
+
     kind = "String_Knob"
 
     def __init__(self, name: str, label: Optional[str] = None, text: str = "") -> None:
@@ -174,13 +292,70 @@ class String_Knob(Knob):  # noqa: N801
             raise TypeError(f"{self.kind} {self._name}: expected text, got {value!r}")
         return value
 
+    def value(self) -> str:
+        self._touch("value")
+        return tcl_evaluate(self._value, self.node)
+
+    def getText(self) -> str:  # noqa: N802
+        self._touch("getText")
+        return self._value
+
+    def evaluate(self) -> str:
+        self._touch("evaluate")
+        return tcl_evaluate(self._value, self.node)
+
 
 class File_Knob(String_Knob):  # noqa: N801
+    """``value()`` is the string as set; ``evaluate()`` substitutes; ``fromUserText`` reads the file."""
+
     kind = "File_Knob"
 
+    def value(self) -> str:
+        self._touch("value")
+        return self._value
 
-class Text_Knob(String_Knob):  # noqa: N801
+    def fromUserText(self, text: str) -> None:  # noqa: N802
+        self._touch("fromUserText")
+        FakeNuke.current.record("File_Knob.fromUserText", self._name, text)
+        match = re.match(r"^(.*\S)\s+(-?\d+)-(-?\d+)$", text)
+        path, first, last = (match.group(1), int(match.group(2)), int(match.group(3))) if match else (text, None, None)
+        self._value = self._coerce(path)
+        self._changed()
+        node = self.node
+        if node is None or node._class != "Read" or first is None or last is None:
+            return
+        for name, value in (("first", first), ("last", last), ("origfirst", first), ("origlast", last)):
+            node[name].setValue(value)
+        frame_file = path.replace("####", f"{first:04d}")
+        try:
+            with open(frame_file, "rb") as f:
+                width, height = png_size(f.read(24))
+        except (OSError, ValueError):
+            return  # Nuke keeps the format it had when the file cannot be read
+        node["format"].setValue(Format(width, height))
+
+
+class Text_Knob(Knob):  # noqa: N801
+    """A read-only line of the panel; what it shows is TCL-evaluated (see :meth:`FakeNuke.shown`)."""
+
     kind = "Text_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, text: str = "") -> None:
+        super().__init__(name, label, text)
+
+    def _coerce(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise TypeError(f"Text_Knob {self._name}: expected text, got {value!r}")
+        return value
+
+
+class Format_Knob(Knob):  # noqa: N801
+    kind = "Format_Knob"
+
+    def _coerce(self, value: Any) -> Any:
+        if not isinstance(value, Format):
+            raise TypeError(f"Format_Knob {self._name}: expected a Format, got {value!r}")
+        return value
 
 
 class Tab_Knob(Knob):  # noqa: N801
@@ -231,7 +406,7 @@ class Enumeration_Knob(Knob):  # noqa: N801
 
 
 class Script_Knob(Knob):
-    """The hidden ``knobChanged`` knob of a Group: Python run on every knob change."""
+    """The hidden ``knobChanged`` knob of a Group: Python run on every knob change (raw, not TCL)."""
 
     kind = "String_Knob"
 
@@ -250,6 +425,7 @@ class Node(Strict):
         self._inputs: Dict[int, Node] = {}
         self._x = self._y = 0
         self._selected = False
+        self._panel_open = False
         self.channels_list = ["rgba.red", "rgba.green", "rgba.blue"]
         for knob in [String_Knob("label"), *knobs]:
             self._attach(knob)
@@ -330,11 +506,17 @@ class Node(Strict):
         self._check("setInput")
         if i >= self.maxInputs():
             return False
+        if node is not None and node._parent is not self._parent:
+            # a node graph is one group: an input can only come from the same group
+            self._fake.record("Node.setInput refused", self._name, i, node._name)
+            return False
         self._fake.record("Node.setInput", self._name, i, node._name if node else None)
         if node is None:
             self._inputs.pop(i, None)
         else:
             self._inputs[i] = node
+        if self._panel_open:
+            self._fake.knob_changed(self, Knob("inputChange"))
         return True
 
     def firstFrame(self) -> int:  # noqa: N802
@@ -346,6 +528,14 @@ class Node(Strict):
         self._check("lastFrame")
         upstream = self.input(0)
         return upstream.lastFrame() if upstream is not None else int(self._fake.root_node["last_frame"].value())
+
+    def format(self) -> Format:
+        self._check("format")
+        own = self._knobs.get("format")
+        if own is not None:
+            return own._value
+        upstream = self.input(0)
+        return upstream.format() if upstream is not None else self._fake.root_node["format"].value()
 
     def channels(self) -> List[str]:
         self._check("channels")
@@ -375,12 +565,14 @@ class Node(Strict):
 class Read(Node):
     def __init__(self, fake: FakeNuke, parent: Optional[Group]) -> None:
         on_error = Enumeration_Knob("on_error", "missing frames", ["error", "black", "checkerboard", "nearest frame"])
+        fmt = Format_Knob("format", "format", fake.root_node["format"].value())
         knobs = [
             File_Knob("file"),
             Int_Knob("first"),
             Int_Knob("last"),
             Int_Knob("origfirst"),
             Int_Knob("origlast"),
+            fmt,
             on_error,
         ]
         super().__init__(fake, "Read", parent, knobs + [PyScript_Knob("reload", "Reload", "")])
@@ -402,7 +594,8 @@ class Write(Node):
         file_type = Enumeration_Knob("file_type", "file type", [""] + list(self.FILE_TYPES))
         datatype = Enumeration_Knob("datatype", "data type", ["8 bit", "16 bit"])
         channels = Enumeration_Knob("channels", "channels", ["rgb", "rgba", "alpha", "all"])
-        super().__init__(fake, "Write", parent, [File_Knob("file"), file_type, datatype, channels])
+        files = [File_Knob("file"), File_Knob("proxy")]
+        super().__init__(fake, "Write", parent, files + [file_type, datatype, channels])
 
 
 class Group(Node):
@@ -439,7 +632,14 @@ class Root(Group):
     def __init__(self, fake: FakeNuke) -> None:
         super().__init__(fake, None, "Root")
         self._name = "root"
-        for knob in (Int_Knob("first_frame"), Int_Knob("last_frame"), File_Knob("name")):
+        knobs = (
+            Int_Knob("first_frame"),
+            Int_Knob("last_frame"),
+            File_Knob("name"),
+            Boolean_Knob("proxy"),
+            Format_Knob("format", "full size format", Format(1920, 1080, "HD_1080")),
+        )
+        for knob in knobs:
             self._attach(knob)
         self._knobs["first_frame"]._value = 1
         self._knobs["last_frame"]._value = 100
@@ -478,7 +678,7 @@ class MenuItem(Strict):
         _on_main("MenuItem.invoke")
         if callable(self.command):
             return self.command()
-        exec(compile(self.command, f"<menu {self._name}>", "exec"), {"__name__": "__main__"})
+        exec(compile(self.command, f"<menu {self._name}>", "exec"), FakeNuke.current.script_globals)  # noqa: S102
         return None
 
 
@@ -596,33 +796,82 @@ class ProgressTask(Strict):
         self._record.closed = True
 
 
-# --------------------------------------------------------------------------- panels
+# --------------------------------------------------------------------------- panes and panels
+
+
+class FakePane(Strict):
+    """A pane of Nuke's layout (a ``Dock``): its built-in panels by name, and the Python panels added.
+
+    When a panel's widget is a real QWidget, the pane holds it in a QStackedWidget
+    (:attr:`stack`), one tab per panel, the newest in front.
+    """
+
+    def __init__(self, names: List[str]) -> None:
+        self.names = list(names)
+        self.panels: List[FakePanel] = []
+        self.stack: Any = None
+
+    def __repr__(self) -> str:
+        return f"<fake pane {self.names[0] if self.names else '?'}>"
+
+    def add(self, panel: FakePanel) -> None:
+        _on_main("Dock.add")
+        FakeNuke.current.record("Dock.add", self.names[0] if self.names else "", panel.id)
+        if panel.pane is not None:
+            panel.pane.panels.remove(panel)
+        panel.pane = self
+        self.panels.append(panel)
+        widget = panel.widget
+        if widget is not None and hasattr(widget, "parentWidget"):
+            from nuke_comfy_cluster.ui.qt import QtWidgets
+
+            if self.stack is None:
+                self.stack = QtWidgets.QStackedWidget()
+            self.stack.addWidget(widget)
+            self.stack.setCurrentWidget(widget)
 
 
 class FakePanel(Strict):
-    """What ``registerWidgetAsPanel``'s Pane command builds: the widget class, resolved like Nuke does."""
+    """What ``registerWidgetAsPanel`` builds: a PythonPanel wrapping the widget class, resolved like Nuke does."""
 
     def __init__(self, widget: str, name: str, panel_id: str) -> None:
         self.widget_expression = widget
         self.title = name
         self.id = panel_id
         self.widget: Any = None
+        self.pane: Optional[FakePane] = None
+        self.floating = False
 
     def widget_class(self) -> Any:
         # Nuke evaluates "<widget>" inside a PyCustom_Knob script, in __main__'s namespace
         return eval(self.widget_expression, dict(vars(sys.modules["__main__"])))  # noqa: S307
 
-    def addToPane(self, pane: Any = None) -> FakePanel:  # noqa: N802
+    def create(self) -> None:
+        # panels.py: create() builds the widget once (WidgetKnob.makeUI); later calls keep it
+        if self.widget is None:
+            self.widget = self.widget_class()()
+            FakeNuke.current.widgets_built.append(self.widget)
+
+    def addToPane(self, pane: Optional[FakePane] = None) -> FakePanel:  # noqa: N802
         _on_main("PythonPanel.addToPane")
-        self.widget = self.widget_class()()
+        self.create()
+        # panels.py: the given pane, else nuke.thisPane(), else nowhere (built but never shown)
+        target = pane if pane is not None else FakeNuke.current.api_thisPane()
+        if target is not None:
+            target.add(self)
         return self
+
+    def show(self) -> None:
+        _on_main("PythonPanel.show")
+        self.create()
+        self.floating = True
 
 
 # --------------------------------------------------------------------------- the fake
 
 
 class FakeNuke:
-    """One fake Nuke session: modules, node graph, menus, main-thread queue, records."""
+    """One fake Nuke session: modules, node graph, menus, panes, main-thread queue, records."""
 
     current: FakeNuke
 
@@ -636,12 +885,21 @@ class FakeNuke:
         self.menus: Dict[str, Menu] = {}
         self.panels: Dict[str, Callable[[], Any]] = {}
         self.registered_widgets: List[Tuple[str, str, str]] = []
+        self.widgets_built: List[Any] = []
         self.plugin_paths: List[str] = []
         self.current_frame = 1
+        self.views = ["main"]
         self.root_node = Root(self)
         self.context: List[Group] = [self.root_node]
+        self.last_hit_group: Optional[Group] = None  # the Group whose node graph the artist clicked last
+        self.panes = [FakePane(["Properties.1"]), FakePane(["DAG.1"]), FakePane(["Viewer.1"])]
+        self._this_pane: Optional[FakePane] = None
         self._this: List[Tuple[Optional[Node], Optional[Knob]]] = []
+        self._update_ui: List[Tuple[Callable[..., Any], tuple, dict, str]] = []
         self._running_init = 0
+        # knob scripts and menu strings all run here, like Nuke's __main__ (no names handed in:
+        # the plugin's scripts must import what they use)
+        self.script_globals: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.nuke = self._build_nuke(gui)
         self.nukescripts, self.panels_module = self._build_nukescripts()
 
@@ -674,15 +932,22 @@ class FakeNuke:
             "toNode",
             "allNodes",
             "selectedNodes",
+            "selectedNode",
+            "thisGroup",
+            "lastHitGroup",
             "delete",
             "frame",
+            "views",
             "execute",
             "executeInMainThread",
             "message",
             "thisNode",
             "thisKnob",
+            "addUpdateUI",
             "menu",
             "toolbar",
+            "getPaneFor",
+            "thisPane",
             "pluginAddPath",
             "pluginPath",
         ):
@@ -744,6 +1009,7 @@ class FakeNuke:
         return self.root_node
 
     def api_toNode(self, name: str) -> Optional[Node]:  # noqa: N802
+        # relative to the current context unless it starts with "root." (DG nuke.toNode)
         _on_main("nuke.toNode")
         if name == "root":
             return self.root_node
@@ -758,14 +1024,59 @@ class FakeNuke:
         finally:
             self.context.pop()
 
-    def api_allNodes(self, filter: Optional[str] = None, group: Optional[Group] = None) -> List[Node]:  # noqa: A002, N802
+    def api_allNodes(  # noqa: N802
+        self,
+        filter: Optional[str] = None,
+        group: Optional[Group] = None,
+        recurseGroups: bool = False,  # noqa: A002, N803
+    ) -> List[Node]:
         _on_main("nuke.allNodes")
-        parent = group or self.context[-1]
-        return [n for n in parent._children if n._alive and (filter is None or n._class == filter)]
+        found: List[Node] = []
 
-    def api_selectedNodes(self) -> List[Node]:  # noqa: N802
+        def walk(parent: Group) -> None:
+            for n in parent._children:
+                if not n._alive:
+                    continue
+                if filter is None or n._class == filter:
+                    found.append(n)
+                if recurseGroups and isinstance(n, Group):
+                    walk(n)
+
+        walk(group or self.context[-1])
+        return found
+
+    def api_selectedNodes(self, filter: Optional[str] = None) -> List[Node]:  # noqa: A002, N802
+        # "in 'useful' order where inputs are done before the final node" (DG nuke.selectedNodes)
         _on_main("nuke.selectedNodes")
-        return [n for n in self.context[-1]._children if n._alive and n._selected]
+        selected = [n for n in self.context[-1]._children if n._alive and n._selected]
+        ordered: List[Node] = []
+
+        def visit(node: Node) -> None:
+            if node in ordered:
+                return
+            for upstream in node._inputs.values():
+                if upstream in selected:
+                    visit(upstream)
+            ordered.append(node)
+
+        for node in selected:
+            visit(node)
+        return [n for n in ordered if filter is None or n._class == filter]
+
+    def api_selectedNode(self) -> Node:  # noqa: N802
+        # the selected node no other selected node uses as input (DG nuke.selectedNode)
+        _on_main("nuke.selectedNode")
+        selected = self.api_selectedNodes()
+        outputs = [n for n in selected if not any(n in other._inputs.values() for other in selected)]
+        if not outputs:
+            raise ValueError("No node selected")
+        return outputs[-1]
+
+    def api_thisGroup(self) -> Group:  # noqa: N802
+        return self.context[-1]
+
+    def api_lastHitGroup(self) -> Group:  # noqa: N802
+        return self.last_hit_group if self.last_hit_group is not None else self.context[-1]
 
     def api_delete(self, node: Node) -> None:
         _on_main("nuke.delete")
@@ -777,8 +1088,19 @@ class FakeNuke:
         _on_main("nuke.frame")
         return self.current_frame
 
+    def api_views(self) -> List[str]:
+        return list(self.views)
+
     # -- rendering -------------------------------------------------------------------------
-    def api_execute(self, node: Node, first: int, last: int, incr: int = 1) -> None:
+    def api_execute(
+        self,
+        node: Node,
+        first: int,
+        last: int,
+        incr: int = 1,
+        views: Optional[List[str]] = None,
+        continueOnError: bool = False,  # noqa: N803
+    ) -> None:
         _on_main("nuke.execute")
         self.record("nuke.execute", node.name(), first, last, incr)
         if node.Class() != "Write":
@@ -786,15 +1108,22 @@ class FakeNuke:
         upstream = node.input(0)
         if upstream is None:
             raise RuntimeError(f"{node.name()}: no input connected")
-        pattern = node["file"].value()
         if node["file_type"].value() != "png":
             raise Missing("fake nuke: only renders png")
-        for frame in range(first, last + 1, incr):
-            path = pattern.replace("####", f"{frame:04d}")
-            if not os.path.isdir(os.path.dirname(path)):
-                raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
-            with open(path, "wb") as f:
-                f.write(png_bytes(frame_colour(upstream.name(), frame)))
+        unknown = [v for v in views or () if v not in self.views]
+        if unknown:
+            raise ValueError(f"no view {unknown[0]!r} in this script (views: {self.views})")
+        proxy = bool(self.root_node["proxy"].value())
+        pattern = node["proxy"].value() if proxy and node["proxy"].value() else node["file"].value()
+        self.record("nuke.execute views", tuple(views) if views is not None else None, proxy)
+        for view in views if views is not None else self.views:
+            for frame in range(first, last + 1, incr):
+                path = pattern.replace("####", f"{frame:04d}").replace("%V", view).replace("%v", view[:1])
+                if not os.path.isdir(os.path.dirname(path)):
+                    raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
+                colour = frame_colour(upstream.name(), frame, "" if view == self.views[0] else view)
+                with open(path, "wb") as f:
+                    f.write(png_bytes(colour, PROXY_SIZE if proxy else FULL_SIZE))
 
     # -- threads ---------------------------------------------------------------------------
     def api_executeInMainThread(
@@ -843,12 +1172,45 @@ class FakeNuke:
             raise RuntimeError("nuke.thisKnob() outside a knob callback")
         return self._this[-1][1]  # type: ignore[return-value]
 
+    def api_addUpdateUI(  # noqa: N802
+        self,
+        call: Callable[..., Any],
+        args: tuple = (),
+        kwargs: Optional[dict] = None,
+        nodeClass: str = "*",  # noqa: N803
+    ) -> None:
+        self._update_ui.append((call, tuple(args), dict(kwargs or {}), nodeClass))
+
+    def idle(self) -> None:
+        """Nuke's idle time: every addUpdateUI callback on every node of its class, panels open or not."""
+        _on_main("idle")
+        for call, args, kwargs, cls in self._update_ui:
+            for node in self.api_allNodes(group=self.root_node, recurseGroups=True):
+                if cls in ("*", node._class):
+                    self._this.append((node, None))
+                    try:
+                        call(*args, **kwargs)
+                    finally:
+                        self._this.pop()
+
     def run_script(self, script: str, node: Optional[Node], knob: Optional[Knob]) -> None:
+        """Run a knob script in the shared script namespace.
+
+        The context is the node's own Group for a Group's knobs, else the node's
+        parent: an assumption (not documented by Foundry) chosen because it is the
+        stricter one: code that relies on running in root breaks here.
+        """
+        if len(self._this) >= MAX_CALLBACK_DEPTH:
+            raise RecursionError(f"fake nuke: knob callbacks nested {MAX_CALLBACK_DEPTH} deep (a runaway knobChanged)")
+        context = node if isinstance(node, Group) else (node._parent if node is not None else None)
         self._this.append((node, knob))
+        if context is not None:
+            self.context.append(context)
         try:
-            # no names handed in: the plugin's scripts must import what they use
-            exec(compile(script, "<knob script>", "exec"), {"__name__": "__main__"})
+            exec(compile(script, "<knob script>", "exec"), self.script_globals)  # noqa: S102
         finally:
+            if context is not None:
+                self.context.pop()
             self._this.pop()
 
     def press(self, node: Node, knob_name: str) -> None:
@@ -860,20 +1222,31 @@ class FakeNuke:
 
     def knob_changed(self, node: Node, knob: Knob) -> None:
         script = node.knob("knobChanged")
-        if script is not None and script.value():
-            self.run_script(script.value(), node, knob)
-
-    def user_set(self, node: Node, knob_name: str, value: Any) -> None:
-        """The artist edits a knob in the properties panel (knobChanged follows)."""
-        node[knob_name].setValue(value)
-        self.knob_changed(node, node[knob_name])
-
-    def user_connect(self, node: Node, index: int, upstream: Optional[Node]) -> None:
-        node.setInput(index, upstream)
-        self.knob_changed(node, Knob("inputChange"))
+        if script is not None and script._value:
+            self.run_script(script._value, node, knob)
 
     def open_properties(self, node: Node) -> None:
+        """The artist opens the node's properties panel (knobChanged gets a ``showPanel`` knob)."""
+        node._panel_open = True
         self.knob_changed(node, Knob("showPanel"))
+
+    def close_properties(self, node: Node) -> None:
+        self.knob_changed(node, Knob("hidePanel"))
+        node._panel_open = False
+
+    def user_set(self, node: Node, knob_name: str, value: Any) -> None:
+        """The artist edits a knob, in the properties panel (opened for it if need be)."""
+        if not node._panel_open:
+            self.open_properties(node)
+        node[knob_name].setValue(value)
+
+    def user_connect(self, node: Node, index: int, upstream: Optional[Node]) -> None:
+        """The artist drags a pipe (knobChanged hears of it only while the panel is open)."""
+        node.setInput(index, upstream)
+
+    def shown(self, knob: Knob) -> str:
+        """What the panel (or the DAG, for a label) shows for a text knob: its TCL-evaluated text."""
+        return tcl_evaluate(knob._value, knob.node)
 
     # -- menus and panels ------------------------------------------------------------------
     def api_menu(self, name: str) -> Menu:
@@ -888,6 +1261,38 @@ class FakeNuke:
             raise Missing(f"fake nuke: toolbar {name!r}")
         return self.api_menu("Nodes")
 
+    def api_getPaneFor(self, name: str) -> Optional[FakePane]:  # noqa: N802
+        _on_main("nuke.getPaneFor")
+        for pane in self.panes:
+            if name in pane.names or any(p.id == name for p in pane.panels):
+                return pane
+        return None
+
+    def api_thisPane(self) -> Optional[FakePane]:  # noqa: N802
+        return self._this_pane
+
+    def pane_menu(self, title: str, pane: str = "Properties.1") -> Any:
+        """The artist picks ``title`` from the content menu of the pane holding ``pane``."""
+        item = self.menus["Pane"].findItem(title)
+        if item is None:
+            raise KeyError(f"no Pane menu entry {title!r}")
+        self._this_pane = self.api_getPaneFor(pane)
+        try:
+            return item.invoke()
+        finally:
+            self._this_pane = None
+
+    def close_panel(self, panel_id: str) -> None:
+        """The artist closes a docked panel's tab."""
+        pane = self.api_getPaneFor(panel_id)
+        if pane is None:
+            raise KeyError(f"panel {panel_id} is not docked")
+        for panel in [p for p in pane.panels if p.id == panel_id]:
+            pane.panels.remove(panel)
+            panel.pane = None
+            if hasattr(panel.widget, "close"):
+                panel.widget.close()
+
     def api_registerWidgetAsPanel(self, widget: str, name: str, panel_id: str, create: bool = False) -> Any:  # noqa: N802
         _on_main("registerWidgetAsPanel")
         self.record("registerWidgetAsPanel", widget, name, panel_id)
@@ -898,7 +1303,7 @@ class FakeNuke:
         def add_panel() -> FakePanel:
             return FakePanel(widget, name, panel_id).addToPane()
 
-        # what nukescripts.panels.registerWidgetAsPanel does: a Pane menu entry and a restorable id
+        # panels.py: a Pane menu entry and a restorable id, both running addPanel()
         self.api_menu("Pane").addCommand(name, add_panel)
         self.panels[panel_id] = add_panel
         return FakePanel(widget, name, panel_id) if create else None
@@ -906,7 +1311,11 @@ class FakeNuke:
     def api_restorePanel(self, panel_id: str) -> Any:  # noqa: N802
         _on_main("restorePanel")
         self.record("restorePanel", panel_id)
-        return self.panels[panel_id]()
+        try:
+            return self.panels[panel_id]()
+        except Exception:  # noqa: BLE001 - panels.py: a bare except, a print, and None
+            print("Can't restore panel '", panel_id, "' because it hasn't been registered.")
+            return None
 
     # -- start-up --------------------------------------------------------------------------
     def api_pluginAddPath(self, path: str, addToSysPath: bool = True) -> None:  # noqa: N802, N803
@@ -931,7 +1340,7 @@ class FakeNuke:
         try:
             namespace = {"__name__": "__main__", "nuke": self.nuke}
             with open(path, encoding="utf-8") as f:
-                exec(compile(f.read(), path, "exec"), namespace)
+                exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102
             return namespace
         finally:
             self._running_init -= is_init

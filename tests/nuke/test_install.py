@@ -156,3 +156,78 @@ def test_block_editing_keeps_other_lines_and_line_endings():
 def test_the_repository_entry_points_match_the_installers_copies():
     assert (REPO / "init.py").read_text(encoding="utf-8") == installer.INIT_PY
     assert (REPO / "menu.py").read_text(encoding="utf-8") == installer.MENU_PY
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_nuke_version_matching_this_python_copies_its_packages_without_warnings(home: Path, monkeypatch):
+    monkeypatch.setattr(installer, "_running_python", lambda: installer.NUKE_PYTHONS["16"])
+
+    def no_pip(*_a, **_k):
+        raise AssertionError("this Python fits Nuke 16: nothing to fetch")
+
+    monkeypatch.setattr(installer, "vendor_for_python", no_pip)
+    report = installer.install(nuke="16")
+    assert report.warnings == []
+    assert set(report.vendored) == {name for name, _ in installer.DEPENDENCIES}
+    manifest = json.loads((home / ".nuke" / installer.PLUGIN_DIR / "install.json").read_text())
+    assert manifest["python"] == installer.NUKE_PYTHONS["16"]
+
+
+def test_nuke_version_other_than_this_python_fetches_for_nukes_python(home: Path, monkeypatch):
+    monkeypatch.setattr(installer, "_running_python", lambda: "3.11")
+    asked = []
+
+    def fake_pip(target: Path, python_version: str, report):
+        asked.append(python_version)
+        target.mkdir(parents=True, exist_ok=True)
+        report.vendored["requests"] = "2.32.5"
+
+    monkeypatch.setattr(installer, "vendor_for_python", fake_pip)
+    installer.install(nuke="14")
+    assert asked == ["3.9"]
+    with pytest.raises(OSError, match="--nuke takes 14, 15, 16"):
+        installer.install(nuke="13")
+    with pytest.raises(OSError, match="Nuke 15 runs Python 3.10"):
+        installer.install(nuke="15", for_python="3.9")
+
+
+def test_a_failed_install_into_a_missing_nuke_folder_leaves_nothing(home: Path, monkeypatch, capsys):
+    def broken(*_a, **_k):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(installer, "vendor", broken)
+    assert installer.main_install([]) == 1
+    assert "install failed: disk full (simulated)" in capsys.readouterr().err
+    assert os.listdir(home) == []
+
+
+def test_a_failed_reinstall_keeps_the_old_plugin_and_init_py(home: Path, monkeypatch):
+    installer.install()
+    nuke_dir = home / ".nuke"
+    before = _tree(nuke_dir)
+
+    def broken(*_a, **_k):
+        raise OSError("simulated")
+
+    monkeypatch.setattr(installer, "vendor", broken)
+    with pytest.raises(OSError):
+        installer.install()
+    assert _tree(nuke_dir) == before
+
+
+def test_a_failure_writing_init_py_takes_the_new_plugin_out_again(home: Path, monkeypatch):
+    nuke_dir = home / ".nuke"
+    nuke_dir.mkdir()
+    (nuke_dir / "init.py").write_bytes(USER_INIT.encode())
+    before = _tree(nuke_dir)
+
+    def broken(path, *_a, **_k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(installer, "_write_atomic", broken)
+    with pytest.raises(OSError):
+        installer.install()
+    assert _tree(nuke_dir) == before

@@ -21,7 +21,9 @@ def _python39():
     candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
     for path in candidates:
         try:
-            out = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+            )
         except OSError:
             continue
         if out.returncode == 0 and "(3, 9)" in out.stdout:
@@ -37,6 +39,7 @@ def test_for_python_39_vendors_releases_that_support_it(tmp_path):
         meta = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
         low = re.search(r"^Requires-Python:\s*>=\s*(\d+)\.(\d+)", meta, re.M)
         assert low is None or (int(low.group(1)), int(low.group(2))) <= (3, 9), (info.name, low.group(0))
+    assert not (site / "bin").exists()  # console scripts pip put there: Nuke never runs them
     python39 = _python39()
     if python39 is None:
         return  # the metadata check above is the contract; the import check needs a 3.9 here

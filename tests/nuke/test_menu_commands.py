@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
 
 from nuke_comfy_cluster.nuke_host import node as N
-from nuke_comfy_cluster.nuke_host.startup import MENU_NAME
+from nuke_comfy_cluster.nuke_host.startup import MENU_NAME, PANEL_ID, PANEL_TITLE
 from tests.conftest import REPO
 
 from .conftest import server_dicts
 from .fake_nuke import FakeNuke
+from .test_node import OFFLINE
 
 
 def command(fake: FakeNuke, label: str):
@@ -40,24 +42,65 @@ def test_refresh_status_polls_off_the_main_thread_and_updates_the_nodes(fake: Fa
 
 
 @pytest.mark.qt
-def test_server_panel_and_config_editor_commands_open_qt_windows(fake: FakeNuke, configure, sims, qtbot):
+def test_the_server_panel_command_docks_the_panel_and_reuses_it(fake: FakeNuke, configure, qtbot):
+    pytest.importorskip("nuke_comfy_cluster.ui.panel")
+    from nuke_comfy_cluster.core.api import default_cluster
+    from nuke_comfy_cluster.ui.panel import ClusterPanel
+    from nuke_comfy_cluster.ui.qt import QtWidgets
+
+    configure(OFFLINE)
+    fake.run_file(str(REPO / "menu.py"))
+    # from the menu bar Nuke has no current pane: the panel must say where it docks
+    panel = command(fake, "Server Panel").invoke()
+    properties = fake.api_getPaneFor("Properties.1")
+    assert fake.api_getPaneFor(PANEL_ID) is properties
+    qtbot.addWidget(properties.stack)
+    assert isinstance(panel, ClusterPanel) and panel.cluster is default_cluster()
+    assert properties.stack.currentWidget() is panel
+
+    # the artist looks at another tab of that pane, then asks for the panel again
+    other = QtWidgets.QWidget()
+    properties.stack.addWidget(other)
+    properties.stack.setCurrentWidget(other)
+    assert command(fake, "Server Panel").invoke() is panel
+    assert properties.stack.currentWidget() is panel
+    assert fake.widgets_built == [panel]
+
+    # closed, it opens again; opened from a pane's menu, the menu bar finds that one
+    fake.close_panel(PANEL_ID)
+    assert panel.closed
+    from_pane_menu = fake.pane_menu(PANEL_TITLE, pane="DAG.1").widget
+    dag = fake.api_getPaneFor("DAG.1")
+    qtbot.addWidget(dag.stack)
+    assert fake.api_getPaneFor(PANEL_ID) is dag
+    assert command(fake, "Server Panel").invoke() is from_pane_menu
+    assert fake.widgets_built == [panel, from_pane_menu]
+    assert fake.messages == []
+    from_pane_menu.shutdown()
+
+
+@pytest.mark.qt
+def test_without_qt_the_server_panel_command_explains(fake: FakeNuke, configure, monkeypatch: pytest.MonkeyPatch):
+    configure(OFFLINE)
+    fake.run_file(str(REPO / "menu.py"))
+    monkeypatch.setitem(sys.modules, "nuke_comfy_cluster.ui.panel", None)  # the binding cannot load
+    assert command(fake, "Server Panel").invoke() is None
+    assert fake.messages and "Opening the ComfyUI Cluster panel failed" in fake.messages[-1]
+    assert fake.api_getPaneFor(PANEL_ID) is None
+
+
+@pytest.mark.qt
+def test_the_config_editor_command_edits_the_shared_pool(fake: FakeNuke, configure, qtbot):
     pytest.importorskip("nuke_comfy_cluster.ui.config_editor")
     from nuke_comfy_cluster.core.api import default_cluster
     from nuke_comfy_cluster.ui.config_editor import DISCARD
     from nuke_comfy_cluster.ui.qt import QtWidgets
 
-    configure(server_dicts(sims))
+    configure(OFFLINE)
     fake.run_file(str(REPO / "menu.py"))
-
-    panel = command(fake, "Server Panel").invoke().widget
-    qtbot.addWidget(panel)
-    assert isinstance(panel, QtWidgets.QWidget) and panel.cluster is default_cluster()
-    assert fake.called("restorePanel")
-
     dialog = command(fake, "Edit Servers...").invoke()
     qtbot.addWidget(dialog)
     assert isinstance(dialog, QtWidgets.QDialog) and dialog.isVisible()
     assert dialog.pool is default_cluster().pool  # edits apply to the pool the nodes use
     dialog.ask_unsaved = lambda action: DISCARD
     dialog.close()
-    panel.shutdown()

@@ -55,6 +55,7 @@ def test_knobs_exist_with_their_defaults(node):
         N.K_SEED: "Int_Knob",
         N.K_OUTPUT: "File_Knob",
         N.K_SEQUENCE: "String_Knob",
+        N.K_OVERWRITE: "Boolean_Knob",
         N.K_SUBMIT: "PyScript_Knob",
         N.K_CANCEL: "PyScript_Knob",
         N.K_STATUS: "Text_Knob",
@@ -69,6 +70,7 @@ def test_knobs_exist_with_their_defaults(node):
     # the frame range follows the input
     assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (1001, 1024)
     assert node[N.K_ITERATIONS].value() == 4
+    assert node[N.K_OVERWRITE].value() is False
     assert node[N.K_STATUS].value() == "idle"
     assert "on_knob_changed" in node["knobChanged"].value()
 
@@ -119,10 +121,76 @@ def test_typing_a_range_stops_following_the_input(fake: FakeNuke, node, plate):
     longer = plate(1, 50, name="Longer")
     fake.user_connect(node, 0, longer)
     assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (1010, 1024)  # kept
+    # the panel is open: setting first (then last) runs knobChanged in between, which
+    # must not take the half-updated pair for the artist typing a range
     fake.user_set(node, N.K_FROM_INPUT, True)
     assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (1, 50)
+    assert node[N.K_FROM_INPUT].value() is True
     fake.user_connect(node, 0, fake.nuke.toNode("Plate"))
     assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (1001, 1024)
+    assert node[N.K_FROM_INPUT].value() is True
+
+
+def test_a_range_changed_while_the_panel_was_closed_is_current_when_it_opens(fake: FakeNuke, node, plate):
+    fake.close_properties(node)
+    fake.user_connect(node, 0, plate(1, 50, name="Longer"))  # no knobChanged: the panel is closed
+    fake.open_properties(node)
+    assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (1, 50)
+    assert node[N.K_FROM_INPUT].value() is True
+
+
+def test_buttons_leave_no_name_in_the_shared_script_namespace(fake: FakeNuke, node):
+    fake.open_properties(node)  # every status line set now runs knobChanged inside the button's script
+    before = set(fake.script_globals)
+    fake.press(node, N.K_SUBMIT)  # refused (no workflow): status and message, no exception
+    fake.press(node, N.K_CANCEL)
+    fake.press(node, N.K_RELOAD)
+    assert set(fake.script_globals) == before
+    assert fake.shown(node[N.K_STATUS]) == "Nothing to cancel: this node is not running"
+
+
+def test_a_new_node_attaches_to_the_node_the_artist_means(fake: FakeNuke, configure):
+    configure(OFFLINE)
+    top = fake.nuke.nodes.Read(name="Top", file="/footage/top.####.exr", first=1, last=10)
+    grade = fake.nuke.nodes.Group(name="Grade")
+    grade.setInput(0, top)
+    top.setSelected(True)
+    grade.setSelected(True)
+    assert fake.nuke.selectedNodes()[0] is top  # Nuke lists inputs first
+    node = N.create_node()
+    assert node.input(0) is grade
+
+
+def test_in_a_group_the_node_is_made_and_found_there(fake: FakeNuke, configure):
+    configure(OFFLINE)
+    with fake.nuke.root():
+        shot = fake.nuke.nodes.Group(name="Shot")
+    with shot:
+        plate = fake.nuke.nodes.Read(name="Inner", file="/footage/inner.####.exr", first=5, last=9)
+    plate.setSelected(True)
+    fake.last_hit_group = shot  # the artist works in the Shot group's node graph
+    node = N.create_node()
+    assert node.fullName() == "Shot.ComfyCluster1"
+    assert node.input(0) is plate
+    assert (node[N.K_FIRST].value(), node[N.K_LAST].value()) == (5, 9)
+    assert N.cluster_nodes() == [node]  # what Refresh Server Status updates
+    assert N.parent_group(node) is shot
+    with node:  # a Group's own knob scripts run in its context: lookups must not depend on it
+        assert N.parent_group(node) is shot
+
+
+def test_text_shows_as_typed_and_a_sequence_name_is_not_evaluated(fake: FakeNuke, node):
+    fake.open_properties(node)
+    text = r"Failed: IndexError in x[0] at C:\new\tmp for $HOME [frames 1001-1003]"
+    N.set_status(node, text, text)
+    assert fake.shown(node[N.K_STATUS]) == text  # what the panel shows is what was meant
+    assert fake.shown(node[N.K_DETAILS]) == text
+
+    fake.user_set(node, N.K_WORKFLOW, str(WORKFLOWS / "fast.json"))
+    fake.user_set(node, N.K_SEQUENCE, "shot_[value name]")
+    fake.press(node, N.K_SUBMIT)
+    assert "must not hold [ ] $" in fake.shown(node[N.K_STATUS])
+    assert fake.called("nuke.execute") == []
 
 
 def test_opening_the_panel_refreshes_servers_and_keeps_a_vanished_choice(fake: FakeNuke, node, configure):

@@ -18,7 +18,7 @@ from nuke_comfy_cluster.nuke_host.submit import SubmitRun, active_runs, run_for
 from nuke_comfy_cluster.sim.png import png_first_pixel
 
 from .conftest import WORKFLOWS, server_dicts
-from .fake_nuke import FakeNuke, frame_colour
+from .fake_nuke import FakeNuke, frame_colour, png_size
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +113,9 @@ def test_24_frames_on_three_servers_end_in_one_read_on_a_complete_sequence(
     assert (read["first"].value(), read["last"].value()) == (1001, 1024)
     assert (read["origfirst"].value(), read["origlast"].value()) == (1001, 1024)
     assert read["on_error"].value() == "error"
+    # the Read has the results' own format, not the project's
+    width, height = png_size((tmp_path / "out" / "ComfyCluster1.1001.png").read_bytes())
+    assert (read.format().width(), read.format().height()) == (width, height) != (1920, 1080)
     for frame in range(1001, 1025):
         path = tmp_path / "out" / f"ComfyCluster1.{frame:04d}.png"
         # ImageInvert of what the fake rendered for this very frame: no frame went astray
@@ -183,8 +186,13 @@ def test_iterations_give_one_labelled_read_each(fake: FakeNuke, configure, sims,
         colours.add(png_first_pixel(data))
     assert len(colours) == 3  # each iteration really ran with its own seed
 
-    # a second run updates the same Reads instead of adding more
+    # a second run would replace those files: refused until the artist ticks overwrite
     run = wait(fake, submit(fake, node))
+    assert run.final is None and "overwrite" in fake.shown(node[N.K_STATUS]).lower()
+    fake.user_set(node, N.K_OVERWRITE, True)
+    run = wait(fake, submit(fake, node))
+    assert run.final.state == "done", fake.shown(node[N.K_DETAILS])
+    # ... and updates the same Reads instead of adding more
     assert [r.name() for r in reads(fake)] == ["ComfyCluster1_i000", "ComfyCluster1_i001", "ComfyCluster1_i002"]
     assert fake.called("PyScript_Knob.execute").count(("reload",)) == 3
 
@@ -207,13 +215,13 @@ def test_a_workflow_error_shows_node_message_and_frames(fake: FakeNuke, configur
     run = wait(fake, submit(fake, node))
 
     assert run.final.state == "failed"
-    status = node[N.K_STATUS].value()
+    status = fake.shown(node[N.K_STATUS])  # what the artist reads (Nuke evaluates the text as TCL)
     assert status.startswith("Failed: 0 of 3 frames done, 3 failed. ")
     assert expected in status
-    assert "frames 1001-1003" in status or "frame 100" in status
+    assert "[frames 1001-1003]" in status or "[frame 100" in status
     if workflow == "runtime_error.json":
         assert "index 3 is out of bounds for dimension 3 with size 3" in status
-        assert "nodes_mask.py" in node[N.K_DETAILS].value()  # the end of ComfyUI's traceback
+        assert "nodes_mask.py" in fake.shown(node[N.K_DETAILS])  # the end of ComfyUI's traceback
     assert len(fake.messages) == 1 and expected in fake.messages[0]
     assert reads(fake) == []
     assert fake.tasks[-1].closed

@@ -1,0 +1,642 @@
+"""Mutation testing of the core: plant one small bug at a time, see whether a test notices.
+
+    bash scripts/mutation [--quick] [--list] [--jobs N] [--mutant ID] [--out DIR] [MODULE...]
+
+Each MODULE (``paths``, ``scheduler``, ``dispatch``, ``results``, ``recovery``,
+``config``; default: all, or ``paths scheduler`` with ``--quick``) is parsed, and
+every site where a classic small bug fits becomes one mutant: a comparison flipped
+(``<`` / ``<=``, ``==`` / ``!=``, ``in`` / ``not in``, ``is`` / ``is not``),
+``and`` / ``or`` swapped, a ``not`` dropped, a bare condition negated, an
+arithmetic operator swapped, a number changed by one, ``True`` / ``False``
+swapped, ``min`` / ``max`` and ``any`` / ``all`` swapped, a statement dropped,
+a returned value replaced by ``None``. Strings and logging calls are left alone
+(messages are checked by the documentation tests; log lines are no promise).
+
+Every mutant runs in a scratch copy of the repository (never this work tree),
+with only that module's tests (``MODULES`` below, fastest first, ``pytest -x``)
+and a timeout. A mutant is *killed* when a test fails (or the tests hang past the
+timeout), *survived* when they all pass. Survivors known to be equivalent (the
+program behaves the same) are listed in ``EQUIVALENT`` with the reason and left
+out of the kill rate.
+
+``--quick`` runs only the unit tests (no simulator processes) on a fixed sample of
+at most 40 mutants per module: a few minutes, suitable for CI. Results go to
+``--out`` (default: a temporary folder) as ``MODULE.json`` plus a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = "nuke_comfy_cluster/core/"
+#: what a scratch copy needs to run the tests (docs and examples for the tests that read them)
+COPY = (
+    "nuke_comfy_cluster",
+    "tests",
+    "benchmarks",
+    "examples",
+    "docs",
+    "scripts",
+    "resources",
+    "pyproject.toml",
+    "README.md",
+    "init.py",
+    "menu.py",
+)
+
+
+@dataclass(frozen=True)
+class Module:
+    path: str
+    #: pytest arguments, fastest first: with -x a mutant is usually killed by the first test
+    tests: Tuple[str, ...]
+    #: the unit tests only (no simulator processes), for --quick
+    quick: Tuple[str, ...]
+
+
+_INTEGRATION_DISPATCH = (
+    "tests/test_promises.py",
+    "tests/test_dispatch_integration.py",
+    "tests/test_faults.py::test_a_garbled_submit_answer_leaves_no_second_copy_queued",
+    "tests/test_faults.py::test_a_missed_execution_success_on_a_live_socket_is_found_through_history",
+    "tests/test_faults.py::test_a_refused_submit_does_not_use_up_the_frames_attempts",
+    "tests/test_faults.py::test_a_frame_that_failed_on_the_preferred_server_goes_to_another",
+    "tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",
+)
+
+MODULES: Dict[str, Module] = {
+    "paths": Module(
+        CORE + "paths.py",
+        ("tests/test_paths.py", "tests/test_file_safety.py", "tests/test_fuzz.py"),
+        ("tests/test_paths.py", "tests/test_file_safety.py", "tests/test_fuzz.py"),
+    ),
+    "scheduler": Module(
+        CORE + "scheduler.py",
+        ("tests/test_scheduler.py", "tests/test_benchmark_claims.py::test_scheduler_benchmark_rows"),
+        ("tests/test_scheduler.py",),
+    ),
+    "results": Module(
+        CORE + "results.py",
+        ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers") + _INTEGRATION_DISPATCH,
+        ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers"),
+    ),
+    "recovery": Module(
+        CORE + "recovery.py",
+        _INTEGRATION_DISPATCH
+        + (
+            "tests/test_faults.py::test_every_frame_is_delivered_once",
+            "tests/test_file_safety.py::test_a_batch_from_a_hostile_server_fails_clearly_and_writes_only_inside",
+        ),
+        ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
+    ),
+    "dispatch": Module(
+        CORE + "dispatch.py",
+        _INTEGRATION_DISPATCH
+        + (
+            "tests/test_faults.py::test_every_frame_is_delivered_once",
+            "tests/test_file_safety.py::test_a_batch_from_a_hostile_server_fails_clearly_and_writes_only_inside",
+        ),
+        ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
+    ),
+    "config": Module(
+        CORE + "config.py",
+        ("tests/test_config.py", "tests/test_env.py", "tests/test_config_store.py", "tests/test_fuzz.py"),
+        ("tests/test_config.py", "tests/test_env.py"),
+    ),
+}
+QUICK_MODULES = ("paths", "scheduler")
+QUICK_SAMPLE = 40
+
+#: (module, the mutated line as written, mutation) -> why the program behaves the same.
+#: Keyed by text, not line number, so the list survives edits elsewhere in the file.
+EQUIVALENT: Dict[Tuple[str, str, str], str] = {}
+
+
+# --------------------------------------------------------------------------- mutants
+
+
+@dataclass
+class Mutant:
+    module: str
+    index: int  # position in the module's list: the ID is MODULE:INDEX
+    line: int
+    what: str
+    source_line: str
+    outcome: str = ""  # killed | timeout | survived | equivalent | error
+    seconds: float = 0.0
+    detail: str = ""
+    reason: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.module}:{self.index}"
+
+
+_COMPARE_SWAP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
+_BINOP_SWAP = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+}
+_CALL_SWAP = {"min": "max", "max": "min", "any": "all", "all": "any"}
+_SYMBOL = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.Pow: "**",
+    ast.And: "and",
+    ast.Or: "or",
+}
+_LOGGERS = {"log", "logger", "logging", "_log"}
+
+
+def _is_log_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    while isinstance(func, ast.Attribute):
+        func = func.value
+        if isinstance(func, ast.Name) and func.id in _LOGGERS:
+            return True
+    return False
+
+
+def _skipped_subtrees(tree: ast.AST) -> set:
+    """ids of nodes never mutated: annotations, docstrings, logging calls and everything inside."""
+    roots: List[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.returns is not None:
+                roots.append(node.returns)
+            for arg in node.args.args + node.args.kwonlyargs + node.args.posonlyargs:
+                if arg.annotation is not None:
+                    roots.append(arg.annotation)
+            for arg in (node.args.vararg, node.args.kwarg):
+                if arg is not None and arg.annotation is not None:
+                    roots.append(arg.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            roots.append(node.annotation)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            roots.append(node)
+        elif _is_log_call(node):
+            roots.append(node)
+    skip = set()
+    for root in roots:
+        skip.update(id(n) for n in ast.walk(root))
+    return skip
+
+
+def _sites(tree: ast.AST) -> Iterator[Tuple[int, str, int, str]]:
+    """(node position in ast.walk order, operation, line, description) for every mutation site."""
+    skip = _skipped_subtrees(tree)
+    for pos, node in enumerate(ast.walk(tree)):
+        if id(node) in skip:
+            continue
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Compare):
+            for k, op in enumerate(node.ops):
+                new = _COMPARE_SWAP.get(type(op))
+                if new is not None:
+                    yield pos, f"compare:{k}", line, f"{_SYMBOL[type(op)]} -> {_SYMBOL[new]}"
+        elif isinstance(node, ast.BoolOp):
+            other = ast.Or if isinstance(node.op, ast.And) else ast.And
+            yield pos, "boolop", line, f"{_SYMBOL[type(node.op)]} -> {_SYMBOL[other]}"
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            yield pos, "drop-not", line, "not x -> x"
+        elif isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in _BINOP_SWAP:
+            new = _BINOP_SWAP[type(node.op)]
+            yield pos, "binop", line, f"{_SYMBOL[type(node.op)]} -> {_SYMBOL[new]}"
+        elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool):
+            if isinstance(node.value, bool):
+                yield pos, "const", line, f"{node.value} -> {not node.value}"
+            else:
+                yield pos, "const", line, f"{node.value!r} -> {node.value + 1!r}"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALL_SWAP:
+            yield pos, "call", line, f"{node.func.id}() -> {_CALL_SWAP[node.func.id]}()"
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)) and not isinstance(
+            node.test, (ast.Compare, ast.BoolOp, ast.UnaryOp)
+        ):
+            yield pos, "negate", line, "if x -> if not x"
+        if (
+            isinstance(node, ast.Return)
+            and node.value is not None
+            and not (isinstance(node.value, ast.Constant) and node.value.value is None)
+        ):
+            yield pos, "return-none", line, "return x -> return None"
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if not isinstance(body, list):
+                continue
+            for k, stmt in enumerate(body):
+                if id(stmt) in skip or not isinstance(
+                    stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Raise, ast.Continue, ast.Break)
+                ):
+                    continue
+                if isinstance(stmt, ast.AnnAssign) and stmt.value is None:
+                    continue
+                if isinstance(node, ast.ClassDef) or isinstance(node, ast.Module):
+                    continue  # class fields and module constants: dropping one breaks the import, not a promise
+                yield pos, f"drop:{name}:{k}", stmt.lineno, "statement dropped"
+
+
+def _apply(node: ast.AST, op: str) -> None:
+    if op.startswith("compare:"):
+        k = int(op.split(":")[1])
+        node.ops[k] = _COMPARE_SWAP[type(node.ops[k])]()
+    elif op == "boolop":
+        node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+    elif op == "binop":
+        node.op = _BINOP_SWAP[type(node.op)]()
+    elif op == "const":
+        node.value = (not node.value) if isinstance(node.value, bool) else node.value + 1
+    elif op == "call":
+        node.func.id = _CALL_SWAP[node.func.id]
+    elif op == "negate":
+        node.test = ast.UnaryOp(op=ast.Not(), operand=node.test)
+    elif op == "return-none":
+        node.value = ast.Constant(value=None)
+    elif op.startswith("drop:"):
+        _, name, k = op.split(":")
+        body = getattr(node, name)
+        body[int(k)] = ast.Pass()
+    else:
+        raise ValueError(op)
+
+
+class _DropNot(ast.NodeTransformer):
+    def __init__(self, target: ast.AST) -> None:
+        self.target = target
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        return node.operand if node is self.target else node
+
+
+def mutants_of(name: str, source: str) -> List[Tuple[Mutant, str]]:
+    """Every mutant of one module: (record, mutated source). Mutants that change nothing are left out."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    baseline = ast.unparse(tree)
+    out: List[Tuple[Mutant, str]] = []
+    seen = set()
+    for pos, op, line, what in _sites(tree):
+        copy = ast.parse(source)
+        node = list(ast.walk(copy))[pos]
+        if op == "drop-not":
+            copy = _DropNot(node).visit(copy)
+        else:
+            _apply(node, op)
+        ast.fix_missing_locations(copy)
+        try:
+            text = ast.unparse(copy)
+            compile(text, name, "exec")
+        except (SyntaxError, ValueError):
+            continue
+        if text == baseline or text in seen:
+            continue
+        seen.add(text)
+        source_line = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        out.append((Mutant(name, len(out), line, what, source_line), text))
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def make_copy(root: str, ref: str = "") -> str:
+    """A scratch copy of the work tree, or of commit ``ref`` (``git archive``: committed files only)."""
+    dest = tempfile.mkdtemp(prefix="ncc-mutation-", dir=root)
+    if ref:
+        archive = subprocess.run(["git", "-C", REPO, "archive", ref], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+        return dest
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+    for item in COPY:
+        src = os.path.join(REPO, item)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dest, item), ignore=ignore)
+        elif os.path.isfile(src):
+            shutil.copy2(src, os.path.join(dest, item))
+    return dest
+
+
+def _env(copy: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=copy,
+        PYTHONDONTWRITEBYTECODE="1",  # a stale .pyc of another mutant must never be imported
+        QT_QPA_PLATFORM="offscreen",
+        COMFYUI_PROTOCOL_DIR=env.get("COMFYUI_PROTOCOL_DIR")
+        or os.path.join(os.path.dirname(REPO), "shared", "comfyui-protocol"),
+    )
+    return env
+
+
+def run_tests(copy: str, tests: Sequence[str], timeout: float) -> Tuple[str, float, str]:
+    """("passed" | "failed" | "timeout", seconds, tail of the output)."""
+    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *tests]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=copy,
+        env=_env(copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        state = "passed" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        state = "timeout"
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # stopped (Ctrl-C, SIGTERM): leave no test run behind
+        raise
+    text = out.decode("utf-8", "replace")
+    if state == "failed" and proc.returncode not in (1,):
+        state = "error"  # collection error, usage error: the mutant broke an import (or the selection is wrong)
+    return state, time.monotonic() - started, text[-1500:]
+
+
+_LINEMAP_PLUGIN = """
+import json, os, sys, threading, time
+import pytest
+
+TARGET = os.environ["NCC_LINEMAP_TARGET"]
+_current = ["<import>"]
+_lines = {}
+_seconds = {}
+
+
+def _local(frame, event, arg):
+    if event == "line":
+        _lines.setdefault(_current[0], set()).add(frame.f_lineno)
+    return _local
+
+
+def _global(frame, event, arg):
+    if frame.f_code.co_filename != TARGET:
+        return None
+    _lines.setdefault(_current[0], set()).add(frame.f_lineno)
+    return _local
+
+
+sys.settrace(_global)
+threading.settrace(_global)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[0] = item.nodeid
+    started = time.monotonic()
+    yield
+    _seconds[item.nodeid] = time.monotonic() - started
+
+
+def pytest_sessionfinish(session, exitstatus):
+    with open(os.environ["NCC_LINEMAP_OUT"], "w") as f:
+        json.dump({"lines": {k: sorted(v) for k, v in _lines.items()}, "seconds": _seconds}, f)
+"""
+
+
+def _check_copy(copy: str, module: Module) -> None:
+    dotted = module.path[:-3].replace("/", ".")
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {dotted} as m; print(m.__file__)"],
+        cwd=copy,
+        env=_env(copy),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    where = done.stdout.strip()
+    if not where.startswith(copy):
+        raise SystemExit(f"the scratch copy does not import its own {dotted} (got {where or done.stderr})")
+
+
+@dataclass
+class LineMap:
+    """Which test runs which line of the module, and how long each test takes (one traced run)."""
+
+    lines: Dict[str, List[int]]
+    seconds: Dict[str, float]
+
+    def tests_for(self, line: int) -> Optional[List[str]]:
+        """The tests that run ``line``, fastest first; None when only the import runs it (then: all)."""
+        hit = [t for t, ls in self.lines.items() if t != "<import>" and line in ls]
+        if not hit:
+            return None if line in self.lines.get("<import>", []) else []
+        return sorted(hit, key=lambda t: self.seconds.get(t, 0.0))
+
+
+def line_map(copy: str, module: Module, tests: Sequence[str]) -> LineMap:
+    plugin = os.path.join(copy, "_ncc_linemap.py")
+    with open(plugin, "w", encoding="utf-8") as f:
+        f.write(_LINEMAP_PLUGIN)
+    out = os.path.join(copy, "_ncc_linemap.json")
+    env = _env(copy)
+    env.update(NCC_LINEMAP_TARGET=os.path.join(copy, module.path), NCC_LINEMAP_OUT=out)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_ncc_linemap", *tests]
+    done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0 or not os.path.isfile(out):
+        raise SystemExit(f"{module.path}: the tests fail without any mutant; fix that first:\n{done.stdout[-3000:]}")
+    with open(out, encoding="utf-8") as f:
+        data = json.load(f)
+    os.unlink(out)
+    os.unlink(plugin)
+    return LineMap(data["lines"], data["seconds"])
+
+
+def run_module(name: str, args: argparse.Namespace, root: str) -> List[Mutant]:
+    module = MODULES[name]
+    if not args.ref and not os.path.isfile(os.path.join(REPO, module.path)):
+        raise SystemExit(f"{name}: {module.path} does not exist (was it moved? update MODULES in scripts/mutation.py)")
+    jobs = max(1, args.jobs)
+    copies = [make_copy(root, args.ref) for _ in range(jobs)]
+    with open(os.path.join(copies[0], module.path), encoding="utf-8") as f:
+        source = f.read()
+    todo = mutants_of(name, source)
+    tests = module.quick if args.quick else module.tests
+    tests = tuple(t for t in tests if os.path.exists(os.path.join(copies[0], t.split("::")[0])))
+    if args.quick and len(todo) > QUICK_SAMPLE:
+        step = len(todo) / QUICK_SAMPLE
+        todo = [todo[int(i * step)] for i in range(QUICK_SAMPLE)]
+    if args.mutant:
+        wanted = {int(m.split(":")[1]) for m in args.mutant if m.split(":")[0] == name}
+        todo = [(m, text) for m, text in todo if m.index in wanted]
+    if args.list:
+        for m, _ in todo:
+            print(f"{m.id:16} line {m.line:4}  {m.what:28} {m.source_line[:80]}")
+        return []
+    _check_copy(copies[0], module)
+    started = time.monotonic()
+    linemap = line_map(copies[0], module, tests)
+    print(
+        f"{name}: {len(todo)} mutants; tests {' '.join(tests)}; traced run {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
+    free = list(copies)
+
+    def one(item: Tuple[Mutant, str]) -> Mutant:
+        m, text = item
+        selected = linemap.tests_for(m.line)
+        if selected is None:
+            selected = sorted(linemap.seconds, key=lambda t: linemap.seconds[t])
+        if not selected:
+            m.outcome, m.detail = "survived", "no test runs this line"
+        else:
+            budget = sum(linemap.seconds.get(t, 1.0) for t in selected)
+            timeout = args.timeout or max(30.0, 2.5 * budget + 20.0)
+            copy = free.pop()
+            target = os.path.join(copy, module.path)
+            try:
+                with open(target, "w", encoding="utf-8") as f:
+                    f.write(text)
+                state, m.seconds, tail = run_tests(copy, selected, timeout)
+            finally:
+                with open(target, "w", encoding="utf-8") as f:
+                    f.write(source)
+                free.append(copy)
+            m.outcome = {"failed": "killed", "passed": "survived"}.get(state, state)
+            if m.outcome == "killed":
+                m.detail = next((ln for ln in tail.splitlines() if ln.startswith("FAILED ")), "")[:200]
+            elif m.outcome in ("error", "timeout"):
+                m.detail = tail[-300:]
+            elif m.outcome == "survived":
+                m.detail = f"{len(selected)} tests run this line"
+        reason = EQUIVALENT.get((name, m.source_line, m.what))
+        if m.outcome == "survived" and reason:
+            m.outcome, m.reason = "equivalent", reason
+        print(
+            f"  {m.id:14} {m.outcome:10} {m.seconds:5.0f} s  line {m.line:4} {m.what:26} {m.source_line[:60]}",
+            flush=True,
+        )
+        return m
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = list(pool.map(one, todo))
+    for copy in copies:
+        shutil.rmtree(copy, ignore_errors=True)
+    return done
+
+
+def summary(name: str, done: List[Mutant]) -> Dict[str, object]:
+    count = {
+        k: sum(1 for m in done if m.outcome == k) for k in ("killed", "timeout", "error", "survived", "equivalent")
+    }
+    caught = count["killed"] + count["timeout"] + count["error"]
+    considered = caught + count["survived"]
+    rate = caught / considered if considered else 1.0
+    return {"module": name, "mutants": len(done), **count, "kill_rate": round(rate, 3)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="bash scripts/mutation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help="one of: " + ", ".join(MODULES))
+    parser.add_argument(
+        "--quick", action="store_true", help=f"unit tests only, at most {QUICK_SAMPLE} mutants a module"
+    )
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument(
+        "--mutant", action="append", default=[], metavar="ID", help="run only MODULE:INDEX (repeatable)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=0.0, help="seconds per mutant (default: from the unmutated run)"
+    )
+    parser.add_argument("--ref", default="", help="mutate and test commit REF instead of the work tree")
+    parser.add_argument("--out", default="", help="folder for MODULE.json and summary.md (default: a temp folder)")
+    args = parser.parse_args(argv)
+    names = args.modules or ([m.split(":")[0] for m in args.mutant] or list(QUICK_MODULES if args.quick else MODULES))
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error("unknown module {} (known: {})".format(", ".join(unknown), ", ".join(MODULES)))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copies when stopped
+    out = args.out or ("" if args.list else tempfile.mkdtemp(prefix="ncc-mutation-results-"))
+    if out:
+        os.makedirs(out, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="ncc-mutation-copies-")
+    rows = []
+    try:
+        for name in dict.fromkeys(names):
+            done = run_module(name, args, root)
+            if args.list:
+                continue
+            row = summary(name, done)
+            rows.append(row)
+            with open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8") as f:
+                json.dump({"summary": row, "mutants": [asdict(m) for m in done]}, f, indent=1)
+            print(
+                f"{name}: killed {row['killed'] + row['timeout'] + row['error']} of "
+                f"{row['killed'] + row['timeout'] + row['error'] + row['survived']} "
+                f"({100 * row['kill_rate']:.0f} %), equivalent {row['equivalent']}",
+                flush=True,
+            )
+            for m in done:
+                if m.outcome == "survived":
+                    print(f"  survived {m.id:14} line {m.line:4} {m.what:26} {m.source_line[:70]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if rows:
+        table = [
+            "| module | mutants | killed | timeout | error | survived | equivalent | kill rate |",
+            "|---" * 8 + "|",
+        ]
+        for r in rows:
+            table.append(
+                "| {module} | {mutants} | {killed} | {timeout} | {error} | {survived} | {equivalent} | "
+                "{pct:.0f} % |".format(pct=100 * r["kill_rate"], **r)
+            )
+        text = "\n".join(table)
+        with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print("\n" + text + f"\n\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
