@@ -78,18 +78,20 @@ def measure_ledger(n: int, root: str) -> Dict[str, Any]:
     create_s = time.perf_counter() - t
     times: List[float] = []
     written = 0
+    cpu = time.process_time()
     for i, state, k in _events(n):
         update = _update(i, state, k)
         t = time.perf_counter()
         writer.record_job(update)
         times.append(time.perf_counter() - t)
         written += 1
+    events_cpu = time.process_time() - cpu
     t = time.perf_counter()
     writer.mark_finished("done")
     finish_s = time.perf_counter() - t
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     loaded = ledger.load(batch.id)
-    load_s = time.perf_counter() - t
+    load_s, load_cpu = time.perf_counter() - t, time.process_time() - cpu
     assert loaded.counts()["done"] == n
     t = time.perf_counter()
     ledger.list()
@@ -104,9 +106,11 @@ def measure_ledger(n: int, root: str) -> Dict[str, Any]:
         "per_event_us_p99": times[int(len(times) * 0.99)] * 1e6,
         "per_event_ms_max": times[-1] * 1e3,
         "total_s": sum(times),
+        "per_event_us_cpu": events_cpu / written * 1e6,
         "compactions": writer.compactions,
         "mark_finished_ms": finish_s * 1e3,
         "load_ms": load_s * 1e3,
+        "load_cpu_ms": load_cpu * 1e3,
         "list_ms": list_s * 1e3,
         "bytes_on_disk": _folder_bytes(root),
     }
@@ -164,11 +168,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(
             f"{o['frames']:>7} frames, {o['events']} events: ledger {o['per_event_us_mean']:.1f} us/event mean "
             f"(p50 {o['per_event_us_p50']:.1f} us, p99 {o['per_event_us_p99']:.1f} us, max {o['per_event_ms_max']:.1f} ms "
-            f"= a compaction; {o['compactions']} compactions), {o['total_s']:.2f} s in all"
+            f"= a compaction; {o['compactions']} compactions), {o['total_s']:.2f} s in all, "
+            f"{o['per_event_us_cpu']:.1f} us/event of CPU"
         )
         print(
             f"{'':>7}         create {o['create_ms']:.1f} ms, mark_finished {o['mark_finished_ms']:.1f} ms, "
-            f"load (resume) {o['load_ms']:.1f} ms, list {o['list_ms']:.1f} ms, {o['bytes_on_disk'] / 1e6:.2f} MB on disk"
+            f"load (resume) {o['load_ms']:.1f} ms ({o['load_cpu_ms']:.0f} ms CPU), list {o['list_ms']:.1f} ms, {o['bytes_on_disk'] / 1e6:.2f} MB on disk"
         )
         print(
             f"{'':>7}         baseline (atomic rewrite per event): {b['per_event_ms_mean']:.2f} ms/event "

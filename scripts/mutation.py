@@ -60,11 +60,15 @@ COPY = (
 
 @dataclass(frozen=True)
 class Module:
-    path: str
-    #: pytest arguments, fastest first: with -x a mutant is usually killed by the first test
+    #: the files mutated (those missing in the tree under test are skipped)
+    paths: Tuple[str, ...]
+    #: the tests that may run the module's code; each mutant runs those that executed its line
     tests: Tuple[str, ...]
     #: the unit tests only (no simulator processes), for --quick
     quick: Tuple[str, ...]
+    #: tests that run the module in a subprocess (invisible to the line map): run for every mutant,
+    #: after the others
+    always: Tuple[str, ...] = ()
 
 
 _INTEGRATION_DISPATCH = (
@@ -79,22 +83,23 @@ _INTEGRATION_DISPATCH = (
 
 MODULES: Dict[str, Module] = {
     "paths": Module(
-        CORE + "paths.py",
+        (CORE + "paths.py",),
         ("tests/test_paths.py", "tests/test_file_safety.py", "tests/test_fuzz.py"),
         ("tests/test_paths.py", "tests/test_file_safety.py", "tests/test_fuzz.py"),
     ),
     "scheduler": Module(
-        CORE + "scheduler.py",
-        ("tests/test_scheduler.py", "tests/test_benchmark_claims.py::test_scheduler_benchmark_rows"),
+        (CORE + "scheduler.py",),
+        ("tests/test_scheduler.py",) + _INTEGRATION_DISPATCH,
         ("tests/test_scheduler.py",),
+        always=("tests/test_benchmark_claims.py::test_scheduler_benchmark_rows",),
     ),
     "results": Module(
-        CORE + "results.py",
+        (CORE + "results.py", CORE + "delivery.py"),
         ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers") + _INTEGRATION_DISPATCH,
         ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers"),
     ),
     "recovery": Module(
-        CORE + "recovery.py",
+        (CORE + "recovery.py",),
         _INTEGRATION_DISPATCH
         + (
             "tests/test_faults.py::test_every_frame_is_delivered_once",
@@ -103,7 +108,7 @@ MODULES: Dict[str, Module] = {
         ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
     ),
     "dispatch": Module(
-        CORE + "dispatch.py",
+        (CORE + "dispatch.py",),
         _INTEGRATION_DISPATCH
         + (
             "tests/test_faults.py::test_every_frame_is_delivered_once",
@@ -112,7 +117,7 @@ MODULES: Dict[str, Module] = {
         ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
     ),
     "config": Module(
-        CORE + "config.py",
+        (CORE + "config.py", CORE + "config_fields.py", CORE + "config_parse.py", CORE + "config_model.py"),
         ("tests/test_config.py", "tests/test_env.py", "tests/test_config_store.py", "tests/test_fuzz.py"),
         ("tests/test_config.py", "tests/test_env.py"),
     ),
@@ -132,6 +137,7 @@ EQUIVALENT: Dict[Tuple[str, str, str], str] = {}
 class Mutant:
     module: str
     index: int  # position in the module's list: the ID is MODULE:INDEX
+    path: str
     line: int
     what: str
     source_line: str
@@ -313,7 +319,7 @@ class _DropNot(ast.NodeTransformer):
         return node.operand if node is self.target else node
 
 
-def mutants_of(name: str, source: str) -> List[Tuple[Mutant, str]]:
+def mutants_of(name: str, path: str, source: str, first: int = 0) -> List[Tuple[Mutant, str]]:
     """Every mutant of one module: (record, mutated source). Mutants that change nothing are left out."""
     tree = ast.parse(source)
     lines = source.splitlines()
@@ -337,15 +343,15 @@ def mutants_of(name: str, source: str) -> List[Tuple[Mutant, str]]:
             continue
         seen.add(text)
         source_line = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        out.append((Mutant(name, len(out), line, what, source_line), text))
+        out.append((Mutant(name, first + len(out), path, line, what, source_line), text))
     return out
 
 
 # --------------------------------------------------------------------------- running
 
 
-def make_copy(root: str, ref: str = "") -> str:
-    """A scratch copy of the work tree, or of commit ``ref`` (``git archive``: committed files only)."""
+def make_copy(root: str, ref: str = "", tree: str = "") -> str:
+    """A scratch copy of the work tree (or of ``tree``), or of commit ``ref`` (committed files only)."""
     dest = tempfile.mkdtemp(prefix="ncc-mutation-", dir=root)
     if ref:
         archive = subprocess.run(["git", "-C", REPO, "archive", ref], capture_output=True, check=True).stdout
@@ -353,7 +359,7 @@ def make_copy(root: str, ref: str = "") -> str:
         return dest
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
     for item in COPY:
-        src = os.path.join(REPO, item)
+        src = os.path.join(tree or REPO, item)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(dest, item), ignore=ignore)
         elif os.path.isfile(src):
@@ -406,7 +412,7 @@ _LINEMAP_PLUGIN = """
 import json, os, sys, threading, time
 import pytest
 
-TARGET = os.environ["NCC_LINEMAP_TARGET"]
+TARGETS = dict(t.split("=", 1) for t in os.environ["NCC_LINEMAP_TARGETS"].split(os.pathsep))
 _current = ["<import>"]
 _lines = {}
 _seconds = {}
@@ -414,14 +420,15 @@ _seconds = {}
 
 def _local(frame, event, arg):
     if event == "line":
-        _lines.setdefault(_current[0], set()).add(frame.f_lineno)
+        _lines.setdefault(_current[0], set()).add(TARGETS[frame.f_code.co_filename] + ":" + str(frame.f_lineno))
     return _local
 
 
 def _global(frame, event, arg):
-    if frame.f_code.co_filename != TARGET:
+    name = TARGETS.get(frame.f_code.co_filename)
+    if name is None:
         return None
-    _lines.setdefault(_current[0], set()).add(frame.f_lineno)
+    _lines.setdefault(_current[0], set()).add(name + ":" + str(frame.f_lineno))
     return _local
 
 
@@ -443,8 +450,8 @@ def pytest_sessionfinish(session, exitstatus):
 """
 
 
-def _check_copy(copy: str, module: Module) -> None:
-    dotted = module.path[:-3].replace("/", ".")
+def _check_copy(copy: str, path: str) -> None:
+    dotted = path[:-3].replace("/", ".")
     done = subprocess.run(
         [sys.executable, "-c", f"import {dotted} as m; print(m.__file__)"],
         cwd=copy,
@@ -462,28 +469,32 @@ def _check_copy(copy: str, module: Module) -> None:
 class LineMap:
     """Which test runs which line of the module, and how long each test takes (one traced run)."""
 
-    lines: Dict[str, List[int]]
+    lines: Dict[str, List[str]]  # test -> ["path:line", ...]
     seconds: Dict[str, float]
 
-    def tests_for(self, line: int) -> Optional[List[str]]:
+    def tests_for(self, path: str, line: int) -> Optional[List[str]]:
         """The tests that run ``line``, fastest first; None when only the import runs it (then: all)."""
-        hit = [t for t, ls in self.lines.items() if t != "<import>" and line in ls]
+        key = f"{path}:{line}"
+        hit = [t for t, ls in self.lines.items() if t != "<import>" and key in ls]
         if not hit:
-            return None if line in self.lines.get("<import>", []) else []
+            return None if key in self.lines.get("<import>", []) else []
         return sorted(hit, key=lambda t: self.seconds.get(t, 0.0))
 
 
-def line_map(copy: str, module: Module, tests: Sequence[str]) -> LineMap:
+def line_map(copy: str, paths: Sequence[str], tests: Sequence[str]) -> LineMap:
     plugin = os.path.join(copy, "_ncc_linemap.py")
     with open(plugin, "w", encoding="utf-8") as f:
         f.write(_LINEMAP_PLUGIN)
     out = os.path.join(copy, "_ncc_linemap.json")
     env = _env(copy)
-    env.update(NCC_LINEMAP_TARGET=os.path.join(copy, module.path), NCC_LINEMAP_OUT=out)
+    targets = os.pathsep.join(f"{os.path.join(copy, p)}={p}" for p in paths)
+    env.update(NCC_LINEMAP_TARGETS=targets, NCC_LINEMAP_OUT=out)
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_ncc_linemap", *tests]
     done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0 or not os.path.isfile(out):
-        raise SystemExit(f"{module.path}: the tests fail without any mutant; fix that first:\n{done.stdout[-3000:]}")
+        raise SystemExit(
+            f"{', '.join(paths)}: the tests fail without any mutant; fix that first:\n{done.stdout[-3000:]}"
+        )
     with open(out, encoding="utf-8") as f:
         data = json.load(f)
     os.unlink(out)
@@ -493,15 +504,24 @@ def line_map(copy: str, module: Module, tests: Sequence[str]) -> LineMap:
 
 def run_module(name: str, args: argparse.Namespace, root: str) -> List[Mutant]:
     module = MODULES[name]
-    if not args.ref and not os.path.isfile(os.path.join(REPO, module.path)):
-        raise SystemExit(f"{name}: {module.path} does not exist (was it moved? update MODULES in scripts/mutation.py)")
     jobs = max(1, args.jobs)
-    copies = [make_copy(root, args.ref) for _ in range(jobs)]
-    with open(os.path.join(copies[0], module.path), encoding="utf-8") as f:
-        source = f.read()
-    todo = mutants_of(name, source)
+    copies = [make_copy(root, args.ref, args.tree) for _ in range(jobs)]
+    paths = [p for p in module.paths if os.path.isfile(os.path.join(copies[0], p))]
+    if not paths:
+        raise SystemExit(f"{name}: none of {', '.join(module.paths)} exists (moved? update MODULES in {__file__})")
+    sources: Dict[str, str] = {}
+    todo: List[Tuple[Mutant, str]] = []
+    for path in paths:
+        with open(os.path.join(copies[0], path), encoding="utf-8") as f:
+            sources[path] = f.read()
+        todo += mutants_of(name, path, sources[path], first=len(todo))
     tests = module.quick if args.quick else module.tests
     tests = tuple(t for t in tests if os.path.exists(os.path.join(copies[0], t.split("::")[0])))
+    always = (
+        ()
+        if args.quick
+        else tuple(t for t in module.always if os.path.exists(os.path.join(copies[0], t.split("::")[0])))
+    )
     if args.quick and len(todo) > QUICK_SAMPLE:
         step = len(todo) / QUICK_SAMPLE
         todo = [todo[int(i * step)] for i in range(QUICK_SAMPLE)]
@@ -510,36 +530,39 @@ def run_module(name: str, args: argparse.Namespace, root: str) -> List[Mutant]:
         todo = [(m, text) for m, text in todo if m.index in wanted]
     if args.list:
         for m, _ in todo:
-            print(f"{m.id:16} line {m.line:4}  {m.what:28} {m.source_line[:80]}")
+            print(f"{m.id:16} {os.path.basename(m.path)}:{m.line:<4}  {m.what:28} {m.source_line[:80]}")
         return []
-    _check_copy(copies[0], module)
+    for path in paths:
+        _check_copy(copies[0], path)
     started = time.monotonic()
-    linemap = line_map(copies[0], module, tests)
+    linemap = line_map(copies[0], paths, tests)
     print(
-        f"{name}: {len(todo)} mutants; tests {' '.join(tests)}; traced run {time.monotonic() - started:.0f} s",
+        f"{name}: {len(todo)} mutants of {', '.join(paths)}; tests {' '.join(tests + always)}; "
+        f"traced run {time.monotonic() - started:.0f} s",
         flush=True,
     )
     free = list(copies)
 
     def one(item: Tuple[Mutant, str]) -> Mutant:
         m, text = item
-        selected = linemap.tests_for(m.line)
+        selected = linemap.tests_for(m.path, m.line)
         if selected is None:
             selected = sorted(linemap.seconds, key=lambda t: linemap.seconds[t])
+        selected = selected + list(always)
         if not selected:
             m.outcome, m.detail = "survived", "no test runs this line"
         else:
-            budget = sum(linemap.seconds.get(t, 1.0) for t in selected)
+            budget = sum(linemap.seconds.get(t, 60.0) for t in selected)
             timeout = args.timeout or max(30.0, 2.5 * budget + 20.0)
             copy = free.pop()
-            target = os.path.join(copy, module.path)
+            target = os.path.join(copy, m.path)
             try:
                 with open(target, "w", encoding="utf-8") as f:
                     f.write(text)
                 state, m.seconds, tail = run_tests(copy, selected, timeout)
             finally:
                 with open(target, "w", encoding="utf-8") as f:
-                    f.write(source)
+                    f.write(sources[m.path])
                 free.append(copy)
             m.outcome = {"failed": "killed", "passed": "survived"}.get(state, state)
             if m.outcome == "killed":
@@ -552,7 +575,8 @@ def run_module(name: str, args: argparse.Namespace, root: str) -> List[Mutant]:
         if m.outcome == "survived" and reason:
             m.outcome, m.reason = "equivalent", reason
         print(
-            f"  {m.id:14} {m.outcome:10} {m.seconds:5.0f} s  line {m.line:4} {m.what:26} {m.source_line[:60]}",
+            f"  {m.id:14} {m.outcome:10} {m.seconds:5.0f} s  {os.path.basename(m.path)}:{m.line:<4} {m.what:26} "
+            f"{m.source_line[:60]}",
             flush=True,
         )
         return m
@@ -589,6 +613,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--timeout", type=float, default=0.0, help="seconds per mutant (default: from the unmutated run)"
     )
     parser.add_argument("--ref", default="", help="mutate and test commit REF instead of the work tree")
+    parser.add_argument("--tree", default="", help="mutate and test a copy of this folder instead of the work tree")
     parser.add_argument("--out", default="", help="folder for MODULE.json and summary.md (default: a temp folder)")
     args = parser.parse_args(argv)
     names = args.modules or ([m.split(":")[0] for m in args.mutant] or list(QUICK_MODULES if args.quick else MODULES))
@@ -618,7 +643,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             for m in done:
                 if m.outcome == "survived":
-                    print(f"  survived {m.id:14} line {m.line:4} {m.what:26} {m.source_line[:70]}")
+                    print(
+                        f"  survived {m.id:14} {os.path.basename(m.path)}:{m.line:<4} {m.what:26} {m.source_line[:60]}"
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if rows:

@@ -267,7 +267,8 @@ def test_resume_command_hands_the_batch_to_cluster_resume(start_sims, tmp_path, 
         )
 
     monkeypatch.setattr(Cluster, "resume", resume, raising=False)
-    assert main(["resume", "beef", "--server", "sim0"]) == 0
+    code = main(["resume", "beef", "--server", "sim0"])
+    assert code == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert calls == [("beef0001", {"server": "sim0"})] and re.search(r"^sim0\s+3\s", out, re.M), out
     assert sorted(os.listdir(tmp_path / "out"))[-3:] == ["r.0000.png", "r.0001.png", "r.0002.png"]

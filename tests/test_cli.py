@@ -493,7 +493,9 @@ def test_verbose_shows_the_scheduler_not_urllib3(start_sims, tmp_path):
     out = run(["-v", "submit", str(wf), "--frames", "1-2"], {"NUKE_COMFYUI_SERVERS": servers}, timeout=120)
     assert out.returncode == 0, out.stderr
     dispatch = [line for line in out.stderr.splitlines() if "nuke_comfy_cluster.core.dispatch" in line]
-    assert any("frame 1" in line and "sim0" in line for line in dispatch), out.stderr
+    # one line per frame sent, naming the frame and the server (not only the first frame's model load)
+    for frame in ("frame 1", "frame 2"):
+        assert any(frame in line and "sim0" in line for line in dispatch), (frame, out.stderr)
     assert "urllib3" not in out.stderr
 
 
@@ -534,3 +536,75 @@ def test_a_stop_signal_cancels_ours_leaves_theirs_and_exits_by_convention(start_
 def test_a_second_signal_exits_at_once(start_sims, tmp_path):
     _, _, returncode, _, stderr = _stop_mid_batch(start_sims, tmp_path, [signal.SIGTERM, signal.SIGTERM])
     assert returncode == 143 and "exiting now" in stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pseudo-terminal")
+def test_on_a_terminal_one_live_line_with_an_eta(start_sims, tmp_path):
+    import pty
+
+    procs = start_sims([1.0], seconds=0.6)
+    wf = write_json(tmp_path / "wf.json", SAVING_WF)
+    master, slave = pty.openpty()
+    proc = popen(
+        ["submit", str(wf), "--frames", "1-4"],
+        {"NUKE_COMFYUI_SERVERS": servers_json(procs)},
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(60) == 0
+    text = seen.decode("utf-8", "replace")
+    assert text.count("\r\x1b[K") >= 3  # redrawn in place, not one line per update
+    assert re.search(r"Progress: \d+% \(\d/4 done.*\| ETA (\d+s|--)", text)
+    assert "4 done" in proc.stdout.read()
+
+
+def test_the_note_column_wraps_to_the_terminal_and_stays_whole_in_a_pipe():
+    from nuke_comfy_cluster.cli.status_cmds import format_table
+    from nuke_comfy_cluster.core.state import PoolSnapshot, ServerSnapshot, ServerStatus
+
+    reason = "gpu3: cannot connect to http://192.168.100.200:8188 (connection refused or dropped) " * 2
+    snap = PoolSnapshot(
+        servers=(
+            ServerSnapshot(
+                "gpu3",
+                "192.168.100.200",
+                8188,
+                "http://192.168.100.200:8188",
+                2,
+                True,
+                ServerStatus.OFFLINE,
+                last_error=reason.strip(),
+            ),
+        )
+    )
+    wrapped = format_table(snap, width=80).splitlines()
+    note_at = wrapped[0].index("NOTE")
+    assert len(wrapped) > 2 and all(len(line) <= 80 for line in wrapped)
+    assert all(line[:note_at].strip() == "" for line in wrapped[2:])
+    shown = "".join(line[note_at:] for line in wrapped[1:])
+    assert shown.replace(" ", "") == reason.strip()[len("gpu3: ") :].replace(" ", "")  # all of it, wrapped
+    whole = format_table(snap, width=None).splitlines()
+    assert len(whole) == 2 and whole[1].endswith(reason.strip()[len("gpu3: ") :])
+
+
+def test_an_existing_sequence_needs_overwrite(start_sims, tmp_path):
+    procs = start_sims([1.0], seconds=0.1)
+    wf = write_json(tmp_path / "wf.json", SAVING_WF)
+    env = {"NUKE_COMFYUI_SERVERS": servers_json(procs)}
+    args = ["submit", str(wf), "--frames", "1-2", "--out", str(tmp_path / "o"), "--name", "sh"]
+    assert run(args, env, timeout=120).returncode == 0
+    again = run(args, env, timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "already exist" in again.stderr
+    no_traceback(again)
+    assert run(args + ["--overwrite"], env, timeout=120).returncode == 0

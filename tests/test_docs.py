@@ -60,6 +60,7 @@ NOT_RUN: Dict[str, str] = {
     "scripts/run": "creates .venv with pip first; the demo it runs is run here as `python -m nuke_comfy_cluster demo`",
     "scripts/test": "the whole suite, which CI runs (.ci/run)",
     "scripts/setup.sh": "installs with pip and apt",
+    "scripts/mutation": "one test run per planted bug: minutes (--quick) to hours; docs/RELIABILITY.md holds its figures",
     "main.py": "ComfyUI's own start command, not part of this repository",
     "venv": "creates a virtual environment, a setup step for Nuke's Python (docs/NUKE.md)",
     "pip": "installs packages from the network",
@@ -193,7 +194,7 @@ MESSAGES = (
     # command line
     "--frames: cannot read",
     "is an empty range",
-    "names a frame twice",
+    "names frame",
     "cannot read workflow",
     "timed out: cancelled what was left",
     "interrupted",
@@ -758,6 +759,7 @@ def test_json_blocks_parse_and_server_lists_have_no_issue():
         if _is_server_config(data):
             servers, issues = parse_servers(block.body, origin=block.where)
             assert servers, block.where
+            issues = [i for i in issues if "placeholder" not in i.message]  # REPLACE-WITH-YOUR-TOKEN is meant
             assert not issues, (block.where, [i.message for i in issues])
             checked += 1
     assert checked >= 8
@@ -804,6 +806,7 @@ def test_example_server_files_load_without_issue():
     assert len(files) >= 5
     for path in files:
         servers, issues = parse_servers(path.read_text(encoding="utf-8"), origin=str(path))
+        issues = [i for i in issues if "placeholder" not in i.message]  # REPLACE-WITH-YOUR-TOKEN is meant
         assert servers and not issues, (path.name, [i.message for i in issues])
         loaded = load_config({"NUKE_COMFYUI_SERVERS": str(path)})
         assert loaded.source == "file" and loaded.ok and len(loaded.servers) == len(servers), loaded.notice

@@ -226,3 +226,59 @@ def test_frame_sequence_path():
     assert frame_sequence_path("", "a", "exr") == "a.####.exr"
     with pytest.raises(ValueError):
         frame_sequence_path("/x", "a", "exr", padding=0)
+
+
+# --------------------------------------------------------------------------- edges that mutation testing found unpinned
+
+
+def test_a_bare_drive_is_written_with_backslashes_and_counts_from_its_root():
+    assert to_local("/mnt/z/shot/a.exr", "Z:", "/mnt/z") == "Z:\\shot\\a.exr"
+    assert normalize("Z:") == "Z:\\"
+    # "Z:shot" (drive-relative on Windows) is taken from the drive's root: nobody maps those
+    assert to_remote("Z:shot\\a.exr", "Z:", "/mnt/z") == "/mnt/z/shot/a.exr"
+
+
+def test_an_empty_prefix_holds_no_relative_path_either():
+    assert not is_under("a/b", "")
+    assert to_remote("a/b", "", "/remote") == "a/b"
+
+
+def test_a_name_of_255_characters_is_allowed_256_is_not(tmp_path):
+    assert safe_join(str(tmp_path), "", "a" * 251 + ".png").endswith("a.png")
+    with pytest.raises(ServerRejected, match="longer than 255"):
+        safe_join(str(tmp_path), "", "a" * 252 + ".png")
+
+
+def test_only_com0_to_com9_and_lpt0_to_lpt9_are_devices(tmp_path):
+    for name in ("COM10.png", "LPT10.png", "com12"):
+        assert safe_join(str(tmp_path), "", name) == os.path.join(str(tmp_path), name)
+    for name in ("COM9.png", "lpt0.txt"):
+        with pytest.raises(ServerRejected, match="reserved device name"):
+            safe_join(str(tmp_path), "", name)
+
+
+@pytest.mark.parametrize("ch", ["\ud800", "\udbff", "\udc00", "\udfff"])
+def test_lone_surrogates_are_refused(tmp_path, ch):
+    with pytest.raises(ServerRejected, match="not valid Unicode"):
+        safe_join(str(tmp_path), "", f"a{ch}.png")
+
+
+def test_an_empty_file_name_is_refused_as_empty(tmp_path):
+    with pytest.raises(ServerRejected, match="empty name"):
+        safe_join(str(tmp_path), "sub", "")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_a_symlink_back_to_the_folder_itself_is_refused_and_named_with_its_subfolder(tmp_path):
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    os.symlink(str(out), str(out / "self"))
+    with pytest.raises(ServerRejected, match="leads outside"):
+        safe_join(str(out), "", "self")  # writing there would replace the folder, not a file in it
+    os.symlink(str(tmp_path), str(out / "sub" / "up"))
+    with pytest.raises(ServerRejected, match=r"'sub/up'"):
+        safe_join(str(out), "sub", "up")
+
+
+def test_a_padding_of_one_is_allowed():
+    assert frame_sequence_path("/renders", "a", "exr", padding=1) == "/renders/a.#.exr"

@@ -363,3 +363,40 @@ def test_a_large_batch_holds_frame_numbers_not_prompts(tmp_path):
     assert jobs[54321].prompt == {"1": {"class_type": "X", "inputs": {"f": 54322}}}
     assert jobs_bytes / len(jobs) < 2500, jobs_bytes / len(jobs)  # a prompt copy each would be far more
     cluster.close()
+
+
+def test_leaving_the_cluster_cancels_our_prompts_and_wait_returns(start_sims, tmp_path):
+    """close() (and leaving ``with``) cancels: nothing of ours stays queued, wait() returns."""
+    (proc,) = start_sims([1.0], seconds=1.0)
+    cluster = Cluster.from_servers(sim_configs([proc]))
+    batch = cluster.submit_frames(TXT2IMG, range(1, 11), output_dir=str(tmp_path / "o"), sequence_name="c", base_seed=1)
+    import time
+
+    deadline = time.monotonic() + 20
+    while not any(j.state.value == "running" for j in batch.snapshot().jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cluster.close()
+    snap = batch.wait(1)
+    assert snap.finished and snap.state == "cancelled", (snap.state, snap.message)
+    import re
+
+    assert re.fullmatch(r"(\d+ done, )?\d+ cancelled", snap.message), snap.message  # the present state only
+    queue = requests.get(proc.url + "/queue", timeout=5).json()
+    assert queue["queue_pending"] == [] and queue["queue_running"] == []
+    assert not (tmp_path / "o" / ".c.ncc-lock").exists()
+
+
+def test_detach_leaves_prompts_rendering_and_wait_returns(start_sims, tmp_path):
+    (proc,) = start_sims([1.0], seconds=1.0)
+    cluster = Cluster.from_servers(sim_configs([proc]))
+    batch = cluster.submit_frames(TXT2IMG, range(1, 6), output_dir=str(tmp_path / "o"), sequence_name="d", base_seed=1)
+    import time
+
+    deadline = time.monotonic() + 20
+    while not any(j.prompt_id for j in batch.snapshot().jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cluster.close(detach=True)
+    snap = batch.wait(1)
+    assert snap.state == "detached" and "resume" in snap.message and batch.id in snap.message
+    queue = requests.get(proc.url + "/queue", timeout=5).json()
+    assert queue["queue_running"] or queue["queue_pending"]  # still rendering there

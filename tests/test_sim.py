@@ -5,9 +5,11 @@ Real simulator processes on 127.0.0.1, plain ``requests`` and ``websocket-client
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from typing import Any, Dict, List
 import pytest
 import requests
 
-from nuke_comfy_cluster.sim.png import PNG_SIGNATURE, png_first_pixel, png_size
+from nuke_comfy_cluster.sim.png import PNG_SIGNATURE, png_first_pixel, png_size, solid_png
 from nuke_comfy_cluster.sim.process import SimProcess, start_cluster, stop_all
 from nuke_comfy_cluster.sim.testkit import (
     WsRecorder,
@@ -665,6 +667,36 @@ def test_upload_rename_then_loadimage_runs(sim, ws_a):
     ).content
     red, green, blue = png_first_pixel(rig)
     assert png_size(data) == png_size(rig) and png_first_pixel(data) == (255 - red, 255 - green, 255 - blue)
+    # As ComfyUI: the PNG holds the prompt as executed -- LoadImage with "is_changed" (the file's
+    # sha256, what its IS_CHANGED returns) -- while /history keeps the prompt as sent.
+    embedded = json.loads(_png_text(data)["prompt"])
+    assert embedded["1"] == dict(prompt["1"], is_changed=[hashlib.sha256(rig).hexdigest()])
+    assert list(embedded["1"]) == ["class_type", "inputs", "is_changed"]
+    history = requests.get(f"{sim.url}/history/{prompt_id}", timeout=T).json()[prompt_id]
+    assert "is_changed" not in history["prompt"][2]["1"]
+
+
+def test_loadimage_takes_an_absolute_path_like_comfyui(sim, ws_a, tmp_path):
+    picture = tmp_path / "plate.png"
+    picture.write_bytes(solid_png(4, 4, (30, 60, 90)))
+    prompt = workflow("loadimage")
+    prompt["1"]["inputs"]["image"] = str(picture)
+    prompt_id = post_prompt(sim, prompt, client_id_of(ws_a))["prompt_id"]
+    messages = run_messages(ws_a, prompt_id)
+    saved = next(m for m in messages if m["type"] == "executed")["data"]["output"]["images"][0]
+    data = requests.get(sim.url + "/view", params=saved, timeout=T).content
+    assert png_first_pixel(data) == (225, 195, 165)
+
+
+def _png_text(data: bytes) -> Dict[str, str]:
+    out, pos = {}, 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"tEXt":
+            key, _, value = data[pos + 8 : pos + 8 + length].partition(b"\x00")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        pos += 12 + length
+    return out
 
 
 # ---- faults ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ SIGINT (Ctrl-C) / SIGTERM / SIGHUP, 141 the reader of stdout went away
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -128,7 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return refused
     code = EXIT_REFUSED
     try:
-        with stop_signals_raise():
+        # Qt's event loop runs no Python while idle: a handler would hold SIGTERM back, so the
+        # panel keeps the default actions
+        guard = contextlib.nullcontext() if args.command == "panel" else stop_signals_raise()
+        with guard:
             try:
                 code = int(args.func(args) or 0)
             except ClusterError as e:
@@ -143,6 +147,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         code = _quiet_broken_pipe()
-    except (OSError, ValueError):
-        pass  # stdout closed some other way: nothing left to tell anyone
     return code

@@ -195,7 +195,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(loaded.notice, file=sys.stderr)
         batch = cluster.resume(batch_id, options)
         try:
-            snap = wait_with_progress(batch, args.timeout)
+            # the stream passed explicitly: a default bound at import time may be a closed one
+            snap = wait_with_progress(batch, args.timeout, sys.stderr)
         except KeyboardInterrupt:  # SIGINT, and SIGTERM / SIGHUP through cli.signals: cancel ours, then exit
             cluster.cancel(batch)
             print(summary_table(batch.wait(10)))

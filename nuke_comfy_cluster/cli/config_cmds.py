@@ -174,7 +174,7 @@ def _with_secrets(servers: Sequence[ServerConfig]) -> List[str]:
 def cmd_export(args: argparse.Namespace) -> int:
     loaded = load_config()
     servers = list(loaded.servers)
-    config_store.export_config(servers, args.dest, include_secrets=args.include_secrets)
+    config_store.export_config(servers, args.dest, include_secrets=args.include_secrets, make_folders=False)
     print(f"exported {len(servers)} server(s) to {args.dest}")
     secret = _with_secrets(servers)
     if secret and not args.include_secrets:

@@ -30,7 +30,7 @@ def add_common(p: Any, config: bool = True) -> None:
             help=f"read the servers from this JSON file (same as {ENV_SERVERS}=FILE)",
         )
     # SUPPRESS: without -v here, the value given before the command name stays
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("-v", dest="verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def apply_config(args: argparse.Namespace) -> Optional[int]:

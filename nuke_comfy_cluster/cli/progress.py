@@ -112,8 +112,14 @@ def wait_with_progress(
     stream: TextIO = sys.stderr,
     interval: float = DEFAULT_INTERVAL,
     tty: Optional[bool] = None,
+    messages: Optional[List[str]] = None,
 ) -> BatchSnapshot:
-    """Block until the batch ends or ``timeout``; show progress on ``stream`` meanwhile."""
+    """Block until the batch ends or ``timeout``; show progress on ``stream`` meanwhile.
+
+    ``messages`` (when given) collects every batch message shown, oldest first: the
+    batch's own message describes its present state, so "waiting for a server" is
+    gone from it once the batch is cancelled.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = stream.isatty() if tty is None else tty
     line = ProgressLine()
@@ -125,6 +131,8 @@ def wait_with_progress(
         snap = batch.wait(0.25 if remaining is None else min(0.25, remaining))
         if snap.message and snap.message != last_message:
             last_message = snap.message
+            if messages is not None:
+                messages.append(snap.message)
             stream.write(("\r\033[K" if tty else "") + snap.message + "\n")
         now = time.monotonic()
         if tty:
@@ -236,21 +244,22 @@ class Outcome:
         return ", ".join(parts)
 
 
-def _no_server(snap: BatchSnapshot) -> bool:
-    msg = snap.message.lower()
-    if "waiting for a server" in msg or "no server" in msg:
-        return True
+def _no_server(snap: BatchSnapshot, last_message: str) -> bool:
+    for msg in (snap.message.lower(), last_message.lower()):
+        if msg.startswith("waiting for a server") or msg.startswith("no server"):
+            return True
     return any(e.kind == "infrastructure" and "no server" in e.message.lower() for e in snap.errors)
 
 
-def outcome(snap: BatchSnapshot, stopped_by: str = "") -> Outcome:
-    """Count what happened. ``stopped_by``: "" (the batch ended), "timeout" or "signal".
+def outcome(snap: BatchSnapshot, stopped_by: str = "", last_message: str = "") -> Outcome:
+    """Count what happened. ``stopped_by``: "" (the batch ended), "timeout" or "signal";
+    ``last_message``: the last batch message shown while waiting.
 
     A job never sent that ended because no server was there (or the timeout came
     first) is "not started", not "cancelled": nothing of it ran anywhere.
     """
     done = failed = cancelled = not_started = 0
-    no_server = _no_server(snap)
+    no_server = _no_server(snap, last_message)
     for j in snap.jobs:
         never_sent = j.attempts == 0 and j.started_at is None and j.prompt_id is None
         if j.state is JobState.DONE:
@@ -277,7 +286,7 @@ def where_results_are(snap: BatchSnapshot) -> str:
     return "kept in " + ", ".join(s.pattern for s in seqs)
 
 
-def summary_table(snap: BatchSnapshot, stopped_by: str = "") -> str:
+def summary_table(snap: BatchSnapshot, stopped_by: str = "", last_message: str = "") -> str:
     """Frames per server (when any is done), what happened, where the results are, each error once."""
     per: Dict[str, List[float]] = {}
     for j in snap.jobs:
@@ -289,7 +298,7 @@ def summary_table(snap: BatchSnapshot, stopped_by: str = "") -> str:
         for name in sorted(per):
             times = per[name]
             lines.append(f"{name:<13} {len(times):>6}  {sum(times) / len(times):>8.2f} s")
-    head = outcome(snap, stopped_by).text()
+    head = outcome(snap, stopped_by, last_message).text()
     where = where_results_are(snap)
     if where:
         head += ", " + where

@@ -136,8 +136,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             batch = cluster.submit(workflow, options)
         stopped_by = ""
         code = 0
+        shown: List[str] = []
         try:
-            snap = wait_with_progress(batch, args.timeout, interval=args.progress_every)
+            snap = wait_with_progress(batch, args.timeout, interval=args.progress_every, messages=shown)
             if not snap.finished:
                 stopped_by = "timeout"
                 print(f"timed out after {args.timeout:g} s: cancelling what is left", file=sys.stderr)
@@ -146,7 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             stopped_by, code = "signal", stop.exit_code
             print(f"\n{stop.name}: cancelling our prompts (another signal exits at once)", file=sys.stderr)
             snap = _cancel(cluster, batch)
-        _report(snap, args.json, stopped_by)
+        _report(snap, args.json, stopped_by, shown[-1] if shown else "")
         if code:
             return code
         if refused_everywhere(snap):
@@ -162,11 +163,11 @@ def _cancel(cluster: Cluster, batch: Any) -> BatchSnapshot:
     return snap
 
 
-def _report(snap: BatchSnapshot, as_json: bool, stopped_by: str) -> None:
+def _report(snap: BatchSnapshot, as_json: bool, stopped_by: str, last_message: str) -> None:
     from .progress import outcome, refused_everywhere, summary_table
 
     if as_json:
-        counts = outcome(snap, stopped_by)
+        counts = outcome(snap, stopped_by, last_message)
         print(
             json.dumps(
                 {
@@ -190,4 +191,4 @@ def _report(snap: BatchSnapshot, as_json: bool, stopped_by: str) -> None:
         return
     if refused_everywhere(snap):
         print("refused: every server rejected the workflow; nothing was rendered", file=sys.stderr)
-    print(summary_table(snap, stopped_by))
+    print(summary_table(snap, stopped_by, last_message))

@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
+from . import resume
 from .config import ServerConfig
 from .delivery import (
     SequenceLock,
@@ -25,11 +26,15 @@ from .delivery import (
     describe_frames,
     existing_frames,
     require_saving_node,
+    saving_nodes,
 )
 from .dispatch import Dispatcher
 from .errors import ConfigError
 from .frames import MAX_FRAMES, FrameList, parse_frames
 from .jobs import Batch, Job, PromptPreparer
+from .ledger import Ledger
+from .ledger_records import SubmitOptions as LedgerOptions
+from .ledger_records import workflow_hash
 from .pool import ComfyUIServerPool
 from .results import ensure_safe_name
 from .templating import derive_seed, frame_prompt, seeded_prompt, validate_workflow
@@ -82,9 +87,18 @@ def _frame_list(frames: Iterable[int]) -> FrameList:
 class Cluster:
     """A pool of servers and a dispatcher running batches on it."""
 
-    def __init__(self, pool: ComfyUIServerPool, *, start: bool = True, **dispatch_options: Any) -> None:
+    def __init__(
+        self,
+        pool: ComfyUIServerPool,
+        *,
+        start: bool = True,
+        ledger: Union[Ledger, None, bool] = True,
+        **dispatch_options: Any,
+    ) -> None:
+        """``ledger``: where batches are kept for resume (True: the user's state folder; False: nowhere)."""
         self.pool = pool
-        self.dispatcher = Dispatcher(pool, **dispatch_options)
+        self.ledger: Optional[Ledger] = Ledger() if ledger is True else (ledger or None)
+        self.dispatcher = Dispatcher(pool, ledger=self.ledger, **dispatch_options)
         if start:
             self.start()
 
@@ -102,8 +116,10 @@ class Cluster:
     def start(self) -> None:
         self.dispatcher.start()
 
-    def close(self) -> None:
-        self.dispatcher.stop()
+    def close(self, *, detach: bool = False, timeout: float = 10.0) -> None:
+        """Cancel our unfinished batches (or, with ``detach``, leave them rendering to be
+        resumed), then stop every thread and socket. Every ``batch.wait()`` returns."""
+        self.dispatcher.stop(timeout, cancel=not detach)
         self.pool.close()
 
     def __enter__(self) -> Cluster:
@@ -120,7 +136,16 @@ class Cluster:
         elif not any(s.last_status_check for s in self.pool.servers):
             self.pool.update_all_server_status(force=True)
 
-    def submit_batch(self, jobs: Sequence[Job], options: Optional[SubmitOptions] = None, **kw: Any) -> Batch:
+    def submit_batch(
+        self,
+        jobs: Sequence[Job],
+        options: Optional[SubmitOptions] = None,
+        *,
+        _record: Optional[LedgerOptions] = None,
+        _batch_id: Optional[str] = None,
+        _resumed: bool = False,
+        **kw: Any,
+    ) -> Batch:
         """Jobs made by the caller; ``options`` (or the same names as keywords) say where results go."""
         opts = SubmitOptions.merge(options, kw)
         server = opts.server or self.pool.override
@@ -135,9 +160,13 @@ class Cluster:
             sequence_name=opts.sequence_name if opts.output_dir else None,
             max_attempts=opts.max_attempts or 0,
             workflow=workflow,
+            batch_id=_batch_id,
+        )
+        batch.ledger_options = _record or LedgerOptions(
+            output_dir=opts.output_dir, sequence_name=batch.sequence_name, server=server
         )
         if opts.output_dir:
-            self._claim_sequence(batch, workflow, opts)
+            self._claim_sequence(batch, workflow, opts, resumed=_resumed)
         try:
             self._ready(server)
             return self.dispatcher.submit_batch(batch)
@@ -147,7 +176,7 @@ class Cluster:
             raise
 
     @staticmethod
-    def _claim_sequence(batch: Batch, workflow: Dict[str, Any], opts: SubmitOptions) -> None:
+    def _claim_sequence(batch: Batch, workflow: Dict[str, Any], opts: SubmitOptions, resumed: bool = False) -> None:
         """Before anything renders: something to save, a writable folder, one writer, no silent overwrite."""
         folder = opts.output_dir or ""
         name = ensure_safe_name(opts.sequence_name or "result")
@@ -157,8 +186,11 @@ class Cluster:
         batch.lock_file = SequenceLock.acquire(folder, name, batch.id, batch.name)
         try:
             frames = [j.frame if j.frame is not None else 1 for j in batch.jobs]
+            if resumed:
+                # its own delivered frames were checked one by one; the others are rendered again
+                frames = [j.frame if j.frame is not None else 1 for j in batch.jobs if not j.state.finished]
             existing = existing_frames(folder, name, frames)
-            if existing and not opts.overwrite:
+            if existing and not opts.overwrite and not resumed:
                 raise ConfigError(
                     "{} of the {} frames of sequence {} already exist in {} ({}): pass --overwrite "
                     "(Overwrite on the node) to replace them, or choose another name".format(
@@ -212,7 +244,14 @@ class Cluster:
         if not len(frame_list):
             raise ConfigError("no frames to render: the frame list is empty")
         name = opts.name or f"frames {frame_list.text}"
-        return self.submit_batch(jobs, opts.but(name=name, workflow=workflow))
+        record = LedgerOptions(
+            frames=frame_list.text,
+            seed=base_seed,
+            output_dir=opts.output_dir,
+            sequence_name=opts.sequence_name if opts.output_dir else None,
+            server=opts.server,
+        )
+        return self.submit_batch(jobs, opts.but(name=name, workflow=workflow), _record=record)
 
     def submit_iterations(
         self,
@@ -247,7 +286,89 @@ class Cluster:
             )
             for i in range(iterations)
         ]
-        return self.submit_batch(jobs, opts.but(name=opts.name or f"{iterations} iterations", workflow=workflow))
+        record = LedgerOptions(
+            iterations=iterations,
+            seed=base_seed,
+            frame=frame,
+            output_dir=opts.output_dir,
+            sequence_name=opts.sequence_name if opts.output_dir else None,
+            server=opts.server,
+        )
+        name = opts.name or f"{iterations} iterations"
+        return self.submit_batch(jobs, opts.but(name=name, workflow=workflow), _record=record)
+
+    def resume(self, batch_id: str, options: Union[SubmitOptions, Mapping[str, Any], None] = None) -> Batch:
+        """Continue a batch from the ledger (after a crash, a kill, a detach): frames already
+        delivered are kept, prompts still on servers re-attached, lost ones sent again.
+
+        ``options`` may pin another server (``{"server": NAME}``) or give ``prepare``.
+        Blocking (reads the ledger and the servers' queues): not on a UI thread.
+        """
+        if self.ledger is None:
+            raise ConfigError("this cluster keeps no batch ledger: nothing to resume")
+        opts = options if isinstance(options, SubmitOptions) else SubmitOptions.merge(None, dict(options or {}))
+        ledger_batch = self.ledger.load(self.ledger.find(batch_id))
+        resume.check_resumable(ledger_batch)
+        writer = self.ledger.open(ledger_batch.batch_id)  # refused while another process runs it
+        try:
+            record = ledger_batch.record
+            workflow = resume.load_workflow(ledger_batch)
+            single = len(saving_nodes(workflow)) == 1 and all(
+                (n.get("inputs") or {}).get("batch_size", 1) == 1 for n in workflow.values() if isinstance(n, dict)
+            )
+            jobs, counts = resume.rebuild_jobs(ledger_batch, resume.prompt_factory(workflow, record.options), single)
+            self._ready(opts.server or record.options.server)
+            counts["found"] = resume.find_by_marker(list(self.pool.servers), jobs, record.batch_id)
+            writer.reopen()
+            merged = SubmitOptions(
+                server=opts.server or record.options.server,
+                name=record.name,
+                output_dir=record.options.output_dir,
+                sequence_name=record.options.sequence_name,
+                prepare=opts.prepare,
+                base_seed=record.options.seed,
+                workflow=workflow,
+            )
+            batch = Batch(
+                jobs,
+                name=record.name,
+                pinned=merged.server,
+                prepare=merged.prepare,
+                output_dir=merged.output_dir,
+                sequence_name=merged.sequence_name,
+                workflow=workflow,
+                batch_id=record.batch_id,
+            )
+            batch.ledger_writer = writer
+            batch.ledger_options = record.options
+            batch.message = "Resumed: {kept} frames kept, {attached} re-attached, {requeued} to send".format(
+                kept=counts["kept"],
+                attached=counts["reattach"] + counts["found"],
+                requeued=counts["requeued"] - counts["found"],
+            )
+            if merged.output_dir:
+                self._claim_sequence(batch, workflow, merged, resumed=True)
+            self.resumed_counts = counts
+            return self.dispatcher.submit_batch(batch)
+        except BaseException:
+            writer.close()
+            raise
+
+    def find_unfinished(
+        self, workflow: Dict[str, Any], output_dir: Optional[str], sequence_name: Optional[str]
+    ) -> Optional[str]:
+        """The id of an unfinished batch of this workflow into the same sequence (for ``submit --resume``)."""
+        if self.ledger is None:
+            return None
+        digest = workflow_hash(workflow)
+        for summary in self.ledger.unfinished(digest):
+            if summary.live:
+                continue
+            if (summary.output_dir or None) == (output_dir or None) and (summary.sequence_name or None) == (
+                (sequence_name if output_dir else None) or None
+            ):
+                return summary.batch_id
+        return None
 
     def cancel(self, batch: Batch) -> None:
         self.dispatcher.cancel(batch)

@@ -447,8 +447,7 @@ def check_servers(
         for class_type in {p.class_type for p in problems if p.class_type}:
             at = cached_at.get((server.name, class_type))
             if at is not None and now - at > RECHECK_NEGATIVE_AFTER_S:
-                with lock:
-                    specs[server.name].pop(class_type, None)
+                # the cached answer stays the verdict if the new one does not come in time
                 recheck.append((server, class_type))
     run(recheck)
     done = time.time()

@@ -62,11 +62,10 @@ def _check_host(value: str) -> Tuple[Optional[str], Optional[str], Optional[str]
     bad = _bad_char(host)
     if bad:
         return None, f"{_HOST_EXPECTED} ({bad})", None
-    shown = _show(host)
     if "://" in host:
         return (
             None,
-            f'{_HOST_EXPECTED}, got {shown} (give the host only, or write the whole address as "url")',
+            f'{_HOST_EXPECTED}, got {_show(host)} (give the host only, or write the whole address as "url")',
             None,
         )
     if host.startswith("[") or host.endswith("]"):
@@ -74,7 +73,7 @@ def _check_host(value: str) -> Tuple[Optional[str], Optional[str], Optional[str]
         try:
             ipaddress.IPv6Address(inner)
         except ValueError:
-            return None, f"expected an IPv6 address inside [brackets], got {shown}", None
+            return None, f"expected an IPv6 address inside [brackets], got {_show(host)}", None
         return inner, None, None
     try:
         ipaddress.ip_address(host)
@@ -84,18 +83,20 @@ def _check_host(value: str) -> Tuple[Optional[str], Optional[str], Optional[str]
     if host.count(":") == 1:
         head, _, tail = host.partition(":")
         if tail.isdigit():
-            return None, f'{_HOST_EXPECTED}, got {shown} (put the port in "port")', None
+            return None, f'{_HOST_EXPECTED}, got {_show(host)} (put the port in "port")', None
     if ":" in host:
-        return None, f"expected a valid IPv6 address, got {shown}", None
+        return None, f"expected a valid IPv6 address, got {_show(host)}", None
     if re.fullmatch(r"[0-9.]+", host):
-        return None, f"expected a valid IPv4 address, got {shown}", None
+        return None, f"expected a valid IPv4 address, got {_show(host)}", None
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        return None, f"{_HOST_EXPECTED}, got {shown} (host names use letters, digits, '-' and '.')", None
+        return None, f"{_HOST_EXPECTED}, got {_show(host)} (host names use letters, digits, '-' and '.')", None
     warning = None
     if "_" in name:
-        warning = f"host name {shown} contains '_', which DNS does not allow; it may only resolve on some machines"
+        warning = (
+            f"host name {_show(host)} contains '_', which DNS does not allow; it may only resolve on some machines"
+        )
     return host, None, warning
 
 

@@ -128,6 +128,8 @@ def _host_port(ip: str, port: int) -> str:
 
 def _printable(text: str) -> str:
     """``text`` with control characters and lone surrogates made visible, for messages."""
+    if text.isprintable():
+        return text
     out = []
     for ch in text:
         if _is_control(ch) or _is_surrogate(ch):
@@ -174,6 +176,8 @@ def _is_surrogate(ch: str) -> bool:
 
 def _bad_char(text: str) -> Optional[str]:
     """Why ``text`` cannot be stored (control character, lone surrogate), or None."""
+    if text.isprintable():  # no Cc, no Cs: the common case, checked in C
+        return None
     for ch in text:
         if _is_surrogate(ch):
             return "contains an invalid character (a lone surrogate)"

@@ -426,22 +426,30 @@ def restore_backup(path: PathLike, backup: Union[PathLike, BackupInfo], *, keep_
     return save_servers(path, text, keep_backups=keep_backups)
 
 
-def export_config(servers: Sequence[ServerConfig], dest: PathLike, include_secrets: bool = False) -> Path:
-    """Write the servers to ``dest`` (atomic; token and headers left out unless ``include_secrets``)."""
+def export_config(
+    servers: Sequence[ServerConfig], dest: PathLike, include_secrets: bool = False, make_folders: bool = True
+) -> Path:
+    """Write the servers to ``dest`` (atomic; token and headers left out unless ``include_secrets``).
+
+    ``make_folders=False`` refuses a missing folder instead of creating it (the command
+    line: a typo in a typed path should fail, not make a tree).
+    """
     dest = Path(os.path.abspath(str(dest)))
     servers = list(servers)
     text = servers_to_json(servers, include_secrets=include_secrets)
     secret = include_secrets and any(s.token or s.headers for s in servers)
-    _check_export_target(dest)
+    _check_export_target(dest, make_folders)
     try:
+        if make_folders:
+            dest.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(dest, text.encode("utf-8"), 0o600 if secret else 0o644)
     except OSError as exc:
         raise _fail("export to", dest, exc) from exc
     return dest
 
 
-def _check_export_target(dest: Path) -> None:
-    """A typo in a folder name should fail, not create a tree somewhere unexpected."""
+def _check_export_target(dest: Path, make_folders: bool) -> None:
+    """Say what is in the way in words (a file where a folder should be), before the OS says less."""
     if dest.is_dir():
         raise ConfigError(f"Cannot export to {dest}: it is a folder; give a file name, e.g. {dest / CONFIG_FILENAME}")
     for parent in [dest.parent, *dest.parent.parents]:
@@ -449,7 +457,7 @@ def _check_export_target(dest: Path) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"Cannot export to {dest}: {parent} is a file, not a folder")
             break
-    if not dest.parent.is_dir():
+    if not make_folders and not dest.parent.is_dir():
         raise ConfigError(f"Cannot export to {dest}: folder {dest.parent} does not exist (create it first)")
 
 

@@ -173,8 +173,16 @@ def _png_text(data: bytes) -> Dict[str, str]:
 
 
 def prompt_digest(prompt: Dict[str, Any]) -> str:
-    """What identifies a prompt's render: its canonical JSON, hashed."""
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """What identifies a prompt's render: each node's class and inputs, canonical JSON, hashed.
+
+    Only ``class_type`` and ``inputs`` count: ComfyUI adds keys of its own (``is_changed``
+    for LoadImage) to the prompt it embeds, and ``_meta`` titles change nothing rendered.
+    """
+    core = {
+        str(k): {"class_type": v.get("class_type"), "inputs": v.get("inputs")} if isinstance(v, dict) else v
+        for k, v in prompt.items()
+    }
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def verify_file(data: bytes, filename: str, content_type: str = "", digest: Optional[str] = None) -> None:

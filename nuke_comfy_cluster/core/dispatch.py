@@ -51,6 +51,9 @@ from .errors import (
 )
 from .events import EventType, ServerEvent
 from .jobs import Batch, Job, JobError, OutputFile
+from .ledger import Ledger
+from .ledger_records import record_for, update_for
+from .node_timing import split_times, static_nodes
 from .pool import ComfyUIServerPool
 from .protocol import parse_prompt_response, workflow_error_from_execution, workflow_error_from_rejection
 from .recovery import RecoveryMixin, _Orphan
@@ -104,8 +107,11 @@ class Dispatcher(RecoveryMixin):
         tick: float = 0.2,
         download_dir: Optional[str] = None,
         scheduler_factory: Optional[Callable[[], Scheduler]] = None,
+        ledger: Optional[Ledger] = None,
     ) -> None:
         self.pool = pool
+        #: where batches are kept so that a later process can resume them (None: nowhere)
+        self.ledger = ledger
         self.max_attempts = max_attempts
         self.wait_for_servers = wait_for_servers
         self.tick = tick
@@ -145,9 +151,20 @@ class Dispatcher(RecoveryMixin):
         self._thread = threading.Thread(target=self._loop, name="ncc-dispatch", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, cancel: bool = True) -> None:
+        """Stop the loop. ``cancel``: our unfinished batches are cancelled first (their queued
+        prompts deleted, running ones interrupted), waiting up to ``timeout`` for the servers;
+        otherwise they are detached (left rendering, to be resumed later). Either way every
+        ``wait()`` returns and no thread is left."""
         if not self._running:
             return
+        unfinished = [b for b in self._batches if not b.finished]
+        if cancel and unfinished:
+            for batch in unfinished:
+                self.cancel(batch)
+            deadline = time.monotonic() + timeout
+            for batch in unfinished:
+                batch.wait(max(0.0, deadline - time.monotonic()))
         self._running = False
         self.pool.remove_event_listener(self._on_event)
         self._inbox.put(None)
@@ -157,6 +174,23 @@ class Dispatcher(RecoveryMixin):
         if self._workers is not None:
             self._workers.shutdown(wait=False)
             self._workers = None
+        for batch in list(self._batches):
+            if not batch.finished:
+                if batch.ledger_writer is not None:
+                    self._record(batch)
+                    batch.ledger_writer.close()  # unfinished in the ledger: resumable
+                    batch.ledger_writer = None
+                if batch.lock_file is not None:
+                    batch.lock_file.release()
+                    batch.lock_file = None
+                batch.detach(
+                    "Detached: the prompts already on servers keep rendering; "
+                    f"resume with: python -m nuke_comfy_cluster resume {batch.id}"
+                    if not cancel
+                    else "Stopped before the servers confirmed the cancel; clean up with: "
+                    "python -m nuke_comfy_cluster cleanup"
+                )
+        self._batches = []
 
     # -- public API (any thread) -------------------------------------------------------
     def submit_batch(self, batch: Batch) -> Batch:
@@ -258,11 +292,37 @@ class Dispatcher(RecoveryMixin):
         dirty, self._dirty = self._dirty, set()
         for batch in list(self._batches):
             if batch.id in dirty:
+                self._record(batch)
                 if all(j.state.finished for j in batch.jobs):
                     self._release(batch)  # before anyone waiting on the batch is woken
+                    batch.message = self._final_message(batch)
+                    if batch.ledger_writer is not None:
+                        batch.ledger_writer.mark_finished(batch.snapshot().state, batch.message)
+                        batch.ledger_writer = None
                 batch.changed()
                 if batch.finished:
                     self._forget(batch)
+
+    @staticmethod
+    def _final_message(batch: Batch) -> str:
+        """What the batch ended as, now (earlier server errors stay in each job's history)."""
+        counts: Dict[JobState, int] = {}
+        for job in batch.jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        parts = [
+            f"{counts[state]} {state.value}"
+            for state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+            if counts.get(state)
+        ]
+        text = ", ".join(parts) or "nothing to do"
+        if batch.local_error:
+            text += f"; could not write the result: {batch.local_error}"
+        elif counts.get(JobState.FAILED):
+            first = next(j.error for j in batch.jobs if j.state is JobState.FAILED and j.error is not None)
+            text += f"; {first.message}"
+        if batch.left_out:
+            text += "; left out: " + "; ".join(_named(n, r) for n, r in sorted(batch.left_out.items()))
+        return text[0].upper() + text[1:]
 
     def _release(self, batch: Batch) -> None:
         """A finished batch leaves nothing behind: its lock and staging folders go."""
@@ -288,6 +348,30 @@ class Dispatcher(RecoveryMixin):
             return self.tick
         return max(0.005, min(self.tick, min(wakeups) - now))
 
+    def _keep_in_ledger(self, batch: Batch) -> None:
+        if self.ledger is None or batch.ledger_writer is not None:
+            return
+        try:
+            batch.ledger_writer = self.ledger.create(
+                record_for(batch, options=batch.ledger_options, client_id=self.pool.client_id)
+            )
+        except (ClusterError, ValueError, OSError) as e:
+            # the batch still runs; it just cannot be resumed by another process
+            log.warning("%s: not kept in the batch ledger: %s", batch.name, e)
+
+    def _record(self, batch: Batch) -> None:
+        """Write the jobs that changed since the last write (one journal write for all)."""
+        writer = batch.ledger_writer
+        if writer is None:
+            return
+        changed = []
+        for index, job in enumerate(batch.jobs):
+            if job.ledger_dirty:
+                job.ledger_dirty = False
+                changed.append(update_for(job, index))
+        if changed:
+            writer.record_jobs(changed)
+
     def _output_dir(self, batch: Batch) -> str:
         """Where the batch's sequences go: its output folder, else a per-batch temp folder."""
         return batch.output_dir or os.path.join(self.download_dir, batch.id)
@@ -298,6 +382,15 @@ class Dispatcher(RecoveryMixin):
         if not batch.labels:
             workflow = batch.workflow if batch.workflow is not None else (batch.jobs[0].prompt if batch.jobs else {})
             batch.labels = sequence_labels(workflow)
+            # two frames' prompts tell the nodes that are the same in every frame (the setup)
+            batch.static_nodes = static_nodes(j.prompt for j in batch.jobs[:2])
+        self._keep_in_ledger(batch)
+        for job in batch.jobs:  # a resumed batch: follow the prompts it left on servers
+            if job.state in (JobState.SUBMITTED, JobState.RUNNING) and job.prompt_id and job.server:
+                token = job.attempt_token or uuid.uuid4().hex
+                job.attempt_token = token
+                self._by_prompt[job.prompt_id] = (batch, job)
+                self._by_token[token] = (batch, job)
         self._batches.append(batch)
         scheduler = self._scheduler_factory()
         # the same workflow again: start from the speeds the last batch learned (no new probes)
@@ -349,6 +442,7 @@ class Dispatcher(RecoveryMixin):
         if sched is not None:
             sched.job_failed(server)
         with batch.lock:
+            job.history = job.history + [reason]
             if server not in job.failed_servers:
                 job.failed_servers.append(server)
             if job.attempts >= batch.max_attempts:
@@ -369,6 +463,7 @@ class Dispatcher(RecoveryMixin):
                 job.started_at = job.started_mono = job.server_done_mono = None
                 job.progress_value = job.progress_max = 0.0
                 job.outputs = []
+                job.node_marks, job.cached_nodes, job.ended_at = [], (), None
             batch.message = reason
         self._touch(batch)
 
@@ -603,7 +698,12 @@ class Dispatcher(RecoveryMixin):
                     "client_id": self.pool.client_id,
                     "prompt_id": requested_id,  # newer ComfyUI honours it; 0.3.39 ignores it
                     # SaveImage writes extra_pnginfo into the PNG: each file names the attempt that made it
-                    "extra_data": {"ncc_job": job.id, "ncc_attempt": token, "extra_pnginfo": {"ncc": marker}},
+                    "extra_data": {
+                        "ncc_job": job.id,
+                        "ncc_attempt": token,
+                        "ncc_batch": batch.id,
+                        "extra_pnginfo": {"ncc": marker},
+                    },
                 }
                 answer = server.connection.post_json("prompt", body, job_id=job.id)
                 prompt_id = parse_prompt_response(answer, server.name)
@@ -736,6 +836,11 @@ class Dispatcher(RecoveryMixin):
                 if job.state is JobState.SUBMITTED:
                     self._mark_running(batch, job)
                 job.current_node = event.node
+                if event.node is not None:
+                    job.node_marks = job.node_marks + [(event.node, event.at)]
+            elif kind is EventType.EXECUTION_CACHED:
+                nodes = event.data.get("nodes")
+                job.cached_nodes = tuple(str(n) for n in nodes) if isinstance(nodes, list) else ()
             elif kind is EventType.PROGRESS:
                 if job.state is JobState.SUBMITTED:
                     self._mark_running(batch, job)
@@ -746,6 +851,7 @@ class Dispatcher(RecoveryMixin):
                 node = event.data.get("node")
                 job.outputs.extend(outputs_from_node_output(str(node), event.data.get("output")))
         if kind is EventType.EXECUTION_SUCCESS:
+            job.ended_at = event.at
             self._succeeded(batch, job)
         elif kind is EventType.EXECUTION_ERROR:
             error = workflow_error_from_execution(event.data, event.server, job.id)
@@ -781,7 +887,15 @@ class Dispatcher(RecoveryMixin):
             sched = self._schedulers.get(batch.id)
             if sched is not None:
                 started_at = job.started_mono if job.started_mono is not None else job.server_done_mono
-                sched.job_finished(server.name, started_at, job.server_done_mono)
+                setup_s, cold = split_times(
+                    job.node_marks, job.ended_at or time.time(), batch.static_nodes, job.cached_nodes
+                )
+                sched.job_finished(server.name, started_at, job.server_done_mono, setup_s=setup_s, cold=cold)
+                if cold:
+                    batch.loads[server.name] = batch.loads.get(server.name, 0.0) + (setup_s or 0.0)
+                    log.info(
+                        "%s: %s loaded the models for %s (%.1f s)", batch.name, server.name, job.label, setup_s or 0.0
+                    )
         token = job.attempt_token or ""
         outputs = list(job.outputs)
         prompt_id = job.prompt_id or ""

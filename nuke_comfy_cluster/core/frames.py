@@ -142,4 +142,4 @@ def _refuse_overlaps(frames: FrameList, text: str) -> None:
             # the first frame of b at or after lo that a also holds
             for f in range(lo, min(hi, lo + a.step * b.step) + 1):
                 if f in a and f in b:
-                    raise ConfigError(f"--frames: {text!r} names frame {f} twice")
+                    raise ConfigError(f"--frames: {text!r} names a frame twice (frame {f})")

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .errors import ClusterError, WorkflowError
 from .state import JobState
@@ -105,6 +105,7 @@ class JobSnapshot:
     finished_at: Optional[float]
     outputs: Tuple[OutputFile, ...]
     error: Optional[JobError]
+    history: Tuple[str, ...] = ()  # why earlier attempts did not deliver, oldest first
 
     @property
     def fraction(self) -> float:
@@ -130,6 +131,7 @@ class JobSnapshot:
             "finished_at": self.finished_at,
             "outputs": [o.local_path or o.filename for o in self.outputs],
             "delivered": [o.local_path for o in self.outputs if o.pattern and o.local_path],
+            "history": list(self.history),
             "error": None
             if self.error is None
             else {
@@ -140,6 +142,13 @@ class JobSnapshot:
                 "node_type": self.error.node_type,
             },
         }
+
+
+_UNTRACKED = frozenset({"_snap", "ledger_dirty"})
+#: changes too frequent or too transient for the batch ledger (it keeps states, not progress)
+_NOT_LEDGERED = frozenset(
+    {"node_marks", "cached_nodes", "ended_at", "last_news", "current_node", "progress_value", "progress_max"}
+)
 
 
 class Job:
@@ -163,6 +172,7 @@ class Job:
         if prompt is None and factory is None:
             raise ValueError("a job needs a prompt or a prompt factory")
         self._snap: Optional[JobSnapshot] = None
+        self.ledger_dirty = True
         self.id = uuid.uuid4().hex
         self.index = index
         self._prompt = prompt
@@ -191,14 +201,21 @@ class Job:
         self.outputs: List[OutputFile] = []
         self.error: Optional[JobError] = None
         self.history: List[str] = []  # earlier attempts' failures, oldest first
+        #: this attempt's ``executing`` marks (node, wall time), the nodes it had cached, its end
+        self.node_marks: List[Tuple[str, float]] = []
+        self.cached_nodes: Tuple[str, ...] = ()
+        self.ended_at: Optional[float] = None
         self.last_news: float = time.monotonic()
         self.cancel_requested = False
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # any change makes the cached snapshot stale (snapshots of 100,000 jobs stay cheap)
+        # any change makes the cached snapshot stale (snapshots of 100,000 jobs stay cheap);
+        # a change the ledger keeps marks the job for the next ledger write
         object.__setattr__(self, name, value)
-        if name != "_snap":
+        if name not in _UNTRACKED:
             object.__setattr__(self, "_snap", None)
+            if name not in _NOT_LEDGERED:
+                object.__setattr__(self, "ledger_dirty", True)
 
     @property
     def prompt(self) -> Dict[str, Any]:
@@ -231,6 +248,7 @@ class Job:
             finished_at=self.finished_at,
             outputs=tuple(self.outputs),
             error=self.error,
+            history=tuple(self.history),
         )
         self._snap = snap
         return snap
@@ -251,6 +269,7 @@ class BatchSnapshot:
     output_dir: Optional[str] = None
     sequence_name: Optional[str] = None
     existed: Tuple[int, ...] = ()  # frames of the sequence that were there before (overwritten)
+    detached: bool = False  # the client let go before the end: resume it to finish
 
     @property
     def sequences(self) -> Tuple[SequenceInfo, ...]:
@@ -310,6 +329,8 @@ class BatchSnapshot:
     @property
     def state(self) -> str:
         if not self.finished:
+            if self.detached:
+                return "detached"
             return "running" if any(j.state is not JobState.PENDING for j in self.jobs) else "pending"
         if self.ok:
             return "done"
@@ -356,8 +377,14 @@ class Batch:
         #: saving node id -> sequence label ("" = the main sequence); set by the dispatcher
         self.labels: Dict[str, str] = {}
         self.left_out: Dict[str, str] = {}
+        #: nodes the same in every frame (loaders, encoders): their time is setup, not per frame
+        self.static_nodes: FrozenSet[str] = frozenset()
+        #: per server: seconds spent loading models for this batch (setup of cold starts)
+        self.loads: Dict[str, float] = {}
         self.existed: Tuple[int, ...] = ()
         self.lock_file: Any = None  # the SequenceLock held while the batch writes its sequence
+        self.ledger_writer: Any = None  # the batch's BatchWriter in the ledger, when kept there
+        self.ledger_options: Any = None  # what the ledger keeps to resume it (ledger SubmitOptions)
         self.local_error: Optional[str] = None
         self.created_at = time.time()
         self.finished_at: Optional[float] = None
@@ -366,6 +393,15 @@ class Batch:
         self._done = threading.Event()
         self._listeners: List[BatchListener] = []
         self.cancel_requested = False
+        self.detached = False
+
+    def detach(self, message: str) -> None:
+        """The client lets go of an unfinished batch (its prompts may still render): wake waiters."""
+        with self.lock:
+            self.detached = True
+            self.message = message
+        self.changed()
+        self._done.set()
 
     def add_listener(self, callback: BatchListener) -> None:
         """Called with a BatchSnapshot after every change, from the dispatcher thread: only enqueue."""
@@ -399,6 +435,7 @@ class Batch:
                 output_dir=self.output_dir,
                 sequence_name=self.sequence_name,
                 existed=self.existed,
+                detached=self.detached,
             )
 
     def changed(self) -> None:

@@ -14,7 +14,19 @@ Files per batch (JSON lines, UTF-8)::
     <id>.<G>.journal  appended: one JobUpdate (or finish) line per event since compaction G
     <id>.lock         held (flock / msvcrt) by the process writing the batch: a live batch
 
-Record types (frozen dataclasses):
+Modules: this one (the folder: create, open, load, list, prune), :mod:`.ledger_writer`
+(a batch's writer: journal, compaction, lock), :mod:`.ledger_records` (the record
+types) and :mod:`.ledger_io` (atomic replace, complete-line reads, locks).
+
+Use (the dispatcher's side)::
+
+    ledger = Ledger()                                   # state_dir()/batches
+    writer = ledger.create(record_for(batch, options=SubmitOptions(frames="1001-1100", seed=7)))
+    writer.record_job(update_for(job, index))           # on every job state change
+    writer.mark_finished("done")                        # or close() to leave it resumable
+    batch = ledger.load(batch_id); writer = ledger.open(batch_id)   # resume
+
+Record types (frozen dataclasses, in :mod:`.ledger_records`):
 
 - :class:`SubmitOptions` - what resume needs to submit the batch again (frames as
   text, iterations, seed, output folder, sequence name, pinned server).
@@ -176,6 +188,8 @@ class Ledger:
 
     def open(self, batch_id: str) -> BatchWriter:
         """The writer of an existing batch (to resume it); refused while another process holds it."""
+        if not self.path_for(batch_id, ".batch").exists():
+            raise LedgerError(f"no batch {batch_id} in the ledger ({self.root})")
         lock = self._lock(batch_id)
         try:
             batch = self._load(batch_id, live=True)

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Tuple
 
@@ -48,7 +49,20 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _replace(src: str, dst: Path) -> None:
+    # on Windows a reader holding the file open makes replace fail for a moment
+    for attempt in range(20):
+        try:
+            os.replace(src, str(dst))
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == 19:
+                raise
+            time.sleep(0.05)
+
+
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
+    """Temp file in the same folder, fsync, replace, fsync the folder; returns the bytes written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     size = 0
     try:
@@ -58,7 +72,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
                 size += len(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, str(path))
+        _replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

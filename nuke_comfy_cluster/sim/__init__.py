@@ -13,6 +13,8 @@ Command line::
         [--output-directory D] [--input-directory D] [--temp-directory D]
         [--name NAME] [--device-name "Sim GPU"] [--vram-gb G=24]
         [--cache-none] [--preview-method none|auto] [--exit-with-parent]
+        [--without-nodes CLASS[,CLASS]] [--models NAME[,NAME]]
+        [--fail-class CLASS] [--load-seconds L]
         [--fail-next N] [--hang S] [--latency S] [--exit-mid-prompt]
         [--malformed-json N] [--malformed-ws N]
 
@@ -37,6 +39,40 @@ EmptyLatentImage, KSampler (one ``progress`` message per step), VAEDecode,
 VAEEncode, UpscaleModelLoader, ImageUpscaleWithModel (``progress`` per tile).
 ``ImageToMask`` with ``channel: "alpha"`` fails at run time with the real
 ``execution_error`` (the captures' runtime-error workflow).
+
+How one server differs from another (heterogeneous clusters, model loads):
+
+=============================  ==============================================================
+``--without-nodes C1,C2``      the box lacks these node classes (a missing custom node): absent
+                               from ``/object_info``; a prompt using one answers 400
+                               ``{"error": {"type": "invalid_prompt", "message": "Cannot execute
+                               because node C1 does not exist.", "details": "Node ID '#2'", ...},
+                               "node_errors": {}}`` -- ComfyUI 0.3.39's body (later releases say
+                               ``missing_node_type``)
+``--models A,B``               the checkpoint names ``CheckpointLoaderSimple`` accepts (and
+                               ``/models/checkpoints`` lists, sorted); another name answers 400
+                               ``value_not_in_list`` exactly as ComfyUI does
+``--fail-class C``             a node of class C spends its share of time, then fails with a CUDA
+                               out-of-memory ``execution_error`` (``torch.OutOfMemoryError``,
+                               "CUDA out of memory. ...")
+``--load-seconds L``           a loader (``CheckpointLoaderSimple``, ``UpscaleModelLoader``) that
+                               actually runs adds ``L / speed`` seconds; a cached one costs nothing
+                               (classic cache: another model's prompt evicts it, see above)
+=============================  ==============================================================
+
+Checked against real ComfyUI 0.3.39 by ``tests/real/test_conformance.py``
+(``bash scripts/test --real``). Known differences, on purpose or not worth the cost:
+
+- Validation errors of one node: ComfyUI checks a node's inputs in ``set`` order, random per
+  server process, so the order of ``node_errors[id]["errors"]`` varies between real servers;
+  the simulator lists them in the node's input order. Compare them as sets.
+- Pixels: ComfyUI computes in float32 and ``SaveImage`` truncates, so after arithmetic
+  (``ImageInvert`` ...) a channel can be 1 lower than the exact value the simulator writes.
+- Timing and progress: only ``KSampler`` and ``ImageUpscaleWithModel`` send ``progress``
+  (real nodes send it whenever they use a progress bar); ``POST /interrupt`` stops the running
+  node at once (real nodes stop at their next check); node time is simulated, never computed.
+- ``/system_stats`` reports a CUDA device and has a subset of the real ``system`` keys.
+- Only the node classes listed above exist; ``/object_info`` serves their real definitions.
 
 Fault switches -- ``POST /sim/fault`` with a JSON object of any of these
 (answers the current state; ``GET /sim/fault`` reads it; ``POST /sim/reset``

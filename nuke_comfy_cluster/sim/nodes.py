@@ -112,27 +112,26 @@ def _seed_colour(seed: Any) -> RGB:
 
 
 def annotated_filepath(name: str, dirs: Dirs) -> Tuple[str, Optional[str]]:
-    for suffix, base in ((" [output]", dirs.output), (" [input]", dirs.input), (" [temp]", dirs.temp)):
-        if name.endswith(suffix):
-            return name[: -len(suffix)], base
-        if name.endswith(suffix.strip()):
-            return name[: -len(suffix.strip())], base
+    # As folder_paths.annotated_filepath: the marker and the character before it are cut
+    # ("x.png [output]" -> "x.png"; "x.png[output]" -> "x.pn", as on a real server).
+    for marker, base in (("[output]", dirs.output), ("[input]", dirs.input), ("[temp]", dirs.temp)):
+        if name.endswith(marker):
+            return name[: -len(marker) - 1], base
     return name, None
 
 
 def input_path(name: str, dirs: Dirs) -> Optional[str]:
-    """Where an input name (maybe ``"sub/x.png [output]"``) points; None if outside the folders."""
+    """Where an input name (maybe ``"sub/x.png [output]"``) points, as ``get_annotated_filepath``.
+
+    Like ComfyUI, an absolute path is taken as it is and ``..`` is not refused: LoadImage reads
+    any file the server can (a client on a shared drive sends absolute paths)."""
     name, base = annotated_filepath(name, dirs)
-    base = os.path.abspath(base or dirs.input)
-    path = os.path.abspath(os.path.join(base, name))
-    if os.path.commonpath((base, path)) != base:
-        return None
-    return path
+    return os.path.join(base or dirs.input, name)
 
 
 def input_file_exists(name: Any, dirs: Dirs) -> bool:
     path = input_path(str(name), dirs)
-    return path is not None and os.path.isfile(path)
+    return path is not None and os.path.exists(path)
 
 
 def _compute_vars(prefix: str, width: int, height: int) -> str:

@@ -410,7 +410,7 @@ class SimServer:
         base: Optional[str] = None
         for suffix, kind in (("[output]", "output"), ("[input]", "input"), ("[temp]", "temp")):
             if filename.endswith(suffix):
-                filename = filename[: -len(suffix)].rstrip()
+                filename = filename[: -len(suffix) - 1]  # and the character before, as ComfyUI cuts it
                 base = self._dir_by_type(kind)[0]
         if not filename:
             return _empty(400)

@@ -11,6 +11,14 @@ newest snapshot to a :class:`SnapshotBridge`; batches likewise through a
 Widgets only ever read immutable snapshots on the GUI thread; the calls the panel
 makes on the GUI thread (``set_enabled``, ``set_priority``, ``set_override``,
 ``cancel``, ``retry_failed``) do no network I/O.
+
+Lifetime: nothing outside the panel (core listeners, the list of open panels,
+timers) holds the panel itself, only child QObjects, and the panel holds no bound
+method of its own. A closed panel is therefore freed by reference counting on
+the GUI thread, never by the cyclic garbage collector, which runs on whichever
+Python thread happens to allocate (a websocket or status thread) and would delete
+the widgets there: Qt cannot stop their timers from another thread, and the next
+timer event lands on freed memory (the PySide2 test crash of issue 15).
 """
 
 from __future__ import annotations
@@ -36,13 +44,30 @@ TICK_MS = 1000
 #: the longest a closing panel waits for its worker threads (each is bounded by network timeouts)
 SHUTDOWN_WAIT_S = 15.0
 
-_open_panels: weakref.WeakSet[ClusterPanel] = weakref.WeakSet()
+#: the batch relays of open panels (children of the panels, so holding one never
+#: keeps a panel alive, nor makes another thread the one that frees it)
+_open_relays: weakref.WeakSet[BatchRelay] = weakref.WeakSet()
 
 
 def announce_batch(batch: Any) -> None:
     """Show ``batch`` in every open panel (any thread). The Nuke node and scripts call this."""
-    for panel in list(_open_panels):
-        panel.watch_batch(batch)
+    for relay in list(_open_relays):
+        relay.push(batch)
+
+
+class BatchRelay(QtCore.QObject):
+    """Hands batches announced on any thread to the panel, on the GUI thread.
+
+    What the dispatcher and :func:`announce_batch` hold instead of the panel.
+    """
+
+    announced = Signal(object)
+
+    def push(self, batch: Any) -> None:
+        try:
+            emit(self.announced, batch)
+        except RuntimeError:  # the panel and this child are deleted: nothing to show
+            pass
 
 
 class ConfigBanner(QtWidgets.QFrame):
@@ -109,7 +134,6 @@ class ClusterPanel(QtWidgets.QWidget):
     refresh_finished = Signal(float)
     snapshot_applied = Signal(object)
     batch_watched = Signal(str)
-    _batch_announced = Signal(object)
 
     def __init__(
         self,
@@ -141,29 +165,34 @@ class ClusterPanel(QtWidgets.QWidget):
         self.runner = TaskRunner(self)
         self.snapshot_bridge = SnapshotBridge(self)
         self.batch_bridge = BatchBridge(self)
+        self.batch_relay = BatchRelay(self)
 
         self._build()
 
         self.snapshot_bridge.snapshot_changed.connect(self._apply_snapshot)
         self.batch_bridge.batch_changed.connect(self.jobs.update_batch)
-        self._batch_announced.connect(self._watch_batch_gui)
+        self.batch_relay.announced.connect(self._watch_batch_gui, Qt.ConnectionType.QueuedConnection)
         self.pool.add_listener(self.snapshot_bridge.push)
-        self._dispatcher_hook = self._hook_dispatcher()
+        self._dispatcher_hooked = self._hook_dispatcher()
 
         self._tick = QtCore.QTimer(self)
         self._tick.setInterval(TICK_MS)
         self._tick.timeout.connect(self._on_tick)
         self._tick.start()
+        # children, not QTimer.singleShot(0, self.method): a pending single shot would hold
+        # the panel and call it after it was closed
+        self._fit_timer = _one_shot(self, self._fit_table)
+        self._refresh_timer = _one_shot(self, self.refresh)
 
         app = QtWidgets.QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
-        _open_panels.add(self)
+        _open_relays.add(self.batch_relay)
 
         self._apply_snapshot(self.pool.snapshot())
         self._scan_batches()
         if auto_refresh:
-            QtCore.QTimer.singleShot(0, self.refresh)
+            self._refresh_timer.start()
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -256,7 +285,8 @@ class ClusterPanel(QtWidgets.QWidget):
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802
         super().resizeEvent(event)
         # after the layout has given the splitter its new size
-        QtCore.QTimer.singleShot(0, self._fit_table)
+        if not self._closed:
+            self._fit_timer.start()
 
     # -- snapshots -----------------------------------------------------------------------
     def _apply_snapshot(self, snap: PoolSnapshot) -> None:
@@ -345,7 +375,7 @@ class ClusterPanel(QtWidgets.QWidget):
         snap = self.model.snapshot
         if snap is not None:
             self._update_override(snap, now)
-        if self._dispatcher_hook is None:
+        if not self._dispatcher_hooked:
             self._scan_batches()
 
     def _status_style(self, style: str) -> None:
@@ -460,16 +490,15 @@ class ClusterPanel(QtWidgets.QWidget):
         emit(self.refresh_finished, elapsed)
 
     # -- batches -----------------------------------------------------------------------------
-    def _hook_dispatcher(self) -> Optional[Callable[[Any], None]]:
+    def _hook_dispatcher(self) -> bool:
         """Use a dispatcher batch hook when the core has one; else batches are found by a
         cheap in-memory scan of ``dispatcher.batches`` on the tick, plus :meth:`watch_batch`."""
         dispatcher = getattr(self.cluster, "dispatcher", None)
         add = getattr(dispatcher, "add_batch_listener", None)
         if add is None:
-            return None
-        hook = self.watch_batch
-        add(hook)
-        return hook
+            return False
+        add(self.batch_relay.push)
+        return True
 
     def _scan_batches(self) -> None:
         dispatcher = getattr(self.cluster, "dispatcher", None)
@@ -481,10 +510,7 @@ class ClusterPanel(QtWidgets.QWidget):
         """Show ``batch`` in the jobs view and follow it. Safe from any thread."""
         if self._closed:
             return
-        try:
-            emit(self._batch_announced, batch)
-        except RuntimeError:  # the widget is gone
-            pass
+        self.batch_relay.push(batch)
 
     def _watch_batch_gui(self, batch: Any) -> None:
         if self._closed or batch.id in self._batches:
@@ -563,18 +589,29 @@ class ClusterPanel(QtWidgets.QWidget):
         if self._closed:
             return True
         self._closed = True
-        _open_panels.discard(self)
+        _open_relays.discard(self.batch_relay)
         self._tick.stop()
+        self._fit_timer.stop()
+        self._refresh_timer.stop()
         self.pool.remove_listener(self.snapshot_bridge.push)
         self.snapshot_bridge.close()
-        if self._dispatcher_hook is not None:
+        if self._dispatcher_hooked:
             remove = getattr(self.cluster.dispatcher, "remove_batch_listener", None)
             if remove is not None:
-                remove(self._dispatcher_hook)
+                remove(self.batch_relay.push)
         for batch in self._batches.values():
             batch.remove_listener(self.batch_bridge.push)
         self.batch_bridge.close()
         return self.runner.shutdown(timeout)
+
+
+def _one_shot(parent: QtCore.QObject, slot: Callable[[], Any]) -> QtCore.QTimer:
+    """A single-shot, zero-delay timer owned by ``parent``: it dies with it."""
+    timer = QtCore.QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(0)
+    timer.timeout.connect(slot)
+    return timer
 
 
 def _short(reason: str, limit: int = 60) -> str:

@@ -39,10 +39,10 @@ def test_one_read_per_sequence_each_with_its_range_and_the_files_format(fake: Fa
 
     node = fake.nuke.nodes.Group(name="Comfy1")
     read_main, read_matte = R.apply_reads(node, specs)
-    # the range goes with the file name, so Nuke reads the files' own format
-    assert fake.called("File_Knob.fromUserText") == [("file", main.pattern + " 1-4"), ("file", matte.pattern + " 1-4")]
     assert (read_main.format().width(), read_main.format().height()) == (8, 8)  # not the project's 1920x1080
     assert read_matte.format().width() == 6
+    # the range goes with the file name: that is what makes Nuke read the files' own format
+    assert fake.called("File_Knob.fromUserText") == [("file", main.pattern + " 1-4"), ("file", matte.pattern + " 1-4")]
     assert read_main["file"].value() == main.pattern
     assert (read_matte["origfirst"].value(), read_matte["origlast"].value()) == (1, 4)
     assert (read_main["on_error"].value(), read_matte["on_error"].value()) == ("error", "checkerboard")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
@@ -50,13 +51,24 @@ def first_pixel(path: str) -> Tuple[int, int, int]:
     return pixel
 
 
-def assert_sequence(out_dir: str, name: str, frames: Iterable[int], colour: Callable[[int], Tuple[int, int, int]]):
-    """Exactly one file per frame, named name.####.png, each with the frame's colour."""
+def assert_sequence(
+    out_dir: str,
+    name: str,
+    frames: Iterable[int],
+    colour: Callable[[int], Tuple[int, int, int]],
+    float32_rounding: bool = False,
+):
+    """Exactly one file per frame, named name.####.png, each with the frame's colour.
+
+    ``float32_rounding``: ComfyUI's image nodes compute in float32 and SaveImage truncates,
+    so after arithmetic (ImageInvert) a channel may come out 1 lower than the exact value."""
     frames = list(frames)
     files = sorted(f for f in os.listdir(out_dir) if f.startswith(name + "."))
     assert files == [f"{name}.{f:04d}.png" for f in frames], files
+    slack = 1 if float32_rounding else 0
     for frame, file in zip(frames, files):
-        assert first_pixel(os.path.join(out_dir, file)) == colour(frame), (file, colour(frame))
+        got, want = first_pixel(os.path.join(out_dir, file)), colour(frame)
+        assert all(0 <= w - g <= slack for g, w in zip(got, want)), (file, got, want)
 
 
 def executions(servers: Iterable[RealServer]) -> Dict[str, int]:
@@ -94,3 +106,17 @@ def opt_makespan(frames: int, speeds: Sequence[float], frame_s: float, load_s: f
         best = min(range(len(speeds)), key=ends.__getitem__)
         finish[best] = ends[best]
     return max(finish)
+
+
+def png_text(data: bytes) -> Dict[str, str]:
+    """The tEXt chunks of a PNG (where SaveImage writes the prompt and extra_pnginfo)."""
+    out: Dict[str, str] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\x00")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+    return out

@@ -10,6 +10,7 @@ equal, or it is a difference listed in the simulator's docs (nuke_comfy_cluster/
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import uuid
@@ -23,9 +24,9 @@ from nuke_comfy_cluster.sim.png import png_first_pixel, solid_png
 from nuke_comfy_cluster.sim.process import SimProcess
 from nuke_comfy_cluster.sim.testkit import WsRecorder, key_shape, wait_idle
 
-from .helpers import sampler_workflow, unique
+from .helpers import png_text, sampler_workflow, unique
 
-pytestmark = [pytest.mark.real, pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.integration, pytest.mark.timeout(600)]
 
 T = 10
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -370,7 +371,7 @@ def _strip_prompts(queue: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def test_upload_and_view_match(pair):
-    name = f"{unique('up')}.png"
+    name, prefix = f"{unique('up')}.png", unique("ld")
     one, two = solid_png(8, 8, (1, 2, 3)), solid_png(8, 8, (4, 5, 6))
 
     def scenario(target, ws):
@@ -397,15 +398,46 @@ def test_upload_and_view_match(pair):
         prompt = {
             "1": {"class_type": "LoadImage", "inputs": {"image": f"sub/dir/{name}"}},
             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": unique("ld")}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
         }
-        result = run(target, prompt, ws)
+        result = run(target, prompt, ws, extra={"extra_pnginfo": {"ncc": {"job": "j1"}}})
         image = result.history["outputs"]["3"]["images"][0]
-        return answers, views, ws_kinds(result.messages), view(target, image)[3]
+        text = png_text(requests.get(target.url + "/view", params=image, timeout=T).content)
+        return answers, views, ws_kinds(result.messages), view(target, image)[3], text
+
+    sim_result, real_result = both(pair, scenario)
+    assert sim_result[:4] == real_result[:4]
+    assert real_result[3] == (254, 253, 252)
+    # the PNG holds the prompt as executed: LoadImage carries "is_changed" (the file's sha256)
+    sim_text, real_text = sim_result[4], real_result[4]
+    assert sorted(sim_text) == sorted(real_text) == ["ncc", "prompt"]
+    assert json.loads(sim_text["prompt"]) == json.loads(real_text["prompt"])
+    assert sim_text["prompt"] == real_text["prompt"]  # byte for byte, key order included
+    assert json.loads(real_text["prompt"])["1"]["is_changed"] == [hashlib.sha256(one).hexdigest()]
+    assert json.loads(sim_text["ncc"]) == json.loads(real_text["ncc"]) == {"job": "j1"}
+
+
+def test_absolute_input_path_matches(pair, tmp_path):
+    # LoadImage takes an absolute path too (what a client on a shared drive sends)
+    picture = tmp_path / "abs.png"
+    picture.write_bytes(solid_png(8, 8, (30, 60, 90)))
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": str(picture)}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": unique("abs")}},
+    }
+
+    def scenario(target, ws):
+        response = requests.post(target.url + "/prompt", json={"prompt": prompt, "client_id": ws.client_id}, timeout=T)
+        if response.status_code != 200:
+            return response.status_code, norm(response.json()), None
+        ws.wait_done(response.json()["prompt_id"], 60)
+        entry = requests.get(f"{target.url}/history/{response.json()['prompt_id']}", timeout=T).json()
+        outputs = next(iter(entry.values()))["outputs"]
+        return response.status_code, None, view(target, outputs["3"]["images"][0])[3] if outputs else None
 
     sim_result, real_result = both(pair, scenario)
     assert sim_result == real_result
-    assert real_result[3] == (254, 253, 252)
 
 
 def test_info_routes_match(pair):
