@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Dict, Tuple
 
 import pytest
 import requests
@@ -37,6 +38,22 @@ WORKFLOW = {
 }
 
 
+#: scenario -> (most re-runs, most late results ignored). Wasted GPU time is possible, double
+#: delivery is not (docs/RELIABILITY.md); these bound the waste to what each fault explains.
+#: Measured at this size: 0/0 everywhere but sigstop 1/2, http_500 2-3/0, malformed_json 0-1/0-1.
+WASTE: Dict[str, Tuple[int, int]] = {
+    # the frame running at the freeze finishes on SIGCONT before the interrupt lands: 1 re-run,
+    # its execution_success and final "executing" arrive late; the queued one is deleted
+    "sigstop": (1, 2),
+    # a result that cannot be fetched (/view, /history answer 500) is rendered again elsewhere:
+    # at most the prompts sim0 held (its window) when the 500s began, and one submit racing them
+    "http_500": (4, 0),
+    # a prompt behind a garbled submit answer may run before the (also garbled) clean-up deletes
+    # or interrupts it; each such orphan brings at most two late messages
+    "malformed_json": (4, 8),
+}
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_every_frame_is_delivered_once(name, tmp_path):
@@ -46,6 +63,9 @@ def test_every_frame_is_delivered_once(name, tmp_path):
     assert result.lost == 0, detail
     assert result.duplicated == 0, detail
     assert result.delivered == CI.frames, detail
+    most_rerun, most_late = WASTE.get(name, (0, 0))
+    assert result.rerun <= most_rerun, f"{result.rerun} of our prompts ran twice (at most {most_rerun}): {detail}"
+    assert result.late_ignored <= most_late, f"{result.late_ignored} late results (at most {most_late}): {detail}"
 
     if name in ("sigkill", "sigstop", "restart"):
         # the frame caught on the broken server went elsewhere, and the user was told why

@@ -400,3 +400,19 @@ def test_detach_leaves_prompts_rendering_and_wait_returns(start_sims, tmp_path):
     assert snap.state == "detached" and "resume" in snap.message and batch.id in snap.message
     queue = requests.get(proc.url + "/queue", timeout=5).json()
     assert queue["queue_running"] or queue["queue_pending"]  # still rendering there
+
+
+def test_the_render_check_accepts_what_comfyui_converts_and_adds():
+    """ComfyUI embeds the prompt after validation: "1" for an INT input comes back as 1, and
+    LoadImage nodes gain is_changed. Neither makes a render another frame's."""
+    sent = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "color": "1"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+    }
+    embedded = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16.0, "color": 1}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "a.png"}, "is_changed": ["abc"]},
+    }
+    assert prompt_digest(sent) == prompt_digest(embedded)
+    embedded["1"]["inputs"]["color"] = 2
+    assert prompt_digest(sent) != prompt_digest(embedded)

@@ -176,13 +176,32 @@ def prompt_digest(prompt: Dict[str, Any]) -> str:
     """What identifies a prompt's render: each node's class and inputs, canonical JSON, hashed.
 
     Only ``class_type`` and ``inputs`` count: ComfyUI adds keys of its own (``is_changed``
-    for LoadImage) to the prompt it embeds, and ``_meta`` titles change nothing rendered.
+    for LoadImage) to the prompt it embeds, ``_meta`` titles change nothing rendered, and its
+    validation stores converted values (``"7"`` sent to an INT input is embedded as ``7``).
     """
     core = {
-        str(k): {"class_type": v.get("class_type"), "inputs": v.get("inputs")} if isinstance(v, dict) else v
+        str(k): {"class_type": v.get("class_type"), "inputs": _normal(v.get("inputs"))} if isinstance(v, dict) else v
         for k, v in prompt.items()
     }
     return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _normal(value: Any) -> Any:
+    """Numbers as ComfyUI's validation stores them whatever we sent ("1", 1 and 1.0 alike)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {str(k): _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
 
 
 def verify_file(data: bytes, filename: str, content_type: str = "", digest: Optional[str] = None) -> None:

@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import balancing
+from . import balancing, compatibility
 from .delivery import (
     LocalWriteError,
     SuspectResult,
@@ -66,6 +66,7 @@ from .results import (
 from .scheduler import Scheduler, ServerLoad
 from .server import ComfyUIServer
 from .state import JobState
+from .triage import EXECUTION, REJECTION, Blame
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,20 @@ def _fingerprint(batch: Batch) -> str:
 def _named(name: str, reason: str) -> str:
     """``name: reason`` unless the reason already starts with the name."""
     return reason if reason.startswith(name + ":") else "{}: {}".format(name, reason)
+
+
+def _the_workflows(error: WorkflowError, message: str) -> WorkflowError:
+    """The error as the workflow's, named once: no "on gpu3" when every server said the same."""
+    text = error.message if message == user_message(error) else message
+    return WorkflowError(
+        text,
+        node_id=error.node_id,
+        node_type=error.node_type,
+        traceback=error.traceback,
+        details=error.details,
+        error_type=error.error_type,
+        job_id=error.job_id,
+    )
 
 
 def _comfy_rejection(body: Any) -> bool:
@@ -348,6 +363,79 @@ class Dispatcher(RecoveryMixin):
             return self.tick
         return max(0.005, min(self.tick, min(wakeups) - now))
 
+    def _check_compatibility(self, batch: Batch) -> None:
+        """Before anything is sent: which servers lack a node or a model this workflow needs.
+
+        Runs off the loop (``/object_info/{class}`` per class the workflow uses, cached per
+        server); the batch waits for the answer, at most the check's deadline.
+        """
+        batch.left_out = batch.evidence.left_out
+        workflow = batch.workflow if batch.workflow is not None else (batch.jobs[0].prompt if batch.jobs else None)
+        names = [batch.pinned] if batch.pinned else [s.name for s in self.pool.server_snapshots() if s.enabled]
+        servers = [s for s in (self.pool.get_server_by_name(n) for n in names) if s is not None]
+        if not workflow or not servers:
+            return
+        batch.checking = True
+
+        def work() -> None:
+            try:
+                results = compatibility.check_servers(servers, workflow)
+                error: Optional[BaseException] = None
+            except (ClusterError, ValueError) as e:
+                results, error = {}, e
+
+            def done() -> None:
+                batch.checking = False
+                if error is not None:
+                    log.warning("%s: compatibility check failed: %s", batch.name, error)
+                self._compatibility_known(batch, results)
+
+            self._call(done)
+
+        self._io(work)
+
+    def _compatibility_known(self, batch: Batch, results: Dict[str, Any]) -> None:
+        for name, reasons in compatibility.left_out(results).items():
+            batch.evidence.leave_out(name, "; ".join(reasons) or f"{name}: cannot run this workflow")
+        failure = compatibility.no_server_error(results)
+        if failure is not None:
+            # nothing was sent: fail every frame now, with every server's reason
+            self._workflow_rejected(batch, None, failure)
+            return
+        text = compatibility.summary(results)
+        if text:
+            batch.message = text[0].upper() + text[1:]
+            log.warning("%s: %s", batch.name, text)
+        self._touch(batch)
+
+    def _candidates(self, batch: Batch) -> List[str]:
+        """Servers that could run this batch now: enabled, available, not left out."""
+        now = time.time()
+        names = [batch.pinned] if batch.pinned else None
+        return [
+            s.name
+            for s in self.pool.server_snapshots()
+            if (names is None or s.name in names) and s.is_available(now) and s.name not in batch.left_out
+        ]
+
+    def _workflow_failed(self, batch: Batch, job: Job, server: str, error: WorkflowError, kind: str) -> None:
+        """A rejection or an execution error: the server's problem or the workflow's? (triage.py)"""
+        verdict = batch.evidence.failed(server, error, kind, self._candidates(batch))
+        if verdict.blame is Blame.WORKFLOW:
+            if kind == REJECTION:
+                self._workflow_rejected(batch, job, _the_workflows(error, verdict.message))
+            else:
+                self._finish(batch, job, JobState.FAILED, JobError.from_exception(error, server))
+            return
+        if verdict.message and batch.message != verdict.message:
+            log.warning("%s: %s", batch.name, verdict.message)
+        if verdict.blame is Blame.SERVER:
+            with batch.lock:
+                job.attempts = max(0, job.attempts - 1)  # the server's fault, not the frame's
+        self._requeue(batch, job, server, verdict.message)
+        summary = batch.evidence.summary(len(self.pool.servers))
+        batch.message = summary[0].upper() + summary[1:] if summary else verdict.message
+
     def _keep_in_ledger(self, batch: Batch) -> None:
         if self.ledger is None or batch.ledger_writer is not None:
             return
@@ -385,6 +473,7 @@ class Dispatcher(RecoveryMixin):
             # two frames' prompts tell the nodes that are the same in every frame (the setup)
             batch.static_nodes = static_nodes(j.prompt for j in batch.jobs[:2])
         self._keep_in_ledger(batch)
+        self._check_compatibility(batch)
         for job in batch.jobs:  # a resumed batch: follow the prompts it left on servers
             if job.state in (JobState.SUBMITTED, JobState.RUNNING) and job.prompt_id and job.server:
                 token = job.attempt_token or uuid.uuid4().hex
@@ -517,13 +606,15 @@ class Dispatcher(RecoveryMixin):
         now_mono = time.monotonic()
         snaps = {s.name: s for s in self.pool.server_snapshots()}
         for batch in list(self._batches):
-            if batch.cancel_requested:
+            if batch.cancel_requested or batch.checking:
                 continue
             pending = self._waiting_jobs(batch, limit=max(256, 32 * len(snaps)))
             if not pending:
                 continue
             names = [batch.pinned] if batch.pinned else list(snaps)
-            usable = [snaps[n] for n in names if n in snaps and snaps[n].is_available(now_wall)]
+            usable = [
+                snaps[n] for n in names if n in snaps and snaps[n].is_available(now_wall) and n not in batch.left_out
+            ]
             if not usable:
                 self._wait_for_servers(batch, pending, snaps, now_wall)
                 continue
@@ -732,6 +823,7 @@ class Dispatcher(RecoveryMixin):
             self._check_orphans(server.name)
             return
         server.note_submitted(time.time())
+        batch.evidence.accepted(server.name)
         with batch.lock:
             job.prompt_id = prompt_id
             job.sent_digest = digest
@@ -764,7 +856,7 @@ class Dispatcher(RecoveryMixin):
             and 400 <= exc.status < 500
             and _comfy_rejection(exc.body)
         ):
-            self._workflow_rejected(batch, job, workflow_error_from_rejection(exc, job.id))
+            self._workflow_failed(batch, job, server.name, workflow_error_from_rejection(exc, job.id), REJECTION)
             return
         if isinstance(exc, WorkflowError):
             self._finish(batch, job, JobState.FAILED, JobError.from_exception(exc, server.name))
@@ -788,10 +880,11 @@ class Dispatcher(RecoveryMixin):
                     job.attempts = max(0, job.attempts - 1)
         self._requeue(batch, job, server.name, reason)
 
-    def _workflow_rejected(self, batch: Batch, job: Job, error: WorkflowError) -> None:
+    def _workflow_rejected(self, batch: Batch, job: Optional[Job], error: WorkflowError) -> None:
         """A validation error fails the same way on every frame: stop the batch, report once."""
         info = JobError.from_exception(error, error.server)
-        self._finish(batch, job, JobState.FAILED, info)
+        if job is not None:
+            self._finish(batch, job, JobState.FAILED, info)
         with batch.lock:
             batch.message = f"Workflow rejected: {user_message(error)}"
             for other in batch.jobs:
@@ -855,7 +948,7 @@ class Dispatcher(RecoveryMixin):
             self._succeeded(batch, job)
         elif kind is EventType.EXECUTION_ERROR:
             error = workflow_error_from_execution(event.data, event.server, job.id)
-            self._finish(batch, job, JobState.FAILED, JobError.from_exception(error, event.server))
+            self._workflow_failed(batch, job, event.server, error, EXECUTION)
         elif kind is EventType.EXECUTION_INTERRUPTED:
             if job.cancel_requested:
                 self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
@@ -995,6 +1088,7 @@ class Dispatcher(RecoveryMixin):
         self._warn_if_short_of_space(batch, folder, delivered)
         done = job.server_done_mono if job.server_done_mono is not None else now
         server.record_success((done - started) if started is not None else None)
+        batch.evidence.succeeded(server.name)
         self._finish(batch, job, JobState.DONE)
 
     def _warn_if_short_of_space(self, batch: Batch, folder: str, delivered: List[OutputFile]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .errors import ClusterError, WorkflowError
 from .state import JobState
+from .triage import BatchEvidence
 
 PromptPreparer = Callable[[Dict[str, Any], Any], Dict[str, Any]]
 #: makes a job's prompt when it is sent (frames stay small until then)
@@ -376,7 +377,10 @@ class Batch:
         self.workflow = workflow
         #: saving node id -> sequence label ("" = the main sequence); set by the dispatcher
         self.labels: Dict[str, str] = {}
-        self.left_out: Dict[str, str] = {}
+        #: what each server did with this batch and which are left out of it, and why
+        self.evidence = BatchEvidence()
+        self.left_out: Dict[str, str] = self.evidence.left_out
+        self.checking = False  # the servers' compatibility is being checked: nothing is sent yet
         #: nodes the same in every frame (loaders, encoders): their time is setup, not per frame
         self.static_nodes: FrozenSet[str] = frozenset()
         #: per server: seconds spent loading models for this batch (setup of cold starts)

@@ -145,7 +145,7 @@ class RecoveryMixin:
                             data = history_error(entry)
                             if data:
                                 err = workflow_error_from_execution(data, name, job.id)
-                                self._finish(batch, job, JobState.FAILED, JobError.from_exception(err, name))
+                                self._workflow_failed(batch, job, name, err, "execution")
                             elif job.cancel_requested:
                                 self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
                             else:

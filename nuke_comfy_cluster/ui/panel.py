@@ -33,7 +33,7 @@ from ..core.state import PoolSnapshot
 from .jobs_view import JobsView
 from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit
 from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView
-from .workers import BatchBridge, SnapshotBridge, TaskError, TaskRunner
+from .workers import BatchBridge, BatchRelay, SnapshotBridge, TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
 Qt = QtCore.Qt
@@ -53,21 +53,6 @@ def announce_batch(batch: Any) -> None:
     """Show ``batch`` in every open panel (any thread). The Nuke node and scripts call this."""
     for relay in list(_open_relays):
         relay.push(batch)
-
-
-class BatchRelay(QtCore.QObject):
-    """Hands batches announced on any thread to the panel, on the GUI thread.
-
-    What the dispatcher and :func:`announce_batch` hold instead of the panel.
-    """
-
-    announced = Signal(object)
-
-    def push(self, batch: Any) -> None:
-        try:
-            emit(self.announced, batch)
-        except RuntimeError:  # the panel and this child are deleted: nothing to show
-            pass
 
 
 class ConfigBanner(QtWidgets.QFrame):
@@ -171,7 +156,7 @@ class ClusterPanel(QtWidgets.QWidget):
 
         self.snapshot_bridge.snapshot_changed.connect(self._apply_snapshot)
         self.batch_bridge.batch_changed.connect(self.jobs.update_batch)
-        self.batch_relay.announced.connect(self._watch_batch_gui, Qt.ConnectionType.QueuedConnection)
+        self.batch_relay.announced.connect(self._watch_batch_gui)
         self.pool.add_listener(self.snapshot_bridge.push)
         self._dispatcher_hooked = self._hook_dispatcher()
 
@@ -599,6 +584,7 @@ class ClusterPanel(QtWidgets.QWidget):
             remove = getattr(self.cluster.dispatcher, "remove_batch_listener", None)
             if remove is not None:
                 remove(self.batch_relay.push)
+        self.batch_relay.close()
         for batch in self._batches.values():
             batch.remove_listener(self.batch_bridge.push)
         self.batch_bridge.close()

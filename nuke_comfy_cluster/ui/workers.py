@@ -8,7 +8,14 @@ The GUI thread never does network I/O. Three kinds of helpers:
 - :class:`SnapshotBridge` is what a pool listener calls from a pool thread: it
   keeps only the newest :class:`PoolSnapshot` and delivers it on the GUI thread,
   at most ten times a second, so a burst of status pushes costs one update.
-- :class:`BatchBridge` does the same per batch for :class:`BatchSnapshot`.
+- :class:`BatchBridge` does the same per batch for :class:`BatchSnapshot`, and
+  :class:`BatchRelay` for batches announced to a panel.
+
+A bridge is what core threads hold, never the widget it serves: it is a child of
+that widget, so holding it neither keeps the widget alive nor makes a core thread
+the one that frees it. Emitting and closing are exclusive (one lock), and a bridge
+closes itself when Qt destroys it: once :meth:`_Bridge.close` returns or the
+object is being destroyed, no core thread is inside ``emit`` on it.
 
 Shutdown: every QThread started here is remembered in a module-level set until it
 has finished, so no QThread object is ever destroyed while running (the
@@ -18,6 +25,7 @@ waits for them; the work itself is bounded by network timeouts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -204,6 +212,23 @@ def running_task_count() -> int:
 DELIVERIES_PER_S = 10
 
 
+class _Gate:
+    """Whether a bridge still emits, and the lock that makes emitting and closing exclusive.
+
+    A plain object, so the ``destroyed`` connection holds it (strongly: the bridge's
+    Python side may be gone when Qt destroys it) and not the bridge."""
+
+    __slots__ = ("lock", "closed")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self, *_: Any) -> None:
+        with self.lock:
+            self.closed = True
+
+
 class _Bridge(QtCore.QObject):
     """Keeps what core threads push and hands it to the GUI thread, coalesced and paced.
 
@@ -216,28 +241,36 @@ class _Bridge(QtCore.QObject):
 
     def __init__(self, parent: Optional[QtCore.QObject] = None, min_interval: Optional[float] = None) -> None:
         super().__init__(parent)
-        self._lock = threading.Lock()
+        self._gate = _Gate()
+        self._lock = self._gate.lock
         self._pending = False
-        self._dead = False
         self._last = 0.0
         self.min_interval = 1.0 / DELIVERIES_PER_S if min_interval is None else min_interval
         self._timer = QtCore.QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._deliver)
         self._poked.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
+        # runs in ~QObject (GUI thread), before Qt drops this object's posted events: it
+        # waits for a push that is emitting right now, and refuses the next ones
+        self.destroyed.connect(functools.partial(_Gate.close, self._gate))
+
+    @property
+    def _dead(self) -> bool:
+        return self._gate.closed
 
     def push(self, snapshot: Any) -> None:
         with self._lock:
-            if self._dead:
+            if self._gate.closed:
                 return
             self._store(snapshot)
             if self._pending:
                 return
             self._pending = True
-        try:
-            emit(self._poked)
-        except RuntimeError:  # the C++ object is gone (widget deleted): stop quietly
-            self._dead = True
+            # under the lock: close() (and the destructor) wait for this emit to end
+            try:
+                emit(self._poked)
+            except RuntimeError:  # the C++ object is gone (widget deleted): stop quietly
+                self._gate.closed = True
 
     def _deliver(self) -> None:
         wait = self._last + self.min_interval - time.monotonic()
@@ -249,12 +282,12 @@ class _Bridge(QtCore.QObject):
             items = self._take()
             self._pending = False
         self._last = time.monotonic()
-        if not self._dead:
+        if not self._gate.closed:
             self._send(items)
 
     def close(self) -> None:
         with self._lock:
-            self._dead = True
+            self._gate.closed = True
             self._take()
         self._timer.stop()
 
@@ -308,3 +341,25 @@ class BatchBridge(_Bridge):
     def _send(self, latest: Any) -> None:
         for snapshot in latest.values():
             emit(self.batch_changed, snapshot)
+
+
+class BatchRelay(_Bridge):
+    """Batches announced on any thread (by the dispatcher, the Nuke node) ->
+    ``announced(batch)`` on the GUI thread, each batch once per delivery."""
+
+    announced = Signal(object)
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None, min_interval: Optional[float] = None) -> None:
+        super().__init__(parent, 0.0 if min_interval is None else min_interval)
+        self._latest: Dict[str, Any] = {}
+
+    def _store(self, batch: Any) -> None:
+        self._latest[batch.id] = batch
+
+    def _take(self) -> Any:
+        latest, self._latest = self._latest, {}
+        return latest
+
+    def _send(self, latest: Any) -> None:
+        for batch in latest.values():
+            emit(self.announced, batch)

@@ -105,7 +105,6 @@ def test_node_cache_identical_frame_skipped_and_model_switch_reloads(fleet):
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 in progress")
 def test_server_without_the_custom_nodes_is_left_out_with_a_reason(fleet, tmp_path):
     servers = [fleet["bare"], fleet["fast"], fleet["mid"]]  # the fastest box lacks the nodes
     frames = range(1, 9)
@@ -118,6 +117,7 @@ def test_server_without_the_custom_nodes_is_left_out_with_a_reason(fleet, tmp_pa
     assert_sequence(str(tmp_path), "he", frames, frame_colour)
     assert "bare" not in snap.servers and set(snap.servers) == {"fast", "mid"}
     assert "bare" in snap.message and "NccTest" in snap.message, snap.message
+    assert dict(snap.left_out)["bare"].startswith("bare: no node NccTest"), snap.left_out
 
 
 def test_cancel_spares_another_clients_prompts(fleet, tmp_path):
