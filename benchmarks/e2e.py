@@ -1,8 +1,13 @@
 """End-to-end scheduling on real simulator processes: our dispatcher against the baselines.
 
-``python -m benchmarks.e2e [--json] [--quick] [--seconds S]``
+``python -m benchmarks.e2e [--json] [--quick] [--seconds S] [--real] [--frames N[,N]]``
 
 Three simulator processes at speeds 1 / 0.5 / 0.25 on 127.0.0.1, 24 and 96 frames.
+``--real``: the same on three real ComfyUI 0.3.39 servers (``benchmarks/real_servers.py``;
+~850 MB each), GPU work emulated by the test-only sampler node sleeping seconds/speed;
+24 frames of 1 s by default (a few minutes on 2 cores, server starts included). Each
+server runs one throw-away prompt first, so ComfyUI's one-time lazy imports (~1 s on the
+first prompt after start) are not charged to whichever policy runs first.
 Printed side by side, in the same run:
 - ours: the real Cluster (websocket push, pull scheduling);
 - one server, frame after frame (the fastest; how single-server Nuke integrations submit);
@@ -20,14 +25,15 @@ import json
 import sys
 import time
 import uuid
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import requests
 
+from benchmarks.real_servers import RealUnavailable, real_fleet, real_fleet_note, real_workflow, unique_model
 from nuke_comfy_cluster.core.api import Cluster
 from nuke_comfy_cluster.core.config import ServerConfig
 from nuke_comfy_cluster.core.templating import frame_prompt
-from nuke_comfy_cluster.sim.process import SimProcess, start_cluster, stop_all
+from nuke_comfy_cluster.sim.process import start_cluster, stop_all
 
 SPEEDS = (1.0, 0.5, 0.25)
 WORKFLOW = {
@@ -46,9 +52,9 @@ def opt_makespan(frames: int, frame_times: Sequence[float]) -> float:
     return max(free)
 
 
-def _post(url: str, client: str, frame: int) -> str:
+def _post(url: str, client: str, frame: int, workflow: Dict[str, Any]) -> str:
     # one distinct prompt per frame, as ours sends: identical prompts would be served from cache
-    body = {"prompt": frame_prompt(WORKFLOW, frame), "client_id": client, "extra_data": {"frame": frame}}
+    body = {"prompt": frame_prompt(workflow, frame), "client_id": client, "extra_data": {"frame": frame}}
     r = requests.post(url + "/prompt", json=body, timeout=10)
     r.raise_for_status()
     return r.json()["prompt_id"]
@@ -66,31 +72,34 @@ def _wait_history(url: str, ids: List[str], timeout: float) -> None:
         raise RuntimeError(f"{len(pending)} prompts did not finish on {url}")
 
 
-def baseline_sequential(proc: SimProcess, frames: int) -> float:
+# ``procs``: simulator processes or real servers (anything with ``url`` and ``port``)
+
+
+def baseline_sequential(proc: Any, frames: int, workflow: Dict[str, Any] = WORKFLOW) -> float:
     client = uuid.uuid4().hex
     started = time.monotonic()
     for f in range(1, frames + 1):
-        _wait_history(proc.url, [_post(proc.url, client, f)], 120)
+        _wait_history(proc.url, [_post(proc.url, client, f, workflow)], 120)
     return time.monotonic() - started
 
 
-def _all_at_once(procs: Sequence[SimProcess], frames: int, pick) -> float:  # type: ignore[no-untyped-def]
+def _all_at_once(procs: Sequence[Any], frames: int, pick, workflow: Dict[str, Any]) -> float:  # type: ignore[no-untyped-def]
     client = uuid.uuid4().hex
     started = time.monotonic()
     sent: Dict[str, List[str]] = {p.url: [] for p in procs}
     for f in range(1, frames + 1):
         url = pick(f)
-        sent[url].append(_post(url, client, f))
+        sent[url].append(_post(url, client, f, workflow))
     for url, ids in sent.items():
         _wait_history(url, ids, 600)
     return time.monotonic() - started
 
 
-def baseline_round_robin(procs: Sequence[SimProcess], frames: int) -> float:
-    return _all_at_once(procs, frames, lambda f: procs[f % len(procs)].url)
+def baseline_round_robin(procs: Sequence[Any], frames: int, workflow: Dict[str, Any] = WORKFLOW) -> float:
+    return _all_at_once(procs, frames, lambda f: procs[f % len(procs)].url, workflow)
 
 
-def baseline_least_queue(procs: Sequence[SimProcess], frames: int) -> float:
+def baseline_least_queue(procs: Sequence[Any], frames: int, workflow: Dict[str, Any] = WORKFLOW) -> float:
     def pick(_f: int) -> str:
         loads = []
         for i, p in enumerate(procs):
@@ -98,18 +107,22 @@ def baseline_least_queue(procs: Sequence[SimProcess], frames: int) -> float:
             loads.append((remaining, i))
         return procs[min(loads)[1]].url
 
-    return _all_at_once(procs, frames, pick)
+    return _all_at_once(procs, frames, pick, workflow)
 
 
-def ours(procs: Sequence[SimProcess], frames: int) -> Dict[str, Any]:
-    servers = [ServerConfig(name=f"sim{i}", ip="127.0.0.1", port=p.port, priority=i) for i, p in enumerate(procs)]
+def ours(procs: Sequence[Any], frames: int, workflow: Dict[str, Any] = WORKFLOW) -> Dict[str, Any]:
+    # real servers have names (real0..); simulators are sim0.. as before
+    servers = [
+        ServerConfig(name=getattr(p, "name", None) or f"sim{i}", ip="127.0.0.1", port=p.port, priority=i)
+        for i, p in enumerate(procs)
+    ]
     with Cluster.from_servers(servers) as cluster:
         cluster.pool.update_all_server_status(force=True)
         time.sleep(0.5)  # websockets connect
         for s in cluster.pool.servers:
             s.connection.request_counts.clear()
         cpu0 = time.process_time()
-        batch = cluster.submit_frames(WORKFLOW, range(1, frames + 1))
+        batch = cluster.submit_frames(workflow, range(1, frames + 1))
         snap = batch.wait(600)
         cpu = time.process_time() - cpu0
         counts: Dict[str, int] = {}
@@ -130,23 +143,59 @@ def ours(procs: Sequence[SimProcess], frames: int) -> Dict[str, Any]:
     }
 
 
-def run(frame_counts: Sequence[int], seconds: float) -> Dict[str, Any]:
+def _measure(procs: Sequence[Any], frames: int, workflow: Dict[str, Any]) -> Tuple[Dict[str, Any], float, float, float]:
+    return (
+        ours(procs, frames, workflow),
+        baseline_sequential(procs[0], frames, workflow),
+        baseline_round_robin(procs, frames, workflow),
+        baseline_least_queue(procs, frames, workflow),
+    )
+
+
+def _measure_real(servers: Sequence[Any], frames: int, seconds: float) -> Tuple[Dict[str, Any], float, float, float]:
+    # a fresh model name and frame prompts per policy: nothing of one run is in ComfyUI's cache for the next
+    def wf() -> Dict[str, Any]:
+        return real_workflow(unique_model("e2e"), seconds, 0.0)
+
+    return (
+        ours(servers, frames, wf()),
+        baseline_sequential(servers[0], frames, wf()),
+        baseline_round_robin(servers, frames, wf()),
+        baseline_least_queue(servers, frames, wf()),
+    )
+
+
+def warm_up(servers: Sequence[Any]) -> None:
+    """One throw-away prompt per real server: ComfyUI imports lazily on its first prompt (~1 s)."""
+    wf = real_workflow(unique_model("warm-up"), 0.0, 0.0)
+    ids = [(s.url, _post(s.url, uuid.uuid4().hex, 1, wf)) for s in servers]
+    for url, prompt_id in ids:
+        _wait_history(url, [prompt_id], 120)
+
+
+def run(frame_counts: Sequence[int], seconds: float, real: bool = False) -> Dict[str, Any]:
     frame_times = [seconds / s for s in SPEEDS]
     scenarios = []
-    for frames in frame_counts:
-        procs = start_cluster(list(SPEEDS), seconds=seconds)
-        try:
-            mine = ours(procs, frames)
-            seq = baseline_sequential(procs[0], frames)
-            rr = baseline_round_robin(procs, frames)
-            lq = baseline_least_queue(procs, frames)
-        finally:
-            stop_all(procs)
+    measured: List[Tuple[int, Tuple[Dict[str, Any], float, float, float]]] = []
+    if real:
+        with real_fleet(SPEEDS) as servers:
+            warm_up(servers)
+            for frames in frame_counts:
+                measured.append((frames, _measure_real(servers, frames, seconds)))
+    else:
+        for frames in frame_counts:
+            procs = start_cluster(list(SPEEDS), seconds=seconds)
+            try:
+                measured.append((frames, _measure(procs, frames, WORKFLOW)))
+            finally:
+                stop_all(procs)
+    for frames, (mine, seq, rr, lq) in measured:
         opt = opt_makespan(frames, frame_times)
         lb = frames / sum(1.0 / t for t in frame_times)
         scenarios.append(
             {
                 "frames": frames,
+                "servers": real_fleet_note() if real else "simulator (nuke_comfy_cluster.sim)",
                 "speeds": list(SPEEDS),
                 "frame_time_fastest_s": seconds,
                 "opt_s": opt,
@@ -164,23 +213,66 @@ def run(frame_counts: Sequence[int], seconds: float) -> Dict[str, Any]:
     return {"scenarios": scenarios, "all_pass": all(s["pass"] for s in scenarios)}
 
 
+def _frame_counts(text: str) -> List[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frame counts like 24,96, got {text!r}") from None
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"expected frame counts >= 1 like 24,96, got {text!r}")
+    return counts
+
+
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true", help="24 frames only")
-    parser.add_argument("--seconds", type=float, default=0.4, help="frame time on the fastest server")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="frame time on the fastest server (default 0.4; --real: 1.0)"
+    )
+    parser.add_argument("--real", action="store_true", help="on real ComfyUI 0.3.39 servers instead of simulators")
+    parser.add_argument(
+        "--frames",
+        type=_frame_counts,
+        default=None,
+        help="batch sizes, e.g. 24,96 (default 24,96; --real or --quick: 24)",
+    )
     args = parser.parse_args(list(argv) or None)
-    result = run([24] if args.quick else [24, 96], args.seconds)
+    seconds = args.seconds if args.seconds is not None else (1.0 if args.real else 0.4)
+    if seconds <= 0:
+        parser.error("--seconds must be > 0")
+    counts = args.frames or ([24] if args.quick or args.real else [24, 96])
+    try:
+        result = run(counts, seconds, real=args.real)
+    except RealUnavailable as exc:
+        print(f"benchmarks.e2e --real: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         for s in result["scenarios"]:
-            print("{} frames on speeds {} (OPT {:.2f} s, LB {:.2f} s)".format(s["frames"], s["speeds"], s["opt_s"], s["lb_s"]))
-            print("  {:<32} {:>8.2f} s  {:.2f} x OPT  {}".format("ours (pull, websocket push)", s["ours"]["makespan_s"], s["ours"]["ratio_opt"], s["ours"]["frames_per_server"]))
+            print(
+                "{} frames of {:g} s on speeds {}, {} (OPT {:.2f} s, LB {:.2f} s)".format(
+                    s["frames"], s["frame_time_fastest_s"], s["speeds"], s["servers"], s["opt_s"], s["lb_s"]
+                )
+            )
+            print(
+                "  {:<32} {:>8.2f} s  {:.2f} x OPT  {}".format(
+                    "ours (pull, websocket push)",
+                    s["ours"]["makespan_s"],
+                    s["ours"]["ratio_opt"],
+                    s["ours"]["frames_per_server"],
+                )
+            )
             for name, b in s["baselines"].items():
                 print("  {:<32} {:>8.2f} s  {:.2f} x OPT".format(name, b["makespan_s"], b["ratio_opt"]))
-            print("  client CPU {:.1f} ms/job, status-layer {:.2f} req/s, GET /queue during dispatch: {}".format(
-                s["ours"]["cpu_ms_per_job"], s["ours"]["status_requests_per_s"] or 0, s["ours"]["get_queue_in_dispatch"]))
+            print(
+                "  client CPU {:.1f} ms/job, status-layer {:.2f} req/s, GET /queue during dispatch: {}".format(
+                    s["ours"]["cpu_ms_per_job"],
+                    s["ours"]["status_requests_per_s"] or 0,
+                    s["ours"]["get_queue_in_dispatch"],
+                )
+            )
         print("all targets met" if result["all_pass"] else "TARGET MISSED")
     return 0 if result["all_pass"] else 1
 

@@ -194,7 +194,7 @@ MESSAGES = (
     # command line
     "--frames: cannot read",
     "is an empty range",
-    "names frame",
+    "names a frame twice",
     "cannot read workflow",
     "timed out: cancelled what was left",
     "interrupted",

@@ -83,21 +83,24 @@ class PeakOfOurs:
         return self.peak
 
 
-class DelayingProxy:
-    """A TCP proxy in front of a simulator that holds back each answer to ``POST /prompt``.
+class SubmitMeddler:
+    """A TCP proxy in front of a simulator that meddles with the answers to ``POST /prompt``.
 
-    The prompt is queued (and runs) at once; only its answer is late, as on a congested
-    link: every websocket message of that prompt reaches the client before the answer.
+    The prompt is queued (and runs) at once; only its answer is changed on the way back:
+    ``delay`` holds it back (a congested link: every websocket message of the prompt reaches
+    the client first), ``garble`` replaces its body with bytes that are not JSON (a broken
+    proxy) for that many answers. Everything else, websockets included, passes untouched.
     Counts every request line it forwards (``"GET /queue"``, ...).
     """
 
     _REQUEST = re.compile(rb"^([A-Z]+) (/[^ ?]*)")
 
-    def __init__(self, upstream_port: int, delay: float) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0, garble: int = 0) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
+        self.garble = garble
         self.requests: collections.Counter = collections.Counter()
-        self.answers_released: List[float] = []  # time.time() each held answer went out
+        self.answers_released: List[float] = []  # time.time() each meddled answer went out
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -115,7 +118,7 @@ class DelayingProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
-            held = [0]  # answers still to hold back on this connection
+            held = [0]  # answers to meddle with on this connection
             lock = threading.Lock()
             threading.Thread(target=self._forward_requests, args=(client, upstream, held, lock), daemon=True).start()
             threading.Thread(target=self._forward_answers, args=(upstream, client, held, lock), daemon=True).start()
@@ -144,6 +147,31 @@ class DelayingProxy:
                 except OSError:
                     pass
 
+    def _whole_answer(self, src: socket.socket, data: bytes) -> bytes:
+        """Read on until the answer that ``data`` starts is complete (by its Content-Length)."""
+        while b"\r\n\r\n" not in data:
+            more = src.recv(65536)
+            if not more:
+                return data
+            data += more
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            more = src.recv(65536)
+            if not more:
+                break
+            body += more
+        return head + b"\r\n\r\n" + body
+
+    def _meddle(self, answer: bytes) -> bytes:
+        time.sleep(self.delay)
+        if self.garble > 0:
+            self.garble -= 1
+            head, _, body = answer.partition(b"\r\n\r\n")
+            answer = head + b"\r\n\r\n" + b"<" * len(body)  # same length, not JSON
+        self.answers_released.append(time.time())
+        return answer
+
     def _forward_answers(self, src: socket.socket, dst: socket.socket, held: List[int], lock: threading.Lock) -> None:
         try:
             while True:
@@ -155,8 +183,7 @@ class DelayingProxy:
                     if hold:
                         held[0] -= 1
                 if hold:
-                    time.sleep(self.delay)
-                    self.answers_released.append(time.time())
+                    data = self._meddle(self._whole_answer(src, data))
                 dst.sendall(data)
         except OSError:
             pass
@@ -174,10 +201,10 @@ class DelayingProxy:
 
 @pytest.fixture
 def proxies():
-    made: List[DelayingProxy] = []
+    made: List[SubmitMeddler] = []
 
-    def make(port: int, delay: float) -> DelayingProxy:
-        proxy = DelayingProxy(port, delay)
+    def make(port: int, **kw: float) -> SubmitMeddler:
+        proxy = SubmitMeddler(port, **kw)
         made.append(proxy)
         return proxy
 
@@ -273,7 +300,7 @@ def test_previews_are_not_results(start_sims, tmp_path):
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "saved/f_####"}},
     }
     with Cluster.from_servers(sim_configs([sim])) as cluster:
-        snap = cluster.submit_frames(workflow, [5], output_dir=str(tmp_path), sequence_name="sh").wait(30)
+        snap = cluster.submit_frames(workflow, [5], output_dir=str(tmp_path / "out"), sequence_name="sh").wait(30)
     job = snap.jobs[0]
     assert snap.state == "done", (job.state, job.error)
     outputs = history_of(sim.url)[job.prompt_id]["outputs"]
@@ -281,7 +308,7 @@ def test_previews_are_not_results(start_sims, tmp_path):
     saved = _image_bytes(sim.url, outputs["4"]["images"][0])
     assert outputs["2"]["images"][0]["type"] == "temp" and preview != saved  # premise
     assert [o.type for o in job.outputs] == ["output"], job.outputs
-    delivered = _delivered_files(str(tmp_path))
+    delivered = _delivered_files(str(tmp_path / "out"))
     assert [os.path.basename(p) for p in delivered] == ["sh.0005.png"], delivered
     with open(delivered[0], "rb") as f:
         assert f.read() == saved
@@ -299,14 +326,14 @@ def test_the_sequence_holds_the_first_saving_nodes_image(start_sims, tmp_path):
         "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "second/f_####"}},
     }
     with Cluster.from_servers(sim_configs([sim])) as cluster:
-        snap = cluster.submit_frames(workflow, [7], output_dir=str(tmp_path), sequence_name="sh").wait(30)
+        snap = cluster.submit_frames(workflow, [7], output_dir=str(tmp_path / "out"), sequence_name="sh").wait(30)
     job = snap.jobs[0]
     assert snap.state == "done", (job.state, job.error)
     outputs = history_of(sim.url)[job.prompt_id]["outputs"]
     first = _image_bytes(sim.url, outputs["3"]["images"][0])
     second = _image_bytes(sim.url, outputs["4"]["images"][0])
     assert first != second  # premise
-    with open(tmp_path / "sh.0007.png", "rb") as f:
+    with open(tmp_path / "out" / "sh.0007.png", "rb") as f:
         assert f.read() == first
 
 
@@ -314,22 +341,21 @@ def test_the_sequence_holds_the_first_saving_nodes_image(start_sims, tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_a_running_orphan_is_interrupted(start_sims):
+def test_a_running_orphan_is_interrupted(start_sims, proxies):
     """A submit whose answer was unreadable may have queued the prompt all the same; the frame
     goes elsewhere. When that prompt is already running, it is interrupted: it costs no more
     GPU time and is never rendered twice."""
     slow_frames, fast = start_sims([1.0], seconds=6.0)[0], start_sims([1.0], seconds=0.2)[0]
+    garbling = proxies(slow_frames.port, garble=1)  # the answer to our POST /prompt there is unreadable
     configs = [
-        ServerConfig("sim0", "127.0.0.1", slow_frames.port, priority=0),
+        ServerConfig("sim0", "127.0.0.1", garbling.port, priority=0),
         ServerConfig("sim1", "127.0.0.1", fast.port, priority=1),
     ]
     with Cluster.from_servers(configs) as cluster:
         assert wait_until(lambda: all(s.live for s in cluster.pool.server_snapshots()), 10)
-        time.sleep(0.3)  # the connect-time status polls are answered
-        slow_frames.set_fault(malformed_json=1)  # the answer to our POST /prompt there is cut in half
         snap = cluster.submit_frames(WORKFLOW, [3]).wait(40)
         job = snap.jobs[0]
-        assert job.failed_servers == ("sim0",), "premise: the first submit went to sim0 and its answer was garbled"
+        assert garbling.garble == 0 and job.failed_servers == ("sim0",), "premise: the first submit went to sim0"
         assert snap.state == "done" and job.server == "sim1", (job.state, job.error)
         # the prompt behind the garbled answer: queued on sim0 and running there (6 s a frame)
         assert wait_until(lambda: ours_in_history(slow_frames.url, {job.id}), 15), "the orphan never ended"

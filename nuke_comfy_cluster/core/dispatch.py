@@ -173,6 +173,10 @@ class Dispatcher(RecoveryMixin):
         ``wait()`` returns and no thread is left."""
         if not self._running:
             return
+        # batches whose last job just ended: let the loop finish them (lock, staging, ledger) first
+        flushed = threading.Event()
+        self._call(lambda: (self._flush(force=True), flushed.set()))
+        flushed.wait(min(timeout, 2.0))
         unfinished = [b for b in self._batches if not b.finished]
         if cancel and unfinished:
             for batch in unfinished:
@@ -195,9 +199,7 @@ class Dispatcher(RecoveryMixin):
                     self._record(batch)
                     batch.ledger_writer.close()  # unfinished in the ledger: resumable
                     batch.ledger_writer = None
-                if batch.lock_file is not None:
-                    batch.lock_file.release()
-                    batch.lock_file = None
+                self._release(batch)
                 batch.detach(
                     "Detached: the prompts already on servers keep rendering; "
                     f"resume with: python -m nuke_comfy_cluster resume {batch.id}"
@@ -460,6 +462,20 @@ class Dispatcher(RecoveryMixin):
         if changed:
             writer.record_jobs(changed)
 
+    def _why(self, batch: Batch, job: Job, name: str) -> str:
+        """The scheduler's reason for a choice, for ``-v`` logs."""
+        if batch.pinned:
+            return "pinned"
+        if self.pool.strategy != balancing.LEAST_LOADED:
+            return self.pool.strategy
+        sched = self._schedulers.get(batch.id)
+        ft = sched.frame_time(name) if sched is not None else None
+        parts = ["earliest estimated finish"]
+        parts.append(f"{ft:.2f} s/frame there" if ft is not None else "probe: no frame time yet")
+        if job.failed_servers:
+            parts.append("failed before on " + ", ".join(job.failed_servers))
+        return "; ".join(parts)
+
     def _output_dir(self, batch: Batch) -> str:
         """Where the batch's sequences go: its output folder, else a per-batch temp folder."""
         return batch.output_dir or os.path.join(self.download_dir, batch.id)
@@ -533,7 +549,7 @@ class Dispatcher(RecoveryMixin):
         with batch.lock:
             job.history = job.history + [reason]
             if server not in job.failed_servers:
-                job.failed_servers.append(server)
+                job.failed_servers = list(job.failed_servers) + [server]
             if job.attempts >= batch.max_attempts:
                 job.state = JobState.FAILED
                 job.error = JobError(
@@ -766,6 +782,8 @@ class Dispatcher(RecoveryMixin):
 
     # -- submit -----------------------------------------------------------------------
     def _start_submit(self, batch: Batch, job: Job, server: ComfyUIServer) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: %s -> %s (%s)", batch.name, job.label, server.name, self._why(batch, job, server.name))
         self._submitting[job.id] = job
         token = uuid.uuid4().hex
         with batch.lock:
@@ -942,7 +960,7 @@ class Dispatcher(RecoveryMixin):
                     job.progress_value, job.progress_max = float(value), float(maximum)
             elif kind is EventType.EXECUTED:
                 node = event.data.get("node")
-                job.outputs.extend(outputs_from_node_output(str(node), event.data.get("output")))
+                job.outputs = list(job.outputs) + outputs_from_node_output(str(node), event.data.get("output"))
         if kind is EventType.EXECUTION_SUCCESS:
             job.ended_at = event.at
             self._succeeded(batch, job)

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from .errors import ClusterError, WorkflowError
 from .state import JobState
@@ -85,8 +85,10 @@ class SequenceInfo:
         return self.frames[-1] if self.frames else 0
 
 
-@dataclass(frozen=True)
-class JobSnapshot:
+class JobSnapshot(NamedTuple):
+    """One job at one instant, for readers on other threads (a NamedTuple: a 100,000-frame
+    batch makes 100,000 of these, and a tuple is ten times cheaper to make than a dataclass)."""
+
     id: str
     index: int
     label: str
@@ -146,6 +148,9 @@ class JobSnapshot:
 
 
 _UNTRACKED = frozenset({"_snap", "ledger_dirty"})
+#: the empty list every new job shares (lists on a job are replaced, never changed in place,
+#: so that a change always passes through __setattr__; 100,000 jobs need no 400,000 lists)
+_NONE: Tuple[Any, ...] = ()
 #: changes too frequent or too transient for the batch ledger (it keeps states, not progress)
 _NOT_LEDGERED = frozenset(
     {"node_marks", "cached_nodes", "ended_at", "last_news", "current_node", "progress_value", "progress_max"}
@@ -158,6 +163,43 @@ class Job:
     The prompt is either given or made by ``factory(job)`` each time it is needed, so
     a 100,000-frame batch holds frame numbers, not 100,000 prompts.
     """
+
+    __slots__ = (
+        "_snap",
+        "ledger_dirty",
+        "id",
+        "index",
+        "_prompt",
+        "_factory",
+        "label",
+        "frame",
+        "iteration",
+        "seed",
+        "state",
+        "server",
+        "prompt_id",
+        "attempt_token",
+        "sent_digest",
+        "attempts",
+        "collisions",
+        "failed_servers",
+        "progress_value",
+        "progress_max",
+        "current_node",
+        "queued_at",
+        "started_at",
+        "started_mono",
+        "server_done_mono",
+        "finished_at",
+        "outputs",
+        "error",
+        "history",
+        "node_marks",
+        "cached_nodes",
+        "ended_at",
+        "last_news",
+        "cancel_requested",
+    )
 
     def __init__(
         self,
@@ -189,7 +231,7 @@ class Job:
         self.sent_digest: Optional[str] = None  # what this attempt's render must carry
         self.attempts = 0
         self.collisions = 0  # renders lost to another prompt writing the same file name
-        self.failed_servers: List[str] = []
+        self.failed_servers: List[str] = _NONE  # type: ignore[assignment]  # replaced, never mutated
         self.progress_value = 0.0
         self.progress_max = 0.0
         self.current_node: Optional[str] = None
@@ -199,11 +241,11 @@ class Job:
         #: when the server reported success; results may still be on their way to us
         self.server_done_mono: Optional[float] = None
         self.finished_at: Optional[float] = None
-        self.outputs: List[OutputFile] = []
+        self.outputs: List[OutputFile] = _NONE  # type: ignore[assignment]
         self.error: Optional[JobError] = None
-        self.history: List[str] = []  # earlier attempts' failures, oldest first
+        self.history: List[str] = _NONE  # type: ignore[assignment]  # earlier attempts' failures, oldest first
         #: this attempt's ``executing`` marks (node, wall time), the nodes it had cached, its end
-        self.node_marks: List[Tuple[str, float]] = []
+        self.node_marks: List[Tuple[str, float]] = _NONE  # type: ignore[assignment]
         self.cached_nodes: Tuple[str, ...] = ()
         self.ended_at: Optional[float] = None
         self.last_news: float = time.monotonic()

@@ -41,31 +41,32 @@ class RecoveryMixin:
     _batches: List[Batch]
     _busy: Set[Tuple[str, str]]
     _orphans: List[_Orphan]
+
     def _check_health(self) -> None:
         now = time.monotonic()
         snaps = {s.name: s for s in self.pool.server_snapshots()}
         stale_servers: Set[str] = set()
-        for batch in list(self._batches):
+        # only the jobs under way (every one holds an attempt token), not every frame of every batch
+        for batch, job in list(self._by_token.values()):
             sched = self._schedulers.get(batch.id)
-            for job in batch.jobs:
-                if not job.server or not self._occupies_server(job) or job.id in self._submitting:
-                    continue
-                snap = snaps.get(job.server)
-                if snap is None:
-                    self._requeue(batch, job, job.server, f"{job.server} was removed from the configuration")
-                    continue
-                if snap.enabled and not snap.status.reachable and snap.status.value != "unknown":
-                    stale_servers.add(job.server)
-                    continue
-                # not frame_time(): that grows with the running frame, so a missed
-                # execution_success would never look overdue
-                estimate = sched.expected_frame_time(job.server) if sched is not None else None
-                quiet = now - job.last_news
-                limit = max(5.0, 2.0 * estimate) if estimate else 15.0
-                if not snap.live and quiet > self.pool.status_ttl:
-                    stale_servers.add(job.server)
-                elif quiet > limit:
-                    stale_servers.add(job.server)
+            if not job.server or not self._occupies_server(job) or job.id in self._submitting:
+                continue
+            snap = snaps.get(job.server)
+            if snap is None:
+                self._requeue(batch, job, job.server, f"{job.server} was removed from the configuration")
+                continue
+            if snap.enabled and not snap.status.reachable and snap.status.value != "unknown":
+                stale_servers.add(job.server)
+                continue
+            # not frame_time(): that grows with the running frame, so a missed
+            # execution_success would never look overdue
+            estimate = sched.expected_frame_time(job.server) if sched is not None else None
+            quiet = now - job.last_news
+            limit = max(5.0, 2.0 * estimate) if estimate else 15.0
+            if not snap.live and quiet > self.pool.status_ttl:
+                stale_servers.add(job.server)
+            elif quiet > limit:
+                stale_servers.add(job.server)
         for name in stale_servers:
             self._reconcile_server(name)
         for name in {o.server for o in self._orphans}:
@@ -75,10 +76,7 @@ class RecoveryMixin:
 
     def _jobs_on(self, name: str) -> List[Tuple[Batch, Job]]:
         return [
-            (b, j)
-            for b in self._batches
-            for j in b.jobs
-            if j.server == name and j.prompt_id and self._occupies_server(j)
+            (b, j) for b, j in self._by_token.values() if j.server == name and j.prompt_id and self._occupies_server(j)
         ]
 
     def _reconcile_server(self, name: str) -> None:
@@ -147,7 +145,9 @@ class RecoveryMixin:
                                 err = workflow_error_from_execution(data, name, job.id)
                                 self._workflow_failed(batch, job, name, err, "execution")
                             elif job.cancel_requested:
-                                self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
+                                self._finish(
+                                    batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user")
+                                )
                             else:
                                 self._requeue(batch, job, name, f"{name}: the prompt was interrupted on the server")
 

@@ -251,7 +251,7 @@ class Scheduler:
         self._sent_cold: Dict[str, bool] = {}  # a cold frame of ours was sent there, not started yet
         self._ran_here: Dict[str, bool] = {}  # the last thing we know ran there is ours
         self._foreign_since: Dict[str, float] = {}  # busy with another workflow since
-        self._foreign_last: Dict[str, float] = {}  # last seen busy with another workflow
+        self._foreign_clear: Dict[str, float] = {}  # first seen without its work (it may come back)
         self._finished_heard: Dict[str, List[float]] = {}
         self._last_used: Dict[str, int] = {}
         self._uses = 0
@@ -446,8 +446,10 @@ class Scheduler:
         if not planned:
             chosen = self._blind_probes(views, pending)
         else:
-            self._apply_affinity(planned, now)
+            wake = self._apply_affinity(planned, now)
             chosen = self._list_schedule(planned, pending, now)
+            if wake is not None and (self.next_wakeup is None or wake < self.next_wakeup):
+                self.next_wakeup = wake
         cold = {v.name for v in views if v.first > 0.0 or (v.ft is None and not v.warm)}
         for name in chosen:
             self._mark_used(name)
@@ -591,29 +593,35 @@ class Scheduler:
             views.append(v)
         return views
 
-    def _apply_affinity(self, views: List[_View], now: float) -> None:
-        """Leave servers busy with another workflow to it (see the module docstring)."""
+    def _apply_affinity(self, views: List[_View], now: float) -> Optional[float]:
+        """Leave servers busy with another workflow to it (see the module docstring).
+
+        Returns when a server still counted as the other workflow's stops being so.
+        """
         idle_anywhere = all(v.in_flight == 0 for v in views)
+        wake: Optional[float] = None
         for v in views:
             foreign = v.setup > 0.0 and not v.warm and v.others > 0
             if foreign:
                 self._foreign_since.setdefault(v.name, now)
-                self._foreign_last[v.name] = now
-            else:
+                self._foreign_clear.pop(v.name, None)
+            elif v.name in self._foreign_since:
                 # Between two of its frames a server looks idle for a moment: it stays
-                # the other workflow's for a lead time and a stagger.
-                last = self._foreign_last.get(v.name)
-                grace = v.thr + self._spread
-                if last is not None and (v.warm or v.setup <= 0.0 or now - last > grace):
-                    self._foreign_since.pop(v.name, None)
-                    self._foreign_last.pop(v.name, None)
+                # the other workflow's for a lead time and a stagger after it was seen so.
+                clear = self._foreign_clear.setdefault(v.name, min(now, v.load.observed_at))
+                grace = clear + v.thr + self._spread
+                if v.warm or v.setup <= 0.0 or now >= grace:
+                    del self._foreign_since[v.name]
+                    del self._foreign_clear[v.name]
                 else:
-                    foreign = last is not None
+                    foreign = True
+                    wake = grace if wake is None else min(wake, grace)
             if not foreign:
                 continue
             v.foreign = True
             held = now - self._foreign_since[v.name]
             v.blocked = not idle_anywhere or held < self._hold * v.setup
+        return wake
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
         # Nothing known anywhere: a probe on every server that runs nothing or only

@@ -164,8 +164,6 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         self.last_message = ""
         #: True once the file (or the proposal for a new one) is in the editor
         self.ready = False
-        #: replaceable in tests: ask what to do with unsaved changes -> SAVE / DISCARD / CANCEL
-        self.ask_unsaved: Callable[[str], str] = self._ask_unsaved
         self._build()
         self._validate_timer = QtCore.QTimer(self)
         self._validate_timer.setSingleShot(True)
@@ -978,7 +976,10 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         title = "ComfyUI Cluster — servers"
         self.setWindowTitle(title + (" *" if self.dirty else ""))
 
-    def _ask_unsaved(self, action: str) -> str:
+    def ask_unsaved(self, action: str) -> str:
+        """Ask what to do with unsaved changes: SAVE, DISCARD or CANCEL (tests replace it
+        on the instance; a method, not an attribute bound to self, so that the dialog
+        holds no reference cycle and is freed on the GUI thread when dropped)."""
         box = QtWidgets.QMessageBox(self)
         box.setIcon(QtWidgets.QMessageBox.Icon.Warning)
         box.setWindowTitle("Unsaved changes")
