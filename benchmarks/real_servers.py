@@ -17,9 +17,13 @@ and a sampler that sleeps ``seconds / speed`` per frame.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import sys
+import tempfile
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from nuke_comfy_cluster.core.config import ServerConfig
 
@@ -66,11 +70,30 @@ def real_fleet(speeds: Sequence[float], prefix: str = "real") -> Iterator[List[A
         servers = harness.start_servers(build, specs)
     except RuntimeError as exc:
         raise RealUnavailable(f"starting {len(specs)} ComfyUI servers failed: {exc}") from exc
-    print(f"[real] {len(servers)} ComfyUI servers up in {time.monotonic() - started:.0f} s", flush=True)
+    print(
+        f"[real] {len(servers)} ComfyUI servers up in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True
+    )
     try:
         yield servers
     finally:
         harness.stop_servers(servers)
+
+
+@contextlib.contextmanager
+def fresh_state_dir() -> Iterator[str]:
+    """A temporary state folder (``NCC_STATE_DIR``) for the block: learned costs and ledgers of
+    one measurement neither come from an earlier run nor end up in the user's own folder."""
+    saved = os.environ.get("NCC_STATE_DIR")
+    folder = tempfile.mkdtemp(prefix="ncc-bench-state-")
+    os.environ["NCC_STATE_DIR"] = folder
+    try:
+        yield folder
+    finally:
+        if saved is None:
+            os.environ.pop("NCC_STATE_DIR", None)
+        else:
+            os.environ["NCC_STATE_DIR"] = saved
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def server_configs(servers: Sequence[Any]) -> List[ServerConfig]:
@@ -104,3 +127,24 @@ def real_workflow(model: str, seconds: float, load: float, prefix: str = "ncc_be
         },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
+
+
+def split_idle(spans: Sequence[Tuple[float, float, Optional[float]]]) -> Dict[str, float]:
+    """Where one server stood idle between two of our prompts, by cause.
+
+    ``spans``: (execution start, end, when the client sent it) per prompt, in order, wall
+    clock. Idle time after a prompt ends while the next one was already sent is the
+    server's own pause (real ComfyUI runs ``gc.collect()`` at most every 10 s after a
+    prompt: ~1 s on a loaded 2-core machine; the simulator pauses for nothing); idle time
+    before the client sent the next one is the client's.
+    """
+    server = longest = client = 0.0
+    for (_s0, end, _q0), (start, _e1, sent) in zip(spans, spans[1:]):
+        idle = start - end
+        if idle <= 0:
+            continue
+        ours = min(idle, max(0.0, (sent if sent is not None else end) - end))
+        client += ours
+        server += idle - ours
+        longest = max(longest, idle - ours)
+    return {"server_pause_s": round(server, 3), "longest_pause_s": round(longest, 3), "client_idle_s": round(client, 3)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import shutil
 import tempfile
 import threading
 import time
@@ -173,11 +173,7 @@ def batch_makespan(frames: int, seconds: float, with_loris: bool, trickle: float
         if loris is not None:
             loris.close()
         stop_all(sims)
-        for name in os.listdir(out):
-            try:
-                os.remove(os.path.join(out, name))
-            except OSError:
-                pass
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -94,7 +94,9 @@ def test_missing_node_class_is_named_once(real_specs):
 
 def test_only_what_comfyui_itself_validates(real_specs):
     wf = copy.deepcopy(WF)
-    wf["1"]["inputs"]["ckpt_name"] = next(iter(real_specs["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]), "x")
+    wf["1"]["inputs"]["ckpt_name"] = next(
+        iter(real_specs["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]), "x"
+    )
     # a loader on no path to an output: ComfyUI never validates it, so neither do we
     wf["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "absent.safetensors"}}
     # an uploadable combo (LoadImage) is filled at submit time; a COMBO-with-options is not checked by 0.3.39

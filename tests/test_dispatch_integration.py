@@ -88,12 +88,18 @@ def test_hung_server_does_not_stall_the_batch(start_sims, tmp_path):
                 if j.server == "sim1" and j.state in (JobState.SUBMITTED, JobState.RUNNING)
             ]
 
-        assert wait_until(lambda: batch.snapshot().running >= 2 and waiting_on_sim1(), 30)
+        def sim1_learned_and_busy():
+            snap = batch.snapshot()
+            done_there = any(j.server == "sim1" and j.state is JobState.DONE for j in snap.jobs)
+            return done_there and snap.running >= 2 and waiting_on_sim1()
+
+        # frozen once sim1's frame time is known (before that the silence limit is 15 s)
+        assert wait_until(sim1_learned_and_busy, 30)
         procs[1].sigstop()
         assert waiting_on_sim1(), "premise: frames of ours wait on the frozen server"
-        # documented: silent for max(5 s, 2 x frame time), then /queue times out (3 s): ~8 s.
-        # 15 s leaves room for a loaded machine, and for a frame caught mid-download (10 s read timeout).
-        assert wait_until(lambda: not waiting_on_sim1(), 15), waiting_on_sim1()
+        # documented: silent for max(5 s, 2 x frame time), then /queue times out (3 s): ~8 s;
+        # 12 s leaves room for a loaded machine
+        assert wait_until(lambda: not waiting_on_sim1(), 12), waiting_on_sim1()
         snap = batch.wait(60)
         procs[1].sigcont()
         # the frozen server's prompt finishes after SIGCONT: a late result, ignored

@@ -18,6 +18,7 @@ import requests
 
 from benchmarks.faults import BY_NAME, SCENARIOS, Settings, run_scenario
 from nuke_comfy_cluster.core.api import Cluster
+from nuke_comfy_cluster.core.compatibility import check_servers
 from nuke_comfy_cluster.core.config import ServerConfig
 from nuke_comfy_cluster.core.dispatch import Dispatcher
 from nuke_comfy_cluster.core.jobs import Job
@@ -98,6 +99,7 @@ def test_a_garbled_submit_answer_leaves_no_second_copy_queued(start_sims):
     with Cluster.from_servers(sim_configs([sim])) as cluster:
         assert wait_until(lambda: cluster.pool.server_snapshots()[0].live, 10)
         time.sleep(0.3)  # the connect-time status poll is answered
+        check_servers(cluster.pool.servers, WORKFLOW)  # so that our POST /prompt is the next JSON answer
         sim.set_fault(malformed_json=1)
         batch = cluster.submit_frames(WORKFLOW, [7])
         snap = batch.wait(30)
@@ -166,7 +168,8 @@ def test_a_refused_submit_does_not_use_up_the_frames_attempts(start_sims):
     with Cluster.from_servers(configs) as cluster:
         dead = cluster.pool.get_server_by_name("dead")
         assert wait_until(lambda: dead.status.value == "offline", 10)
-        dead.apply_push(0)  # its last status said "idle": it died since
+        with dead._lock:  # its last status said "idle": it died since (a push no longer proves the API)
+            dead._set_queue(0, time.time())
         batch = cluster.submit_batch([Job(frame_prompt(WORKFLOW, 1), frame=1, label="frame 1")], max_attempts=1)
         snap = batch.wait(30)
     job = snap.jobs[0]
@@ -183,6 +186,7 @@ def test_a_frame_that_failed_on_the_preferred_server_goes_to_another(start_sims)
     with Cluster.from_servers(sim_configs(procs)) as cluster:
         assert wait_until(lambda: all(s.live for s in cluster.pool.server_snapshots()), 10)
         time.sleep(0.3)  # the connect-time status polls are answered
+        check_servers(cluster.pool.servers, WORKFLOW)  # the batch's compatibility check asks the cache now
         procs[0].set_fault(fail_next=1)  # the next request to sim0, our POST /prompt, answers 500
         snap = cluster.submit_frames(WORKFLOW, [1]).wait(20)
     job = snap.jobs[0]

@@ -95,7 +95,9 @@ def test_identity_probe_against_simulators(start_sims):
 
 def test_pool_uses_a_server_listed_twice_once(start_sims):
     (proc,) = start_sims([1.0], seconds=0.05)
-    pool = ComfyUIServerPool([cfg("gpu1", "127.0.0.1", proc.port), cfg("gpu1b", "localhost", proc.port)], status_ttl=1.0)
+    pool = ComfyUIServerPool(
+        [cfg("gpu1", "127.0.0.1", proc.port), cfg("gpu1b", "localhost", proc.port)], status_ttl=1.0
+    )
     dup = pool.get_server_by_name("gpu1b")
     assert dup.duplicate_of == "gpu1"  # at load, before anything started
     pool.start()

@@ -96,7 +96,9 @@ class Problem:
             "node_id": self.node_id,
             "class_type": self.class_type,
             "input": self.input_name,
-            "value": self.value if isinstance(self.value, (str, int, float, bool)) or self.value is None else repr(self.value),
+            "value": self.value
+            if isinstance(self.value, (str, int, float, bool)) or self.value is None
+            else repr(self.value),
         }
 
 

@@ -167,7 +167,7 @@ class CostStore:
         flow["used"] = now
         flows[_key(signature)] = flow
         # Keep the most recently used workflows only.
-        ranked = sorted(flows, key=lambda k: _number(flows[k].get("used", 0)) or 0.0 if isinstance(flows[k], dict) else 0.0)
+        ranked = sorted(flows, key=lambda k: _used(flows[k]))
         for stale in ranked[: max(0, len(ranked) - self._max_workflows)]:
             del flows[stale]
         try:
@@ -192,13 +192,15 @@ class CostStore:
             doc = json.loads(raw.decode("utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("workflows"), dict):
                 raise ValueError("not a cost file")
-            if doc.get("version") != VERSION:
-                raise ValueError("version %r, expected %d" % (doc.get("version"), VERSION))
         except ValueError as e:  # includes JSON and Unicode errors
             bad = self.path.with_name(self.path.name + ".bad")
             log.warning("ignoring unreadable learned server costs %s (%s); kept as %s", self.path, e, bad.name)
             with contextlib.suppress(OSError):
                 os.replace(str(self.path), str(bad))
+            return empty
+        if doc.get("version") != VERSION:
+            # Written by another release: start afresh (the next save replaces it).
+            log.info("learned server costs %s have version %r, not %d: not used", self.path, doc.get("version"), VERSION)
             return empty
         return doc
 
@@ -230,6 +232,10 @@ class CostStore:
                     with contextlib.suppress(OSError):
                         if now - item.stat().st_mtime > _STALE_TMP_S:
                             item.unlink()
+
+
+def _used(flow: Any) -> float:
+    return (_number(flow.get("used", 0.0)) or 0.0) if isinstance(flow, dict) else 0.0
 
 
 def _entry(c: ServerCosts, identity: str, now: float) -> Dict[str, Any]:

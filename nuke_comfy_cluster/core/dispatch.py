@@ -547,7 +547,7 @@ class Dispatcher(RecoveryMixin):
         if sched is not None:
             sched.job_failed(server)
         with batch.lock:
-            job.history = job.history + [reason]
+            job.history = list(job.history) + [reason]
             if server not in job.failed_servers:
                 job.failed_servers = list(job.failed_servers) + [server]
             if job.attempts >= batch.max_attempts:
@@ -918,6 +918,10 @@ class Dispatcher(RecoveryMixin):
         self._call(lambda: self._route(event))
 
     def _route(self, event: ServerEvent) -> None:
+        if self._orphans and any(o.server == event.server for o in self._orphans):
+            # a server we gave up on speaks again (SIGCONT, a network back): remove our
+            # orphaned prompts now, before its queue runs them, not at the next status poll
+            self._check_orphans(event.server)
         if event.prompt_id:
             target = self._by_prompt.get(event.prompt_id)
             if target is not None:
@@ -948,7 +952,7 @@ class Dispatcher(RecoveryMixin):
                     self._mark_running(batch, job)
                 job.current_node = event.node
                 if event.node is not None:
-                    job.node_marks = job.node_marks + [(event.node, event.at)]
+                    job.node_marks = list(job.node_marks) + [(event.node, event.at)]
             elif kind is EventType.EXECUTION_CACHED:
                 nodes = event.data.get("nodes")
                 job.cached_nodes = tuple(str(n) for n in nodes) if isinstance(nodes, list) else ()

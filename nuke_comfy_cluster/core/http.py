@@ -266,7 +266,6 @@ class ServerConnection:
         self.request_counts: Dict[str, int] = {}
         self._active: Set[_Watch] = set()
         self._active_lock = threading.Lock()
-        self._closed = False
 
     def url(self, path: str) -> str:
         return "{}/{}".format(self.base_url, path.lstrip("/"))
@@ -275,9 +274,10 @@ class ServerConnection:
         return ws_url(self.config, client_id)
 
     def close(self) -> None:
-        """Close the session and abort the requests still under way (they fail at once)."""
+        """Close the session and abort the requests still under way (they fail at once).
+
+        A later request opens a new connection, as with a plain requests Session."""
         with self._active_lock:
-            self._closed = True
             active = list(self._active)
         for watch in active:
             watch.fire("closed")
@@ -308,9 +308,6 @@ class ServerConnection:
         timeout = (min(timeout[0], total), min(timeout[1], total))
         watch = _WATCHDOG.watch(total)
         with self._active_lock:
-            if self._closed:
-                watch.finish()
-                raise ServerUnavailable(f"{self.name}: connection closed", **where)
             self._active.add(watch)
         _current.watch = watch
         try:

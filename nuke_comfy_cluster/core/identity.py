@@ -147,16 +147,12 @@ def _fingerprint(server: Any, timeout: float) -> Optional[str]:
 def _tail(server: Any, timeout: float) -> Optional[str]:
     step = (min(2.0, timeout), timeout)
     try:
-        return history_tail(
-            server.connection.get_json("history", params={"max_items": 1}, timeout=step, total=timeout)
-        )
+        return history_tail(server.connection.get_json("history", params={"max_items": 1}, timeout=step, total=timeout))
     except (ClusterError, ValueError):
         return None
 
 
-def find_duplicates_by_identity(
-    servers: Sequence[Any], *, timeout: float = DEFAULT_PROBE_TIMEOUT_S
-) -> List[Duplicate]:
+def find_duplicates_by_identity(servers: Sequence[Any], *, timeout: float = DEFAULT_PROBE_TIMEOUT_S) -> List[Duplicate]:
     """Servers (ComfyUIServer) that are one ComfyUI by what they answer (network, parallel)."""
     if len(servers) < 2:
         return []
@@ -185,7 +181,9 @@ def find_duplicates_by_identity(
                     found.append(Duplicate(other.name, first.name, "the same /system_stats and /history"))
                 elif tail_a is None and tail_b is None:
                     found.append(
-                        Duplicate(other.name, first.name, "identical /system_stats, both histories empty", certain=False)
+                        Duplicate(
+                            other.name, first.name, "identical /system_stats, both histories empty", certain=False
+                        )
                     )
     return found
 

@@ -212,8 +212,7 @@ class ComfyUIServerPool:
         return PoolSnapshot(
             servers=servers,
             source=loaded.notice if loaded is not None else "",
-            warnings=(tuple(loaded.warnings) if loaded is not None else ())
-            + tuple(d.message for d in self.duplicates),
+            warnings=(tuple(loaded.warnings) if loaded is not None else ()) + tuple(d.message for d in self.duplicates),
             errors=tuple(loaded.errors) if loaded is not None else (),
             next_server=balancing.choose(servers, self.strategy, now=now, last_pick=self._last_pick),
             taken_at=now,
@@ -283,9 +282,7 @@ class ComfyUIServerPool:
         picked = self.get_available_server(strategy, exclude)
         if picked is None:
             lines = ["{} ({})".format(s.name, s.unavailable_reason(now) or "excluded") for s in self.snapshot().servers]
-            raise NoServerAvailable(
-                "No ComfyUI server is available: {}".format("; ".join(lines) or "none configured")
-            )
+            raise NoServerAvailable("No ComfyUI server is available: {}".format("; ".join(lines) or "none configured"))
         return picked
 
     # -- events --------------------------------------------------------------------

@@ -79,6 +79,8 @@ _HEARD_KEPT = 8
 _MIN_FRAME = 1e-3
 # Cold runs remembered per server until a warm frame tells how much of them was setup.
 _COLD_KEPT = 4
+# A cold claim of a shared server is staggered over up to this fraction of its setup.
+_CLAIM_SPREAD = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,10 @@ class ServerLoad:
     #: inputs; False when it is another workflow's. None = unknown: the scheduler
     #: then takes it as warm when the last thing it knows there is ours.
     warm: Optional[bool] = None
+    #: Any stable id of the workflow whose setup a prompt sent now would find there
+    #: (e.g. a hash of the tail prompt's loader inputs); None = unknown. Lets the
+    #: scheduler see one other workflow take a server over from another.
+    cache_owner: Optional[str] = None
 
     @property
     def ours_in_flight(self) -> int:
@@ -170,6 +176,8 @@ class _View:
         "key",
         "foreign",
         "blocked",
+        "anchored",
+        "takeover_at",
     )
 
     def __init__(self, name: str, load: ServerLoad) -> None:
@@ -188,6 +196,10 @@ class _View:
         self.key: Tuple[int, int, str] = (load.priority, 0, name)
         self.foreign = False  # busy with another workflow's work
         self.blocked = False  # left to that workflow for now
+        self.takeover_at = 0.0  # when we may take it over if we have nothing running
+        # False: its backlog is our frames not yet heard to start, taken to start now;
+        # its slots move with the clock, so only an event (not a timer) can make one due.
+        self.anchored = True
 
     def finish(self, k: int) -> float:
         """Planned finish of our k-th new frame there (0-based)."""
@@ -221,7 +233,7 @@ class Scheduler:
         spread: float = 0.5,
         aging: float = 0.5,
         max_window: int = 8,
-        hold: float = 2.0,
+        hold: float = 4.0,
         rng: Optional[random.Random] = None,
     ) -> None:
         if lead_time < 0:
@@ -252,6 +264,8 @@ class Scheduler:
         self._ran_here: Dict[str, bool] = {}  # the last thing we know ran there is ours
         self._foreign_since: Dict[str, float] = {}  # busy with another workflow since
         self._foreign_clear: Dict[str, float] = {}  # first seen without its work (it may come back)
+        self._foreign_owner: Dict[str, Optional[str]] = {}  # whose, when the caller says
+        self._takeover_jitter: Dict[str, Tuple[float, float]] = {}  # server -> (foreign since, jitter)
         self._finished_heard: Dict[str, List[float]] = {}
         self._last_used: Dict[str, int] = {}
         self._uses = 0
@@ -579,6 +593,7 @@ class Scheduler:
             v.ft = ft
             v.dev = dev
             v.avail = now + backlog
+            v.anchored = since is not None or not load.ours_queued or v.others > 0
             v.first = 0.0 if v.warm else setup
             v.thr = self._lead + self._dev_margin * dev
             if probing:
@@ -603,6 +618,10 @@ class Scheduler:
         for v in views:
             foreign = v.setup > 0.0 and not v.warm and v.others > 0
             if foreign:
+                owner = v.load.cache_owner
+                if owner is not None and self._foreign_owner.get(v.name, owner) != owner:
+                    self._foreign_since.pop(v.name, None)  # taken over: the new workflow's hold starts
+                self._foreign_owner[v.name] = owner
                 self._foreign_since.setdefault(v.name, now)
                 self._foreign_clear.pop(v.name, None)
             elif v.name in self._foreign_since:
@@ -613,14 +632,27 @@ class Scheduler:
                 if v.warm or v.setup <= 0.0 or now >= grace:
                     del self._foreign_since[v.name]
                     del self._foreign_clear[v.name]
+                    self._foreign_owner.pop(v.name, None)
                 else:
                     foreign = True
                     wake = grace if wake is None else min(wake, grace)
             if not foreign:
                 continue
             v.foreign = True
-            held = now - self._foreign_since[v.name]
-            v.blocked = not idle_anywhere or held < self._hold * v.setup
+            since = self._foreign_since[v.name]
+            # Clients left without a server at the same moment would all take the same
+            # one over at once (each getting a frame and losing it to the next): a
+            # random delay, drawn once per hold, lets the first one be seen.
+            drawn = self._takeover_jitter.get(v.name)
+            if drawn is None or drawn[0] != since:
+                drawn = (since, self._rng.random() * self._spread)
+                self._takeover_jitter[v.name] = drawn
+            v.takeover_at = since + self._hold * v.setup + drawn[1]
+            v.blocked = not idle_anywhere or now < v.takeover_at
+            if v.blocked:
+                # Only ranked (see _list_schedule): a workflow that has kept a server
+                # for t seconds is expected to keep it about as long again.
+                v.avail = max(v.avail, now + (now - since))
         return wake
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
@@ -653,18 +685,18 @@ class Scheduler:
         shared = self._others_seen is not None and now - self._others_seen <= horizon
         open_views = [v for v in views if not v.blocked]
         for v in views:
-            if v.blocked:
+            if v.blocked and all(u.in_flight == 0 for u in views):
                 # Free for us once the other workflow has had it for `hold` setups.
-                since = self._foreign_since.get(v.name)
-                if since is not None and all(u.in_flight == 0 for u in views):
-                    due = since + self._hold * v.setup
-                    wake = due if wake is None else min(wake, due)
+                wake = v.takeover_at if wake is None else min(wake, v.takeover_at)
         considered = set()
         for v in open_views:
             k = 0
             while True:
                 start = v.avail + (v.first if k else 0.0) + k * v.ft
-                if self._rank(open_views, v, v.finish(k), k, pending) >= pending:
+                # Servers left to another workflow still count as places the frames
+                # may go (after the work seen there): no cold start on a slow GPU now
+                # for a frame that another server is likely to free up for sooner.
+                if self._rank(views, v, v.finish(k), k, pending) >= pending:
                     break  # the plan gives every remaining frame an earlier finish elsewhere
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
@@ -674,7 +706,8 @@ class Scheduler:
                     due = self._due(v, start, shared and not (v.setup > 0.0 and v.warm and v.others == 0))
                 considered.add(v.name)
                 if due > now:
-                    wake = due if wake is None else min(wake, due)
+                    if v.anchored:
+                        wake = due if wake is None else min(wake, due)
                     break
                 picks.append((start, v.key, v.name))
                 k += 1
@@ -724,7 +757,11 @@ class Scheduler:
             waited = now - self._last_sent if self._last_sent is not None else 0.0
             advance = min(self._aging * waited, _MAX_ADVANCE * v.ft)
             lo = max(now, due - advance)
-            hi = max(lo, start - advance) + self._spread
+            # A cold claim (another workflow's models are there) pays a setup anyway:
+            # a wider window makes two clients claiming at once (and each keeping one
+            # frame) rare, for a small part of that setup.
+            spread = max(self._spread, _CLAIM_SPREAD * v.first)
+            hi = max(lo, start - advance) + spread
             drawn = (start, lo + self._rng.random() * (hi - lo))
             self._stagger[v.name] = drawn
         return drawn[1]

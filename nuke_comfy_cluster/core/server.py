@@ -327,9 +327,7 @@ class ComfyUIServer:
         try:
             running, pending = parse_queue(body)
         except ValueError as e:
-            raise ServerRejected(
-                f"{self.name}: GET /queue answered an unexpected body ({e})", server=self.name
-            ) from e
+            raise ServerRejected(f"{self.name}: GET /queue answered an unexpected body ({e})", server=self.name) from e
         with self._lock:
             self._set_queue(len(running) + len(pending), now, running=len(running))
             self._last_check = now
@@ -360,7 +358,9 @@ class ComfyUIServer:
             self._device_at = time.time()
             self._latency_ms = ms
         version = f" ComfyUI {device.comfyui_version}" if device.comfyui_version else ""
-        return True, "{}: reachable in {:.0f} ms,{} on {}".format(self.name, ms, version, device.name or "unknown device")
+        return True, "{}: reachable in {:.0f} ms,{} on {}".format(
+            self.name, ms, version, device.name or "unknown device"
+        )
 
     # -- balancing inputs ---------------------------------------------------------
     def note_submitted(self, at: Optional[float] = None) -> None:
@@ -477,4 +477,3 @@ class ComfyUIServer:
 
     def __repr__(self) -> str:  # no secrets
         return f"ComfyUIServer({self.name!r}, {self.url}, {self._status.value})"
-

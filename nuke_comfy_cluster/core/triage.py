@@ -117,7 +117,10 @@ def classify(
     if kind == REJECTION:
         if any(r.accepted or r.succeeded for r in others):
             return Verdict(
-                Blame.SERVER, True, True, f"{server} left out of this batch: {text} (other servers accept this workflow)"
+                Blame.SERVER,
+                True,
+                True,
+                f"{server} left out of this batch: {text} (other servers accept this workflow)",
             )
         return Verdict(Blame.UNDECIDED, True, True, f"{server} refused the workflow: {text}; trying another server")
     strikes = records[server].failures.get(signature, 0) if server in records else 1

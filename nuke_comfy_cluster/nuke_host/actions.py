@@ -55,6 +55,22 @@ def submit_this() -> Optional[submit.SubmitRun]:
         return None
 
 
+def resume_this() -> Optional[Any]:
+    node = _this()
+    try:
+        from . import resume
+
+        return resume.resume_node(node)
+    except Exception as e:  # noqa: BLE001 - shown to the artist instead
+        text = _explain(e, "Resume")
+        try:
+            node_knobs.set_status(node, "Not resumed: " + text)
+        except Exception:  # noqa: BLE001 - the message box below still explains
+            log.exception("ComfyUI Cluster: cannot update the node's status")
+        _message(f"{node.name()}: {text}")
+        return None
+
+
 def cancel_this() -> None:
     node = _this()
     try:
@@ -82,7 +98,12 @@ def on_knob_changed() -> None:
     import nuke
 
     try:
-        node_knobs.knob_changed(nuke.thisNode(), nuke.thisKnob())
+        node, knob = nuke.thisNode(), nuke.thisKnob()
+        node_knobs.knob_changed(node, knob)
+        if knob.name() == "showPanel":
+            from . import lifecycle
+
+            lifecycle.check_nodes([node])  # an unfinished batch shows, with Resume, when the panel opens
     except Exception:  # noqa: BLE001 - knobChanged fires constantly: log, never pop up
         log.exception("ComfyUI Cluster: knobChanged failed")
 

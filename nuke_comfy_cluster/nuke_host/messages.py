@@ -6,7 +6,7 @@ sentence can be tested without Nuke.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
 from ..core.state import JobState
@@ -112,6 +112,11 @@ def status_line(snapshot: BatchSnapshot, cancelling: bool = False) -> str:
     """The node's one-line status while a run is active or after it ended."""
     total = len(snapshot.jobs)
     unit = _unit(snapshot)
+    if snapshot.detached and not snapshot.finished:
+        return (
+            f"Detached: {snapshot.done} of {total} {unit} done; the prompts already on the servers keep "
+            "rendering. Press Resume to collect them and send the rest."
+        )
     if not snapshot.finished:
         head = "Cancelling" if cancelling else "Running"
         return f"{head}: {progress_message(snapshot)}"
@@ -135,6 +140,65 @@ def failure_popup(snapshot: BatchSnapshot, node_name: str) -> Optional[str]:
     lines = error_lines(snapshot)
     head = f"{node_name}: {snapshot.failed} of {len(snapshot.jobs)} {_unit(snapshot)} failed."
     return "\n\n".join([head] + lines)
+
+
+# --------------------------------------------------------------------------- batch lifecycle
+
+
+def short_id(batch_id: str) -> str:
+    return batch_id[:8]
+
+
+def _counts(summary: Any) -> str:
+    return f"{summary.done} of {summary.total} done" + (f", {summary.failed} failed" if summary.failed else "")
+
+
+def resumable_line(summary: Any) -> str:
+    """A reopened script's node whose batch did not finish (``summary``: a ledger BatchSummary)."""
+    return (
+        f"Unfinished: batch {short_id(summary.batch_id)}, {_counts(summary)}. Press Resume to finish it "
+        "(frames on disk are kept, prompts still on the servers are collected)."
+    )
+
+
+def elsewhere_line(summary: Any) -> str:
+    return (
+        f"Rendering in another session: batch {short_id(summary.batch_id)}, {_counts(summary)} "
+        "(another Nuke or a command line holds it; Resume once it has let go)."
+    )
+
+
+def finished_line(summary: Any) -> str:
+    """A batch that ended while its script was closed."""
+    state = {"done": "Done", "failed": "Failed", "cancelled": "Cancelled"}.get(summary.state, summary.state)
+    return f"{state} while the script was closed: batch {short_id(summary.batch_id)}, {_counts(summary)}."
+
+
+#: a saved status that only made sense while a run was alive
+LIVE_STATUS_PREFIXES = ("Running", "Submitting", "Cancelling", "Resuming", "Rendering inputs", "Detached")
+
+
+def close_question(runs: Sequence[Tuple[str, Optional[BatchSnapshot]]]) -> str:
+    """The nuke.ask text when the script closes (or Nuke quits) with ``(node name, snapshot)`` running."""
+    lines = []
+    for name, snapshot in runs:
+        if snapshot is None:
+            lines.append(f"    {name}: being submitted")
+        else:
+            lines.append(f"    {name}: {snapshot.done} of {len(snapshot.jobs)} {_unit(snapshot)} done")
+    many = len(runs) > 1
+    return "\n".join(
+        [
+            "ComfyUI Cluster: {} still rendering:".format(f"{len(runs)} batches are" if many else "a batch is"),
+            *lines,
+            "",
+            "Keep {} rendering on the servers?".format("them" if many else "it"),
+            "",
+            "Yes: keep rendering. Reopen this script and press Resume on the node to collect the "
+            "frames (while Nuke stays open the batch simply goes on).",
+            "No: cancel (our queued prompts are removed, the running ones interrupted).",
+        ]
+    )
 
 
 def tcl_escape(text: str) -> str:

@@ -53,6 +53,12 @@ K_CANCEL = "cancel"
 K_STATUS = "status"
 K_DETAILS = "details"
 K_RUN = "ncc_run"  # id of the active run (empty when idle), so Cancel finds it
+K_RESUME = "resume"
+#: hidden, saved with the script: the ledger id of the node's latest batch, so a reopened
+#: script can offer Resume
+K_BATCH = "ncc_batch"
+#: hidden, saved: where that batch's inputs were rendered (JSON), so Resume can feed them again
+K_BATCH_INPUTS = "ncc_batch_inputs"
 
 
 def map_knob(index: int) -> str:
@@ -209,6 +215,7 @@ def add_knobs(node: Any) -> None:
         nuke.Tab_Knob("ncc_tab", "ComfyUI Cluster"),
         marker,
         run,
+        *_batch_knobs(nuke),
         nuke.File_Knob(K_WORKFLOW, "workflow (API JSON)"),
         _button(nuke, K_RELOAD, "Reload", "reload_this"),
         nuke.Text_Knob(K_INFO, "workflow inputs", "no workflow loaded"),
@@ -233,6 +240,7 @@ def add_knobs(node: Any) -> None:
         nuke.Boolean_Knob(K_OVERWRITE, "overwrite"),
         _button(nuke, K_SUBMIT, "Submit", "submit_this", newline=True),
         _button(nuke, K_CANCEL, "Cancel", "cancel_this"),
+        _resume_button(nuke),
         nuke.Text_Knob(K_STATUS, "status", "idle"),
         nuke.Text_Knob(K_DETAILS, "", ""),
     ]
@@ -246,6 +254,44 @@ def add_knobs(node: Any) -> None:
     node[K_OVERWRITE].clearFlag(nuke.STARTLINE)
     node[K_OVERWRITE].setTooltip("Replace frames of this sequence already on disk (off: such a submission is refused).")
     node["knobChanged"].setValue(KNOB_CHANGED_SCRIPT)
+
+
+def _batch_knobs(nuke: Any) -> List[Any]:
+    knobs = [nuke.String_Knob(K_BATCH, ""), nuke.String_Knob(K_BATCH_INPUTS, "")]
+    for knob in knobs:
+        knob.setFlag(nuke.INVISIBLE)  # hidden, yet written to the script (only DO_NOT_WRITE is not)
+    return knobs
+
+
+def _resume_button(nuke: Any) -> Any:
+    knob = _button(nuke, K_RESUME, "Resume", "resume_this")
+    knob.setTooltip(
+        "Finish this node's unfinished batch (after Nuke closed or crashed): frames already on "
+        "disk are kept, prompts still on the servers are collected, the rest is sent again."
+    )
+    knob.setEnabled(False)  # enabled when the ledger holds an unfinished batch of this node
+    return knob
+
+
+def ensure_batch_knobs(node: Any) -> None:
+    """Give a node saved before Resume existed its batch knobs (added at the end of its tab)."""
+    import nuke
+
+    for knob in _batch_knobs(nuke) + [_resume_button(nuke)]:
+        if node.knob(knob.name()) is None:
+            node.addKnob(knob)
+
+
+def batch_id_of(node: Any) -> str:
+    """The id of the node's latest batch ("" for none, and for nodes older than the knob)."""
+    knob = node.knob(K_BATCH)
+    return knob.getText().strip() if knob is not None else ""
+
+
+def set_resumable(node: Any, resumable: bool) -> None:
+    knob = node.knob(K_RESUME)
+    if knob is not None and knob.enabled() != resumable:
+        knob.setEnabled(resumable)
 
 
 def group_path(node: Any) -> str:
@@ -461,6 +507,14 @@ def default_output_dir(script: str, node_name: str) -> str:
     return os.path.join(tempfile.gettempdir(), "nuke_comfy_cluster", "output", safe_tag(node_name))
 
 
+def output_target(node: Any) -> Tuple[str, str]:
+    """Where the node's results go: (output folder, sequence name), defaults filled in, unchecked."""
+    name = node.name()
+    output_dir = node[K_OUTPUT].evaluate() or default_output_dir(script_path(), name)
+    # getText: the name as typed (value() would run any [...] in it as TCL)
+    return output_dir, node[K_SEQUENCE].getText() or safe_tag(name)
+
+
 def read_settings(node: Any) -> NodeSettings:
     """The node's knobs as a :class:`NodeSettings`; SettingsError/WorkflowError say what is missing."""
     import nuke
@@ -483,9 +537,7 @@ def read_settings(node: Any) -> NodeSettings:
         raise SettingsError("Iterations must be at least 1")
     connected = [i for i in range(len(INPUT_NAMES)) if node.input(i) is not None]
     choices = [node[map_knob(i)].value() for i in range(len(INPUT_NAMES))]
-    output_dir = node[K_OUTPUT].evaluate() or default_output_dir(script_path(), name)
-    # getText: the name as typed (value() would run any [...] in it as TCL)
-    sequence = node[K_SEQUENCE].getText() or safe_tag(name)
+    output_dir, sequence = output_target(node)
     try:
         ensure_safe_name(sequence)
     except ClusterError as e:

@@ -1,7 +1,9 @@
 """What Nuke runs at start-up: :func:`init` from init.py, :func:`install` from menu.py.
 
 Both are cheap and never raise: a broken plugin must not stop Nuke, ``nuke -t``
-or a render farm from starting. ``install`` checks ``nuke.GUI``, then registers
+or a render farm from starting. ``init`` (every session) also registers the
+script load / close callbacks of the batch lifecycle, by functions that import
+it only when a script opens or closes. ``install`` checks ``nuke.GUI``, then registers
 the docked panel (by an expression that imports its class, so Qt is imported
 only when the panel opens) and adds the menus. Each step is guarded on its own, so a missing Qt
 binding still leaves the node and its menu usable.
@@ -41,7 +43,8 @@ def plugin_root() -> str:
 
 
 def init() -> List[str]:
-    """For init.py: make the vendored dependencies importable. Returns the paths added.
+    """For init.py: make the vendored dependencies importable and register the script
+    callbacks. Returns the paths added.
 
     Appended, not prepended: packages the host already has (Nuke's own, a studio's)
     keep winning, and ours only fill what is missing.
@@ -51,7 +54,37 @@ def init() -> List[str]:
     if os.path.isdir(vendored) and vendored not in sys.path:
         sys.path.append(vendored)
         added.append(vendored)
+    register_callbacks()
     return added
+
+
+def on_script_load() -> None:
+    from . import lifecycle
+
+    lifecycle.on_script_load()
+
+
+def on_script_close() -> None:
+    from . import lifecycle
+
+    lifecycle.on_script_close()
+
+
+def register_callbacks() -> bool:
+    """onScriptLoad (unfinished batches offer Resume) and onScriptClose (keep or cancel what
+    still renders), in every session: a terminal session closing its script must not drop its
+    batches either. Registering twice keeps one of each (Nuke's _addCallback)."""
+    try:
+        import nuke
+    except ImportError:
+        return False  # plain Python (tests, the installer): nothing to register with
+    try:
+        nuke.addOnScriptLoad(on_script_load)
+        nuke.addOnScriptClose(on_script_close)
+    except Exception:  # noqa: BLE001 - log and keep Nuke starting
+        log.exception("ComfyUI Cluster: cannot register the script callbacks")
+        return False
+    return True
 
 
 def _command(name: str) -> Any:

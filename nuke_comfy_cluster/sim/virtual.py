@@ -29,6 +29,8 @@ The model, kept deliberately small:
   look"; the client's lead time is set to the TTL.
 * Clients react to each message, poll and timer: the policy client asks its
   ``Scheduler`` and sends what it says; baseline clients follow their rule.
+  ``inbox_every`` models a client too busy to keep up: it reads its messages in
+  batches, so it may hear of a frame's start together with its end.
 
 Times are in seconds from the start of the world.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 import time
 from collections import deque
@@ -168,8 +171,12 @@ class World:
         push_delay: Tuple[float, float] = (0.005, 0.05),
         latency: Tuple[float, float] = (0.005, 0.02),
         loaded: Optional[Dict[str, str]] = None,
+        inbox_every: float = 0.0,
     ) -> None:
         self.now = 0.0
+        # > 0: clients read their messages only at multiples of this (a client too
+        # busy to keep up: a frame's start and its end can arrive in one batch).
+        self.inbox_every = inbox_every
         self.rng = random.Random(seed)
         self.specs = list(servers)
         loaded = loaded or {}
@@ -255,7 +262,12 @@ class World:
             return  # push lost: this client only learns by polling
         # One websocket per (client, server): messages keep their order.
         key = (client.index, server)
-        t = max(self.now + self.rng.uniform(*self._push_delay), self._channel.get(key, 0.0))
+        last = self._channel.get(key, 0.0)
+        t = self.now + self.rng.uniform(*self._push_delay)
+        if self.inbox_every > 0.0:
+            # Read in a batch, one message after another (0.1 ms each).
+            t = max(math.ceil(t / self.inbox_every) * self.inbox_every, last + 1e-4)
+        t = max(t, last)
         self._channel[key] = t
         self.at(t, fn, *args)
 
@@ -481,6 +493,11 @@ class PolicyClient(Client):
                 job.server, started_at, finished_at, setup_s=job.setup_time if job.cold else 0.0, cold=job.cold
             )
 
+    def _cache_owner(self, v: _View) -> Optional[str]:
+        if self.cache_info == "none":
+            return None
+        return self.model if self._warm(v) else v.tail
+
     def _warm(self, v: _View) -> Optional[bool]:
         """Whether a prompt sent now would find our model loaded, from what the client has seen."""
         if self.cache_info == "none":
@@ -509,6 +526,7 @@ class PolicyClient(Client):
                 ours_running_since=v.running_since if v.running is not None else None,
                 busy_since=v.busy_since,
                 warm=self._warm(v),
+                cache_owner=self._cache_owner(v),
             )
             for v in self.views.values()
         ]

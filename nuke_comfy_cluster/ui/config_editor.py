@@ -1,4 +1,4 @@
-"""The configuration editor: the servers' JSON text and a table, edited in step, validated live.
+"""The configuration editor: the servers' table and JSON text, edited in step, validated live.
 
 The JSON text is the source of truth (the user's layout and ``"_comment"`` keys
 survive a save). The table shows the decoded entries; a table edit rewrites the
@@ -12,6 +12,12 @@ unset or holds inline JSON, the user's config file
 says how to point the variable at it. Every file operation (read, save, backup,
 restore, import, export) and every connection test runs on a worker thread: the
 file may sit on a network share, and saving waits for a lock.
+
+The dialog assembles three parts::
+
+    config_table    ServerEntriesPane: the table and Add / Duplicate / Remove / Test
+    config_text     ConfigTextPane: the JSON, problems marked at line and column
+    config_files    where Save writes; save, backup, restore, import, export
 """
 
 from __future__ import annotations
@@ -24,8 +30,32 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..core import config as config_mod
-from ..core import config_store
-from ..core.config import ENV_SERVERS, ConfigIssue, ConfigLoad, ServerConfig, load_config, parse_servers
+from ..core.config import ENV_SERVERS, ConfigIssue, ServerConfig, load_config, parse_servers
+from .config_files import (
+    CANCEL,
+    DISCARD,
+    SAVE,
+    FileOperations,
+    RestoreDialog,
+    issue_first_line,
+    read_text,
+    target_for,
+    where_text,
+)
+from .config_table import (
+    COL_DIR_LOCAL,
+    COL_DIR_REMOTE,
+    COL_ENABLED,
+    COL_IP,
+    COL_NAME,
+    COL_PORT,
+    COL_PRIORITY,
+    COL_TEST,
+    TABLE_HEADERS,
+    ServerEntriesPane,
+    entries_of,
+)
+from .config_text import ERROR_FG, OK_FG, WARNING_FG, ConfigTextPane
 from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit, exec_
 from .workers import TaskError, TaskRunner
 
@@ -33,94 +63,29 @@ log = logging.getLogger(__name__)
 Qt = QtCore.Qt
 
 VALIDATE_DELAY_MS = 250
+#: the default size: every table column readable without scrolling
+DEFAULT_SIZE = (1100, 720)
 
-COL_NAME, COL_IP, COL_PORT, COL_PRIORITY, COL_ENABLED, COL_DIR_LOCAL, COL_DIR_REMOTE, COL_TEST = range(8)
-TABLE_HEADERS = ("Name", "Host / IP", "Port", "Priority", "Enabled", "Local folder", "Remote folder", "Test")
-_TABLE_FIELDS = {
-    COL_NAME: "name",
-    COL_IP: "ip",
-    COL_PORT: "port",
-    COL_PRIORITY: "priority",
-    COL_DIR_LOCAL: "dir_local",
-    COL_DIR_REMOTE: "dir_remote",
-}
-_INT_FIELDS = ("port", "priority")
-
-ERROR_BG = QtGui.QColor(214, 69, 65, 70)
-WARNING_BG = QtGui.QColor(224, 161, 0, 60)
-ERROR_FG = "#d64541"
-WARNING_FG = "#c98a00"
-OK_FG = "#3aa655"
-
-#: what ask_unsaved() answers
-SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
-
-
-def target_for(environ: Mapping[str, str]) -> Tuple[Path, str]:
-    """(file Save writes, why): ``"file"`` when NUKE_COMFYUI_SERVERS names a file,
-    ``"inline"`` when it holds JSON, ``"unset"`` when it is empty."""
-    raw = str(environ.get(ENV_SERVERS) or "").strip()
-    value = config_mod._unquote(raw)  # noqa: SLF001 - the same reading as load_config
-    if value and value[0] not in "[{":
-        return Path(os.path.abspath(config_mod._expand(value, environ))), "file"  # noqa: SLF001
-    return config_store.default_config_path(), "inline" if value else "unset"
+__all__ = [
+    "CANCEL",
+    "COL_DIR_LOCAL",
+    "COL_DIR_REMOTE",
+    "COL_ENABLED",
+    "COL_IP",
+    "COL_NAME",
+    "COL_PORT",
+    "COL_PRIORITY",
+    "COL_TEST",
+    "DISCARD",
+    "SAVE",
+    "TABLE_HEADERS",
+    "ConfigEditorDialog",
+    "RestoreDialog",
+    "target_for",
+]
 
 
-def _issue_first_line(issue: ConfigIssue) -> str:
-    return issue.message.split("\n")[0]
-
-
-def _entries_of(data: Any) -> Optional[List[Any]]:
-    """The server entries of decoded JSON, or None when it has no array to edit."""
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        servers = data.get("servers")
-        if isinstance(servers, list):
-            return servers
-        if any(key in data for key in ("name", "ip", "url", "port")):
-            return None  # one server object: the table edits it once it is made an array
-    return None
-
-
-class RestoreDialog(QtWidgets.QDialog):
-    """Pick one of the timestamped backups."""
-
-    def __init__(self, backups: Sequence[config_store.BackupInfo], parent: Optional[QtWidgets.QWidget] = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Restore a backup")
-        self.backups = list(backups)
-        self.list = QtWidgets.QListWidget(self)
-        for info in self.backups:
-            local = info.created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-            count = (
-                "unreadable"
-                if info.servers is None
-                else "{} server{}".format(info.servers, "" if info.servers == 1 else "s")
-            )
-            item = QtWidgets.QListWidgetItem(f"{local} — {count}")
-            item.setToolTip(str(info.path))
-            self.list.addItem(item)
-        if self.backups:
-            self.list.setCurrentRow(0)
-        self.list.itemDoubleClicked.connect(lambda _item: self.accept())
-        buttons = QtWidgets.QDialogButtonBox(
-            QtWidgets.QDialogButtonBox.StandardButton.Ok | QtWidgets.QDialogButtonBox.StandardButton.Cancel, parent=self
-        )
-        buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok).setText("Restore")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.addWidget(QtWidgets.QLabel("The current file is backed up first, so a restore can be undone.", self))
-        layout.addWidget(self.list)
-        layout.addWidget(buttons)
-
-    def chosen(self) -> Optional[config_store.BackupInfo]:
-        row = self.list.currentRow()
-        return self.backups[row] if 0 <= row < len(self.backups) else None
-
-
-class ConfigEditorDialog(QtWidgets.QDialog):
+class ConfigEditorDialog(FileOperations, QtWidgets.QDialog):
     """Edit, validate, save, back up, restore, import and export the server list."""
 
     #: the issues of the latest validation
@@ -157,9 +122,9 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         self.servers: List[ServerConfig] = []
         self._data: Any = None
         self._baseline = ""
-        self._syncing = False
         self._busy = 0
         self._close_after_save = False
+        self._closing = False
         self._test_results: Dict[str, Tuple[bool, str]] = {}
         self.last_message = ""
         #: True once the file (or the proposal for a new one) is in the editor
@@ -169,8 +134,8 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         self._validate_timer.setSingleShot(True)
         self._validate_timer.setInterval(VALIDATE_DELAY_MS)
         self._validate_timer.timeout.connect(self.validate_now)
-        self.editor.textChanged.connect(self._text_changed)
-        self.resize(980, 640)
+        self.text_pane.edited.connect(self._text_edited)
+        self.resize(*DEFAULT_SIZE)
         self.load()
 
     # -- layout --------------------------------------------------------------------------
@@ -178,71 +143,35 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         self.where = QtWidgets.QLabel(self)
         self.where.setWordWrap(True)
         self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.where.setText(self._where_text())
+        self.where.setText(where_text(self.target, self.mode))
 
-        self.editor = QtWidgets.QPlainTextEdit(self)
-        self.editor.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
-        self.editor.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.NoWrap)
-        self.editor.setTabChangesFocus(False)
-        self.editor.cursorPositionChanged.connect(self._cursor_moved)
-        self.position = QtWidgets.QLabel(self)
+        self.table_pane = ServerEntriesPane(self)
+        self.table_pane.entry_edited.connect(self._entry_edited)
+        self.table_pane.table.itemSelectionChanged.connect(self._update_buttons)
+        self.table_pane.add_button.clicked.connect(self.add_server)
+        self.table_pane.duplicate_button.clicked.connect(self.duplicate_selected)
+        self.table_pane.remove_button.clicked.connect(self.remove_selected)
+        self.table_pane.test_button.clicked.connect(self.test_selected)
+        self.text_pane = ConfigTextPane(self)
+        # what the tests and callers reach directly
+        self.table = self.table_pane.table
+        self.table_note = self.table_pane.note
+        self.editor = self.text_pane.editor
 
-        self.table = QtWidgets.QTableWidget(0, len(TABLE_HEADERS), self)
-        self.table.setHorizontalHeaderLabels(list(TABLE_HEADERS))
-        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        for col, width in (
-            (COL_NAME, 110),
-            (COL_IP, 120),
-            (COL_PORT, 60),
-            (COL_PRIORITY, 60),
-            (COL_ENABLED, 60),
-            (COL_DIR_LOCAL, 120),
-            (COL_DIR_REMOTE, 120),
-        ):
-            self.table.setColumnWidth(col, width)
-        self.table.itemChanged.connect(self._table_item_changed)
-        self.table.itemSelectionChanged.connect(self._update_buttons)
-        self.table_note = QtWidgets.QLabel(self)
-        self.table_note.setWordWrap(True)
-
-        self.add_button = QtWidgets.QPushButton("Add", self)
-        self.add_button.clicked.connect(self.add_server)
-        self.duplicate_button = QtWidgets.QPushButton("Duplicate", self)
-        self.duplicate_button.clicked.connect(self.duplicate_selected)
-        self.remove_button = QtWidgets.QPushButton("Remove", self)
-        self.remove_button.clicked.connect(self.remove_selected)
-        self.test_button = QtWidgets.QPushButton("Test connection", self)
-        self.test_button.setToolTip("Ask the selected server for /system_stats (in the background)")
-        self.test_button.clicked.connect(self.test_selected)
-        row_buttons = QtWidgets.QHBoxLayout()
-        for button in (self.add_button, self.duplicate_button, self.remove_button, self.test_button):
-            row_buttons.addWidget(button)
-        row_buttons.addStretch(1)
-
-        table_box = QtWidgets.QWidget(self)
-        table_layout = QtWidgets.QVBoxLayout(table_box)
-        table_layout.setContentsMargins(0, 0, 0, 0)
-        table_layout.addWidget(self.table, 1)
-        table_layout.addWidget(self.table_note)
-        table_layout.addLayout(row_buttons)
-
-        text_box = QtWidgets.QWidget(self)
-        text_layout = QtWidgets.QVBoxLayout(text_box)
-        text_layout.setContentsMargins(0, 0, 0, 0)
-        text_layout.addWidget(self.editor, 1)
-        text_layout.addWidget(self.position)
-
-        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal, self)
-        self.splitter.addWidget(text_box)
-        self.splitter.addWidget(table_box)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
+        # the table over the text: the table gets the dialog's whole width, so every column
+        # is readable; the text below keeps its own lines (no wrapping)
+        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical, self)
+        self.splitter.addWidget(self.table_pane)
+        self.splitter.addWidget(self.text_pane)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setChildrenCollapsible(False)
 
         self.summary = QtWidgets.QLabel(self)
         self.issue_list = QtWidgets.QListWidget(self)
         self.issue_list.setMaximumHeight(110)
+        self.issue_list.setWordWrap(True)  # a long message wraps instead of scrolling sideways
+        self.issue_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.issue_list.itemActivated.connect(self._issue_activated)
         self.issue_list.itemClicked.connect(self._issue_activated)
 
@@ -280,26 +209,10 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         layout.addWidget(self.status)
         layout.addLayout(bottom)
 
-    def _where_text(self) -> str:
-        path = str(self.target)
-        if self.mode == "file":
-            return (
-                f"Editing <b>{_html(path)}</b> (named by {ENV_SERVERS}). Save writes it atomically and keeps a backup."
-            )
-        if self.mode == "explicit":
-            return f"Editing <b>{_html(path)}</b>. Save writes it atomically and keeps a backup."
-        hint = f"set {ENV_SERVERS}={_html(path)} (in your environment or Nuke's init.py) so Nuke reads it at start-up"
-        if self.mode == "inline":
-            return (
-                f"{ENV_SERVERS} holds inline JSON, which this editor cannot change. Save writes <b>{_html(path)}</b> and the running "
-                f"session uses it; to keep using it, {hint}."
-            )
-        return f"{ENV_SERVERS} is not set. Save writes <b>{_html(path)}</b> and the running session uses it; to keep using it, {hint}."
-
     # -- state -----------------------------------------------------------------------------
     @property
     def text(self) -> str:
-        return self.editor.toPlainText()
+        return self.text_pane.text()
 
     @property
     def dirty(self) -> bool:
@@ -382,18 +295,11 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             return False
         target = self.target
 
-        def read() -> Optional[str]:
-            try:
-                data = target.read_bytes()
-            except FileNotFoundError:
-                return None
-            return data.decode("utf-8-sig")
-
         def done(text: Optional[str]) -> str:
             exists = text is not None
             if text is None:
                 text = self._initial_text()
-            self._set_text(text, undoable=False)
+            self.text_pane.set_text(text, undoable=False)
             # a file that does not exist yet counts as unsaved only once the proposal is changed
             self._baseline = text
             self.ready = True
@@ -402,35 +308,15 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             self._set_status(message)
             return message
 
-        return self._run("load", read, done)
+        return self._run("load", lambda: read_text(target), done)
 
     # -- text <-> table ----------------------------------------------------------------------
-    def _set_text(self, text: str, undoable: bool = True) -> None:
-        self._syncing = True
-        try:
-            if undoable:
-                cursor = QtGui.QTextCursor(self.editor.document())
-                position = self.editor.textCursor().position()
-                cursor.beginEditBlock()
-                cursor.select(QtGui.QTextCursor.SelectionType.Document)
-                cursor.insertText(text)
-                cursor.endEditBlock()
-                keep = self.editor.textCursor()
-                keep.setPosition(min(position, len(text)))
-                self.editor.setTextCursor(keep)
-            else:
-                self.editor.setPlainText(text)
-        finally:
-            self._syncing = False
-
     def set_text(self, text: str) -> None:
         """Replace the editor's text (undoable) and validate now."""
-        self._set_text(text)
+        self.text_pane.set_text(text)
         self.validate_now()
 
-    def _text_changed(self) -> None:
-        if self._syncing:
-            return
+    def _text_edited(self) -> None:
         self._validate_timer.start()
         self._update_buttons()
 
@@ -445,71 +331,23 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             decoded = True
         except ValueError:
             decoded = False
-        self._mark_issues()
+        self.text_pane.mark_issues(issues)
         self._fill_issue_list()
         if decoded:
-            self._fill_table()
-        self._table_enabled(decoded and _entries_of(self._data) is not None)
+            self.table_pane.fill(self.entries() or [], issues, self._test_results)
+        self._table_enabled(decoded and self.entries() is not None)
         self._update_buttons()
         emit(self.validated, list(issues))
         return issues
 
     def _issue_position(self, issue: ConfigIssue) -> Tuple[Optional[int], Optional[int]]:
-        """(line, column), 1-based: a field's own line when it can be found below its entry."""
-        if issue.line is None:
-            return None, None
-        if issue.column is not None or not issue.field:
-            return issue.line, issue.column
-        doc = self.editor.document()
-        needle = f'"{issue.field}"'
-        block = doc.findBlockByNumber(issue.line - 1)
-        depth = 0
-        while block.isValid():
-            text = block.text()
-            col = text.find(needle)
-            if col >= 0:
-                return block.blockNumber() + 1, col + 1
-            depth += text.count("{") - text.count("}")
-            if depth <= 0 and block.blockNumber() >= issue.line:
-                break  # past the end of this entry
-            block = block.next()
-        return issue.line, None
+        return self.text_pane.issue_position(issue)
 
     def error_selections(self) -> List[Any]:
-        return list(self.editor.extraSelections())
+        return self.text_pane.error_selections()
 
-    def _mark_issues(self) -> None:
-        selections = []
-        doc = self.editor.document()
-        for issue in self.issues:
-            line, column = self._issue_position(issue)
-            if line is None:
-                continue
-            block = doc.findBlockByNumber(line - 1)
-            if not block.isValid():
-                continue
-            colour = ERROR_BG if issue.level == "error" else WARNING_BG
-            whole = QtWidgets.QTextEdit.ExtraSelection()
-            whole.format.setBackground(colour)
-            whole.format.setProperty(QtGui.QTextFormat.Property.FullWidthSelection, True)
-            whole.format.setToolTip(issue.message)
-            whole.cursor = QtGui.QTextCursor(block)
-            selections.append(whole)
-            if column is not None:
-                spot = QtWidgets.QTextEdit.ExtraSelection()
-                spot.format.setUnderlineStyle(QtGui.QTextCharFormat.UnderlineStyle.WaveUnderline)
-                spot.format.setUnderlineColor(QtGui.QColor(ERROR_FG if issue.level == "error" else WARNING_FG))
-                spot.format.setBackground(colour.darker(110))
-                cursor = QtGui.QTextCursor(block)
-                cursor.movePosition(
-                    QtGui.QTextCursor.MoveOperation.Right,
-                    QtGui.QTextCursor.MoveMode.MoveAnchor,
-                    min(column - 1, max(0, block.length() - 1)),
-                )
-                cursor.movePosition(QtGui.QTextCursor.MoveOperation.Right, QtGui.QTextCursor.MoveMode.KeepAnchor, 1)
-                spot.cursor = cursor
-                selections.append(spot)
-        self.editor.setExtraSelections(selections)
+    def go_to(self, line: int, column: int = 1) -> None:
+        self.text_pane.go_to(line, column)
 
     def _fill_issue_list(self) -> None:
         self.issue_list.clear()
@@ -520,33 +358,25 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             where = ""
             if line is not None:
                 where = "line {}{}: ".format(line, f", column {column}" if column else "")
-            item = QtWidgets.QListWidgetItem(f"{where}{_issue_first_line(issue)}")
+            item = QtWidgets.QListWidgetItem(f"{where}{issue_first_line(issue)}")
             item.setForeground(QtGui.QBrush(QtGui.QColor(ERROR_FG if issue.level == "error" else WARNING_FG)))
             item.setToolTip(issue.message)
             item.setData(Qt.ItemDataRole.UserRole, (line, column))
             self.issue_list.addItem(item)
         count = len(self.servers)
+        servers = "{} server{}".format(count, "" if count == 1 else "s")
         if errors:
             self.summary.setText(
-                "{} error{}, {} warning{} — fix the errors to save ({} server{} usable as it is)".format(
-                    len(errors),
-                    "" if len(errors) == 1 else "s",
-                    len(warnings),
-                    "" if len(warnings) == 1 else "s",
-                    count,
-                    "" if count == 1 else "s",
+                "{} error{}, {} warning{} — fix the errors to save ({} usable as it is)".format(
+                    len(errors), _s(len(errors)), len(warnings), _s(len(warnings)), servers
                 )
             )
             self.summary.setStyleSheet(f"color: {ERROR_FG};")
         elif warnings:
-            self.summary.setText(
-                "{} server{}; {} warning{}".format(
-                    count, "" if count == 1 else "s", len(warnings), "" if len(warnings) == 1 else "s"
-                )
-            )
+            self.summary.setText("{}; {} warning{}".format(servers, len(warnings), _s(len(warnings))))
             self.summary.setStyleSheet(f"color: {WARNING_FG};")
         else:
-            self.summary.setText("{} server{}, no problems".format(count, "" if count == 1 else "s"))
+            self.summary.setText(f"{servers}, no problems")
             self.summary.setStyleSheet(f"color: {OK_FG};")
         self.issue_list.setVisible(bool(self.issues))
 
@@ -555,111 +385,29 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         if line:
             self.go_to(line, column or 1)
 
-    def go_to(self, line: int, column: int = 1) -> None:
-        block = self.editor.document().findBlockByNumber(max(0, line - 1))
-        cursor = QtGui.QTextCursor(block)
-        cursor.movePosition(
-            QtGui.QTextCursor.MoveOperation.Right,
-            QtGui.QTextCursor.MoveMode.MoveAnchor,
-            max(0, min(column - 1, block.length() - 1)),
-        )
-        self.editor.setTextCursor(cursor)
-        self.editor.setFocus()
-
-    def _cursor_moved(self) -> None:
-        cursor = self.editor.textCursor()
-        self.position.setText(f"Line {cursor.blockNumber() + 1}, column {cursor.positionInBlock() + 1}")
-
     def entries(self) -> Optional[List[Any]]:
         """The decoded server entries the table shows, or None when the text does not decode."""
-        return _entries_of(self._data)
+        return entries_of(self._data)
 
     def _table_enabled(self, enabled: bool) -> None:
-        self.table.setEnabled(enabled)
         if enabled:
-            self.table_note.setText("")
-        elif self._data is not None and isinstance(self._data, dict) and _entries_of(self._data) is None:
-            self.table_note.setText("The text holds one server object, not an array: press Add to make it a list.")
+            note = ""
+        elif self._data is not None and isinstance(self._data, dict) and entries_of(self._data) is None:
+            note = "The text holds one server object, not an array: press Add to make it a list."
         else:
-            self.table_note.setText("Fix the JSON text to edit the table.")
-        self.table_note.setVisible(not enabled)
+            note = "Fix the JSON text to edit the table."
+        self.table_pane.set_editable(enabled, note)
 
-    def _fill_table(self) -> None:
-        entries = self.entries() or []
-        error_rows: Dict[int, List[str]] = {}
-        for issue in self.issues:
-            if issue.index is not None:
-                error_rows.setdefault(issue.index, []).append(
-                    ("" if issue.level == "error" else "Warning: ") + issue.message
-                )
-        blocked = self.table.blockSignals(True)
-        try:
-            self.table.setRowCount(len(entries))
-            for row, entry in enumerate(entries):
-                obj = entry if isinstance(entry, dict) else {}
-                for col, field in _TABLE_FIELDS.items():
-                    value = obj.get(field, "")
-                    item = QtWidgets.QTableWidgetItem("" if value is None else str(value))
-                    if not isinstance(entry, dict):
-                        item.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)
-                        if col == COL_NAME:
-                            item.setText("(not a server object)")
-                    self.table.setItem(row, col, item)
-                enabled = QtWidgets.QTableWidgetItem()
-                enabled.setFlags(
-                    Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable
-                )
-                enabled.setCheckState(
-                    Qt.CheckState.Checked if obj.get("enabled", True) is not False else Qt.CheckState.Unchecked
-                )
-                self.table.setItem(row, COL_ENABLED, enabled)
-                name = str(obj.get("name", ""))
-                test = QtWidgets.QTableWidgetItem()
-                test.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)
-                if name in self._test_results:
-                    ok, message = self._test_results[name]
-                    test.setText("ok" if ok else "failed")
-                    test.setToolTip(message)
-                    test.setForeground(QtGui.QBrush(QtGui.QColor(OK_FG if ok else ERROR_FG)))
-                self.table.setItem(row, COL_TEST, test)
-                problems = error_rows.get(row)
-                for col in range(len(TABLE_HEADERS)):
-                    item = self.table.item(row, col)
-                    if item is None:
-                        continue
-                    if problems:
-                        has_error = any(not p.startswith("Warning: ") for p in problems)
-                        item.setBackground(QtGui.QBrush(ERROR_BG if has_error else WARNING_BG))
-                        if col != COL_TEST:
-                            item.setToolTip("\n".join(problems))
-        finally:
-            self.table.blockSignals(blocked)
-
-    def _table_item_changed(self, item: QtWidgets.QTableWidgetItem) -> None:
+    def _entry_edited(self, row: int, field: str, value: Any) -> None:
         entries = self.entries()
-        row, col = item.row(), item.column()
         if entries is None or not 0 <= row < len(entries) or not isinstance(entries[row], dict):
             return
-        entry = entries[row]
-        if col == COL_ENABLED:
-            entry["enabled"] = item.checkState() == Qt.CheckState.Checked
-        elif col in _TABLE_FIELDS:
-            field = _TABLE_FIELDS[col]
-            value: Any = item.text()
-            if field in _INT_FIELDS:
-                stripped = value.strip()
-                try:
-                    value = int(stripped)
-                except ValueError:
-                    value = stripped  # kept as typed: validation names the problem
-            entry[field] = value
-        else:
-            return
+        entries[row][field] = value
         self._write_back()
 
     def _write_back(self) -> None:
         """The table changed ``self._data``: rewrite the text (undoable) and validate."""
-        self._set_text(json.dumps(self._data, indent=2, ensure_ascii=False) + "\n")
+        self.text_pane.set_text(json.dumps(self._data, indent=2, ensure_ascii=False) + "\n")
         self.validate_now()
 
     def _ensure_array(self) -> Optional[List[Any]]:
@@ -675,9 +423,10 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         return None
 
     def selected_rows(self) -> List[int]:
-        return sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        return self.table_pane.selected_rows()
 
-    def _unique_name(self, base: str, entries: Sequence[Any]) -> str:
+    @staticmethod
+    def _unique_name(base: str, entries: Sequence[Any]) -> str:
         taken = {str(e.get("name", "")).casefold() for e in entries if isinstance(e, dict)}
         if base.casefold() not in taken:
             return base
@@ -706,7 +455,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         )
         self._write_back()
         row = len(entries) - 1
-        self.table.selectRow(row)
+        self.table_pane.select_row(row)
         return row
 
     def duplicate_selected(self) -> Optional[int]:
@@ -718,7 +467,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         clone["name"] = self._unique_name("{}-copy".format(clone.get("name", "server")), entries)
         entries.insert(rows[0] + 1, clone)
         self._write_back()
-        self.table.selectRow(rows[0] + 1)
+        self.table_pane.select_row(rows[0] + 1)
         return rows[0] + 1
 
     def remove_selected(self) -> int:
@@ -736,6 +485,11 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         rows = self.selected_rows()
         return self.test_row(rows[0]) if rows else False
 
+    def _show_test(self, name: str, ok: bool, message: str) -> None:
+        self._test_results[name] = (ok, message)
+        self.table_pane.fill(self.entries() or [], self.issues, self._test_results)
+        emit(self.test_finished, name, ok, message)
+
     def test_row(self, row: int) -> bool:
         """Test the server of table row ``row`` on a worker; ``test_finished`` reports."""
         entries = self.entries()
@@ -745,9 +499,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         name = str(entries[row].get("name", "")) if isinstance(entries[row], dict) else ""
         if not found:
             message = "; ".join(i.message for i in issues if i.level == "error") or "not a usable server"
-            self._test_results[name] = (False, message)
-            self._fill_table()
-            emit(self.test_finished, name, False, message)
+            self._show_test(name, False, message)
             return False
         config = found[0]
 
@@ -762,215 +514,24 @@ class ConfigEditorDialog(QtWidgets.QDialog):
 
         def done(result: Tuple[bool, str]) -> None:
             ok, message = result
-            self._test_results[config.name] = (ok, message)
-            self._fill_table()
             self._set_status(message, "ok" if ok else "error")
-            emit(self.test_finished, config.name, ok, message)
+            self._show_test(config.name, ok, message)
 
         def failed(error: TaskError) -> None:
-            self._test_results[config.name] = (False, error.message)
-            self._fill_table()
-            emit(self.test_finished, config.name, False, error.message)
+            self._show_test(config.name, False, error.message)
 
         self._test_results.pop(config.name, None)
         started = self.runner.run("config-test-" + config.name, test, done, failed)
         if started:
-            item = self.table.item(row, COL_TEST)
-            if item is not None:
-                item.setText("testing…")
+            self.table_pane.set_testing(row)
         return started
-
-    # -- save / reload ---------------------------------------------------------------------------
-    def save(self) -> bool:
-        """Validate, write the file atomically with a backup (worker), then reload the pool."""
-        self.validate_now()
-        if self.errors:
-            first = _issue_first_line(self.errors[0])
-            self._set_status(f"Not saved: fix the errors first ({first})", "error")
-            emit(self.operation_finished, "save", False, self.last_message)
-            return False
-        text = self.text
-        target = self.target
-        pool = self.pool
-        environ = dict(self.environ)
-        mode = self.mode
-
-        def work() -> Tuple[config_store.SaveResult, Optional[ConfigLoad]]:
-            result = config_store.save_servers(target, text)
-            loaded = None
-            if pool is not None:
-                loaded = _reload_pool(pool, target, environ, mode)
-            return result, loaded
-
-        def done(value: Tuple[config_store.SaveResult, Optional[ConfigLoad]]) -> str:
-            result, loaded = value
-            self._baseline = text
-            self._update_buttons()
-            message = f"Saved {result.path}"
-            if result.backup is not None:
-                message += f"; the previous version is in {result.backup}"
-            if loaded is not None:
-                message += ". The pool now uses {} server{}".format(
-                    len(loaded.servers), "" if len(loaded.servers) == 1 else "s"
-                )
-                emit(self.pool_reloaded, loaded)
-            self._set_status(message, "ok")
-            if self._close_after_save and not self.dirty:
-                self._close_after_save = False
-                self._really_close()
-            return message
-
-        def failed(_error: TaskError) -> None:
-            self._close_after_save = False
-
-        return self._run("save", work, done, failed)
-
-    # -- backups ---------------------------------------------------------------------------------
-    def backup_now(self) -> bool:
-        target = self.target
-
-        def done(path: Path) -> str:
-            message = f"Backed up {target.name} to {path}"
-            self._set_status(message, "ok")
-            return message
-
-        return self._run("backup", lambda: config_store.backup_now(target), done)
-
-    def _restore_clicked(self) -> None:
-        target = self.target
-
-        def chosen(backups: List[config_store.BackupInfo]) -> str:
-            if not backups:
-                message = f"No backups of {target} yet"
-                self._set_status(message)
-                return message
-            dialog = RestoreDialog(backups, self)
-            accepted = exec_(dialog)  # 1 = accepted, in both bindings
-            info = dialog.chosen()
-            if accepted and info is not None:
-                self.restore(info)
-            return ""
-
-        self._run("list-backups", lambda: config_store.list_backups(target), chosen)
-
-    def restore(self, backup: Any) -> bool:
-        """Put ``backup`` (a BackupInfo or a path) back in place, show it and reload the pool."""
-        if self.dirty and self.ask_unsaved("restore a backup") != DISCARD:
-            return False
-        target = self.target
-        pool = self.pool
-        environ = dict(self.environ)
-        mode = self.mode
-
-        def work() -> Tuple[config_store.SaveResult, str, Optional[ConfigLoad]]:
-            result = config_store.restore_backup(target, backup)
-            text = target.read_bytes().decode("utf-8-sig")
-            loaded = _reload_pool(pool, target, environ, mode) if pool is not None else None
-            return result, text, loaded
-
-        def done(value: Tuple[config_store.SaveResult, str, Optional[ConfigLoad]]) -> str:
-            result, text, loaded = value
-            self._set_text(text)
-            self._baseline = text
-            self.validate_now()
-            source = backup.path if isinstance(backup, config_store.BackupInfo) else backup
-            message = f"Restored {result.path} from {source}"
-            if result.backup is not None:
-                message += f"; what it replaced is in {result.backup}"
-            if loaded is not None:
-                emit(self.pool_reloaded, loaded)
-            self._set_status(message, "ok")
-            return message
-
-        return self._run("restore", work, done)
-
-    # -- import / export --------------------------------------------------------------------------
-    def _import_clicked(self) -> None:
-        path, _ = QtWidgets.QFileDialog.getOpenFileName(
-            self, "Import servers", str(self.target.parent), "JSON (*.json);;All files (*)"
-        )
-        if path:
-            self.import_from(path)
-
-    def import_from(self, path: str) -> bool:
-        """Load a server file into the editor (not saved until Save); bad entries are reported."""
-        if self.dirty and self.ask_unsaved(f"import {path}") != DISCARD:
-            return False
-
-        def done(value: Tuple[List[ServerConfig], List[ConfigIssue]]) -> str:
-            servers, issues = value
-            errors = [i for i in issues if i.level == "error"]
-            if not servers:
-                message = "Nothing imported from {}: {}".format(
-                    path, _issue_first_line(errors[0]) if errors else "no servers"
-                )
-                self._set_status(message, "error")
-                return message
-            self.set_text(config_mod.servers_to_json(servers))
-            message = "Imported {} server{} from {} (not saved yet)".format(
-                len(servers), "" if len(servers) == 1 else "s", path
-            )
-            if errors:
-                message += "; {} entr{} skipped: {}".format(
-                    len(errors), "y" if len(errors) == 1 else "ies", _issue_first_line(errors[0])
-                )
-            self._set_status(message, "warning" if errors else "ok")
-            return message
-
-        return self._run("import", lambda: config_store.import_config(path), done)
-
-    def _export_clicked(self) -> None:
-        path, _ = QtWidgets.QFileDialog.getSaveFileName(
-            self, "Export servers", str(self.target.parent / "comfyui_servers_export.json"), "JSON (*.json)"
-        )
-        if not path:
-            return
-        include = False
-        if any(s.token or s.headers for s in self.servers):
-            answer = QtWidgets.QMessageBox.question(
-                self,
-                "Export secrets?",
-                f"Some servers have a token or headers. Include them in {path}?",
-                QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
-                QtWidgets.QMessageBox.StandardButton.No,
-            )
-            include = answer == QtWidgets.QMessageBox.StandardButton.Yes
-        self.export_to(path, include_secrets=include)
-
-    def export_to(self, path: str, include_secrets: bool = False) -> bool:
-        """Write the valid servers of the editor to ``path`` (tokens and headers only when asked)."""
-        self.validate_now()
-        servers = list(self.servers)
-        if not servers:
-            self._set_status("Nothing to export: no valid server in the editor", "error")
-            emit(self.operation_finished, "export", False, self.last_message)
-            return False
-
-        def done(dest: Path) -> str:
-            message = "Exported {} server{} to {}{}".format(
-                len(servers),
-                "" if len(servers) == 1 else "s",
-                dest,
-                "" if include_secrets else " (without tokens and headers)",
-            )
-            self._set_status(message, "ok")
-            return message
-
-        return self._run(
-            "export", lambda: config_store.export_config(servers, path, include_secrets=include_secrets), done
-        )
 
     # -- buttons, closing ---------------------------------------------------------------------------
     def _update_buttons(self) -> None:
         busy = self.busy
-        has_entries = self.entries() is not None
-        rows = self.selected_rows() if has_entries else []
         self.save_button.setEnabled(not busy)
         self.save_button.setText("Save*" if self.dirty else "Save")
-        self.add_button.setEnabled(self._data is not None or not self.text.strip())
-        self.duplicate_button.setEnabled(bool(rows))
-        self.remove_button.setEnabled(bool(rows))
-        self.test_button.setEnabled(bool(rows))
+        self.table_pane.update_buttons(can_add=self._data is not None or not self.text.strip())
         for button in (self.import_button, self.backup_button, self.restore_button, self.export_button):
             button.setEnabled(not busy)
         title = "ComfyUI Cluster — servers"
@@ -993,6 +554,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
         box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.Save)
         exec_(box)
         clicked = box.standardButton(box.clickedButton()) if box.clickedButton() is not None else None
+        box.deleteLater()
         if clicked == QtWidgets.QMessageBox.StandardButton.Save:
             return SAVE
         if clicked == QtWidgets.QMessageBox.StandardButton.Discard:
@@ -1012,7 +574,7 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             super().reject()
 
     def _may_close(self) -> bool:
-        if getattr(self, "_closing", False) or not self.dirty:
+        if self._closing or not self.dirty:
             return True
         answer = self.ask_unsaved("close the editor")
         if answer == DISCARD:
@@ -1035,16 +597,5 @@ class ConfigEditorDialog(QtWidgets.QDialog):
             self.runner.shutdown()
 
 
-def _reload_pool(pool: Any, target: Path, environ: Mapping[str, str], mode: str) -> ConfigLoad:
-    """Give the pool the servers of ``target`` (worker thread: removing servers joins their sockets)."""
-    env = dict(environ)
-    if mode != "file":
-        # the variable does not name this file (yet): load it as if it did
-        env[ENV_SERVERS] = str(target)
-    loaded = load_config(env)
-    pool.set_servers(loaded.servers, loaded)
-    return loaded
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"

@@ -1,8 +1,8 @@
 """The jobs view: every batch with its progress, its frames, where they run, and why they failed.
 
 A tree model over :class:`BatchSnapshot` objects (batches on top, one child row
-per job) fed on the GUI thread, a delegate drawing the progress bars, and a small
-widget with Cancel / Retry failed / Show error / Clear finished. The view knows no
+per job) fed on the GUI thread, a delegate drawing the progress bars (progress_bar),
+and a small widget with Cancel / Retry failed / Error… / Clear. The view knows no
 cluster: it emits ``cancel_requested(batch_id)`` and ``retry_requested(batch_id)``.
 """
 
@@ -12,15 +12,21 @@ from typing import Any, Dict, List, Optional
 
 from ..core.jobs import BatchSnapshot, JobError, JobSnapshot
 from ..core.state import JobState
+from .progress_bar import (  # noqa: F401 - the colour helpers are re-exported
+    STATE_COLOURS,
+    ProgressDelegate,
+    ProgressRole,
+    StateRole,
+    bar_colours,
+    contrast,
+    readable_on,
+)
 from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit
 from .server_table import bold_font, cached_brush
 
 Qt = QtCore.Qt
 
-ProgressRole = int(Qt.ItemDataRole.UserRole) + 11
 BatchIdRole = int(Qt.ItemDataRole.UserRole) + 12
-StateRole = int(Qt.ItemDataRole.UserRole) + 13
-
 JobIndexRole = int(Qt.ItemDataRole.UserRole) + 14
 _CELL_ROLES = (
     int(Qt.ItemDataRole.DisplayRole),
@@ -34,15 +40,6 @@ _ITEM_FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 
 COL_NAME, COL_STATE, COL_PROGRESS, COL_FRAMES, COL_SERVER, COL_ATTEMPTS, COL_ERROR = range(7)
 HEADERS = ("Batch / job", "State", "Progress", "Frames", "Server", "Tries", "Error")
-
-STATE_COLOURS: Dict[str, str] = {
-    "pending": "#a0a0a0",
-    "submitted": "#5b9bd5",
-    "running": "#e0a100",
-    "done": "#3aa655",
-    "failed": "#d64541",
-    "cancelled": "#8c8c8c",
-}
 
 
 class _BatchEntry:
@@ -291,7 +288,7 @@ class JobsModel(QtGui.QStandardItemModel):
             if col == COL_STATE:
                 return job.state.value
             if col == COL_PROGRESS:
-                return f"{job.fraction * 100:.0f}%"
+                return job_progress_text(job)
             if col == COL_FRAMES:
                 return "" if job.frame is None else str(job.frame)
             if col == COL_SERVER:
@@ -302,7 +299,8 @@ class JobsModel(QtGui.QStandardItemModel):
                 return job.error.message if job.error is not None and job.error.kind != "cancelled" else ""
             return None
         if role == ProgressRole:
-            return job.fraction
+            # no bar for a frame that has not started: a row of empty bars says nothing
+            return job.fraction if job.state not in (JobState.PENDING, JobState.SUBMITTED) else None
         if role == StateRole:
             return job.state.value
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
@@ -310,11 +308,30 @@ class JobsModel(QtGui.QStandardItemModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if job.error is not None:
                 return error_details(job.error, job)
+            if col == COL_PROGRESS and job.state is JobState.RUNNING and job.progress_max > 0:
+                return "Step {:g} of {:g} of the running node (ComfyUI's progress messages)".format(
+                    job.progress_value, job.progress_max
+                )
             if job.current_node:
                 return "{} on {} (node {})".format(job.label, job.server or "?", job.current_node)
             if job.failed_servers:
                 return "Failed before on: {}".format(", ".join(job.failed_servers))
         return None
+
+
+def job_progress_text(job: JobSnapshot) -> str:
+    """``step 12/20`` while a frame runs (ComfyUI's ``progress`` messages), else its state's word."""
+    if job.state is JobState.RUNNING:
+        if job.progress_max > 0:
+            return "step {:.0f}/{:.0f}".format(min(job.progress_value, job.progress_max), job.progress_max)
+        return "running"
+    if job.state is JobState.DONE:
+        return "100%"
+    if job.state is JobState.SUBMITTED:
+        return "queued"
+    if job.state is JobState.PENDING:
+        return "waiting"
+    return job.state.value
 
 
 def _cell(value_of: Any, batch_id: str, job_index: Optional[int]) -> Dict[int, Any]:
@@ -329,26 +346,11 @@ def _cell(value_of: Any, batch_id: str, job_index: Optional[int]) -> Dict[int, A
     return cell
 
 
-class ProgressDelegate(QtWidgets.QStyledItemDelegate):
-    """Draws the progress column as a progress bar."""
-
-    def paint(self, painter: QtGui.QPainter, option: Any, index: QtCore.QModelIndex) -> None:
-        if index.column() != COL_PROGRESS:
-            super().paint(painter, option, index)
-            return
-        value = index.data(ProgressRole)
-        fraction = float(value) if value is not None else 0.0
-        bar = QtWidgets.QStyleOptionProgressBar()
-        bar.rect = option.rect.adjusted(2, 3, -2, -3)
-        bar.minimum = 0
-        bar.maximum = 1000
-        bar.progress = int(round(max(0.0, min(1.0, fraction)) * 1000))
-        bar.text = f"{fraction * 100:.0f}%"
-        bar.textVisible = True
-        bar.state = option.state | QtWidgets.QStyle.StateFlag.State_Horizontal
-        widget = option.widget
-        style = widget.style() if widget is not None else QtWidgets.QApplication.style()
-        style.drawControl(QtWidgets.QStyle.ControlElement.CE_ProgressBar, bar, painter, widget)
+def _button(text: str, parent: QtWidgets.QWidget) -> QtWidgets.QToolButton:
+    button = QtWidgets.QToolButton(parent)
+    button.setText(text)
+    button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+    return button
 
 
 class JobsView(QtWidgets.QWidget):
@@ -380,16 +382,21 @@ class JobsView(QtWidgets.QWidget):
         ):
             self.tree.setColumnWidth(col, width)
         self.tree.header().setStretchLastSection(True)
+        # a docked panel gives the jobs what the servers leave: a header and a row will do
+        self.tree.setMinimumHeight(self.tree.fontMetrics().height() * 3 + 8)
         self.tree.doubleClicked.connect(self._double_clicked)
         self.tree.expanded.connect(self._expanded)
 
-        self.cancel_button = QtWidgets.QPushButton("Cancel", self)
+        # tool buttons: a push button is at least ~80 px wide in most styles, and the four
+        # must fit a dock 420 px wide with a large font
+        self.cancel_button = _button("Cancel", self)
         self.cancel_button.setToolTip("Cancel the selected batch: removes our queued prompts and stops ours if running")
-        self.retry_button = QtWidgets.QPushButton("Retry failed", self)
+        self.retry_button = _button("Retry failed", self)
         self.retry_button.setToolTip("Send the failed frames of the selected batch again")
-        self.error_button = QtWidgets.QPushButton("Show error…", self)
+        self.error_button = _button("Error…", self)
         self.error_button.setToolTip("The full error of the selected failed job or batch")
-        self.clear_button = QtWidgets.QPushButton("Clear finished", self)
+        self.clear_button = _button("Clear", self)
+        self.clear_button.setToolTip("Remove the finished batches from this list")
         self.summary = QtWidgets.QLabel(self)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.summary.setWordWrap(True)
@@ -486,7 +493,9 @@ class JobsView(QtWidgets.QWidget):
         self.retry_button.setEnabled(batch is not None and batch.failed > 0)
         self.error_button.setEnabled(self.error_text() is not None)
         self.clear_button.setEnabled(bool(self.model.finished_batch_ids()))
-        self.summary.setText(self._summary_text(batch))
+        summary = self._summary_text(batch)
+        self.summary.setText(summary)
+        self.summary.setVisible(bool(summary))
 
     @staticmethod
     def _summary_text(batch: Optional[BatchSnapshot]) -> str:

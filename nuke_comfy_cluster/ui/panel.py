@@ -26,13 +26,15 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..core.errors import ClusterError, user_message
 from ..core.state import PoolSnapshot
 from .jobs_view import JobsView
 from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit
-from .server_table import STATUS_COLOURS, ServerTableModel, ServerTableView
+from .server_table import STATUS_COLOURS, ServerTableModel
+from .server_view import ServerTableView
+from .widgets import ConfigBanner, ElidedLabel
 from .workers import BatchBridge, BatchRelay, SnapshotBridge, TaskError, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -53,62 +55,6 @@ def announce_batch(batch: Any) -> None:
     """Show ``batch`` in every open panel (any thread). The Nuke node and scripts call this."""
     for relay in list(_open_relays):
         relay.push(batch)
-
-
-class ConfigBanner(QtWidgets.QFrame):
-    """Where the configuration came from, and what is wrong with it."""
-
-    edit_requested = Signal()
-
-    STYLES = {
-        "info": "",
-        "warning": "ConfigBanner { background: rgba(224, 161, 0, 45); border: 1px solid rgba(224, 161, 0, 160); border-radius: 3px; }",
-        "error": "ConfigBanner { background: rgba(214, 69, 65, 55); border: 1px solid rgba(214, 69, 65, 190); border-radius: 3px; }",
-    }
-
-    def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
-        super().__init__(parent)
-        self.level = "info"
-        self._state: Any = None
-        self.label = QtWidgets.QLabel(self)
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.details = QtWidgets.QLabel(self)
-        self.details.setWordWrap(True)
-        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.edit_button = QtWidgets.QPushButton("Edit configuration…", self)
-        self.edit_button.clicked.connect(self.edit_requested)
-        text = QtWidgets.QVBoxLayout()
-        text.setContentsMargins(0, 0, 0, 0)
-        text.setSpacing(2)
-        text.addWidget(self.label)
-        text.addWidget(self.details)
-        layout = QtWidgets.QHBoxLayout(self)
-        layout.setContentsMargins(6, 4, 6, 4)
-        layout.addLayout(text, 1)
-        layout.addWidget(self.edit_button, 0, Qt.AlignmentFlag.AlignTop)
-
-    def set_state(self, notice: str, warnings: Sequence[str], errors: Sequence[str]) -> None:
-        state = (notice, tuple(warnings), tuple(errors))
-        if state == self._state:
-            return  # a style sheet change re-polishes the banner: only when needed
-        self._state = state
-        level = "error" if errors else "warning" if warnings else "info"
-        self.level = level
-        self.setStyleSheet(self.STYLES[level])
-        self.label.setText(notice or "No configuration loaded")
-        problems = list(errors) + list(warnings)
-        shown = problems[:3]
-        lines = ["{} {}".format("Error:" if i < len(errors) else "Warning:", p) for i, p in enumerate(shown)]
-        if len(problems) > len(shown):
-            lines.append(f"… and {len(problems) - len(shown)} more (hover for all)")
-        self.details.setText("\n".join(lines))
-        self.details.setVisible(bool(lines))
-        everything = [notice] + ["Error: " + e for e in errors] + ["Warning: " + w for w in warnings]
-        self.setToolTip("\n".join(t for t in everything if t))
-
-    def text(self) -> str:
-        return "\n".join(t for t in (self.label.text(), self.details.text()) if t)
 
 
 class ClusterPanel(QtWidgets.QWidget):
@@ -139,6 +85,8 @@ class ClusterPanel(QtWidgets.QWidget):
         self.setWindowTitle("ComfyUI Cluster")
         self._closed = False
         self._batches: Dict[str, Any] = {}
+        #: batch id -> ((server, why left out), ...) of the batches still running
+        self._left_out: Dict[str, Any] = {}
         self._dismissed: Set[str] = set()
         self._last_refresh_s: Optional[float] = None
         self._refresh_started_at = 0.0
@@ -155,7 +103,7 @@ class ClusterPanel(QtWidgets.QWidget):
         self._build()
 
         self.snapshot_bridge.snapshot_changed.connect(self._apply_snapshot)
-        self.batch_bridge.batch_changed.connect(self.jobs.update_batch)
+        self.batch_bridge.batch_changed.connect(self._batch_changed)
         self.batch_relay.announced.connect(self._watch_batch_gui)
         self.pool.add_listener(self.snapshot_bridge.push)
         self._dispatcher_hooked = self._hook_dispatcher()
@@ -168,6 +116,7 @@ class ClusterPanel(QtWidgets.QWidget):
         # the panel and call it after it was closed
         self._fit_timer = _one_shot(self, self._fit_table)
         self._refresh_timer = _one_shot(self, self.refresh)
+        self.table.columns_changed.connect(self._fit_timer.start)  # a scroll bar may come or go
 
         app = QtWidgets.QApplication.instance()
         if app is not None:
@@ -182,33 +131,36 @@ class ClusterPanel(QtWidgets.QWidget):
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
         self.banner = ConfigBanner(self)
-        self.banner.edit_requested.connect(self.open_config_editor)
 
         self.override_combo = QtWidgets.QComboBox(self)
         self.override_combo.setToolTip(
             "Where submissions go when they do not choose a server: automatic, or pinned to one server"
         )
-        # a fixed width: fitting the contents would re-measure every item at each status change
+        # sized by a character count, not the items: fitting the contents would re-measure
+        # every item at each status change; it grows with the dock from there
         self.override_combo.setSizeAdjustPolicy(
             QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.override_combo.setMinimumContentsLength(28)
+        self.override_combo.setMinimumContentsLength(6)
+        self.override_combo.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
+        self.override_combo.setMaximumWidth(420)
         self.override_combo.activated.connect(self._override_chosen)
         self.override_warning = QtWidgets.QLabel(self)
+        self.override_warning.setWordWrap(True)
         self.override_warning.setStyleSheet("color: {};".format(STATUS_COLOURS["offline"]))
         self.override_warning.setVisible(False)
         self.refresh_button = QtWidgets.QPushButton("Refresh", self)
         self.refresh_button.setToolTip("Ask every server for its status now")
         self.refresh_button.clicked.connect(self.refresh)
+        # the one way to the editor (the banner only tells what is wrong)
         self.config_button = QtWidgets.QPushButton("Configure…", self)
-        self.config_button.setToolTip("Edit the server list (NUKE_COMFYUI_SERVERS)")
+        self.config_button.setToolTip("Edit the server list (NUKE_COMFYUI_SERVERS): add, remove, test, back up")
         self.config_button.clicked.connect(self.open_config_editor)
 
         bar = QtWidgets.QHBoxLayout()
         bar.setContentsMargins(0, 0, 0, 0)
         bar.addWidget(QtWidgets.QLabel("Send to:", self))
-        bar.addWidget(self.override_combo)
-        bar.addWidget(self.override_warning, 1)
+        bar.addWidget(self.override_combo, 1)
         bar.addStretch(0)
         bar.addWidget(self.refresh_button)
         bar.addWidget(self.config_button)
@@ -222,29 +174,32 @@ class ClusterPanel(QtWidgets.QWidget):
         self.jobs.cancel_requested.connect(self.cancel_batch)
         self.jobs.retry_requested.connect(self.retry_batch)
         self.jobs.cleared.connect(self._batches_cleared)
-        jobs_box = QtWidgets.QGroupBox("Jobs", self)
-        jobs_layout = QtWidgets.QVBoxLayout(jobs_box)
-        jobs_layout.setContentsMargins(4, 4, 4, 4)
+        # no group box: its title and frame cost a docked panel a server row
+        self.jobs_box = QtWidgets.QWidget(self)
+        jobs_layout = QtWidgets.QVBoxLayout(self.jobs_box)
+        jobs_layout.setContentsMargins(0, 2, 0, 0)
         jobs_layout.addWidget(self.jobs)
 
         self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical, self)
         self.splitter.addWidget(self.table)
-        self.splitter.addWidget(jobs_box)
+        self.splitter.addWidget(self.jobs_box)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
         self._splitter_set_by_user = False
         self.splitter.splitterMoved.connect(self._splitter_moved)
 
-        self.status_label = QtWidgets.QLabel(self)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = ElidedLabel(self)
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        layout.setSpacing(4)
         layout.addWidget(self.banner)
         layout.addLayout(bar)
+        layout.addWidget(self.override_warning)
         layout.addWidget(self.splitter, 1)
         layout.addWidget(self.status_label)
+        self.banner.expanded_changed.connect(self._banner_toggled)
 
     def sizeHint(self) -> QtCore.QSize:  # noqa: N802
         return QtCore.QSize(1000, 620)
@@ -252,19 +207,29 @@ class ClusterPanel(QtWidgets.QWidget):
     def _splitter_moved(self, *_: Any) -> None:
         self._splitter_set_by_user = True
 
+    def _banner_toggled(self, _expanded: bool) -> None:
+        self._fit_timer.start()
+
+    def table_height_wanted(self) -> int:
+        """The height that shows every server as a row (and a horizontal scroll bar)."""
+        table = self.table
+        rows = max(self.model.rowCount(), 3)
+        wanted = table.horizontalHeader().sizeHint().height() + table.verticalHeader().defaultSectionSize() * rows
+        wanted += 2 * table.frameWidth() + 2
+        if table.horizontalHeader().length() > table.viewport().width():
+            wanted += table.horizontalScrollBar().sizeHint().height()  # columns the user chose to keep
+        return wanted
+
     def _fit_table(self) -> None:
-        """Give the server table the height of its rows (until the user drags the splitter)."""
+        """Give the server table the height of its rows (until the user drags the splitter):
+        every server is a visible row; the jobs get the rest, down to their minimum."""
         if self._closed:
             return
         total = sum(self.splitter.sizes())
         if self._splitter_set_by_user or total <= 0:
             return
-        table = self.table
-        rows = max(self.model.rowCount(), 3)
-        wanted = table.horizontalHeader().sizeHint().height() + table.verticalHeader().defaultSectionSize() * rows
-        # room for a horizontal scroll bar: a narrow dock often needs one
-        wanted += 2 * table.frameWidth() + table.horizontalScrollBar().sizeHint().height() + 2
-        wanted = min(wanted, int(total * 0.6))
+        jobs_min = self.jobs_box.minimumSizeHint().height()
+        wanted = min(self.table_height_wanted(), max(total - jobs_min, int(total * 0.4)))
         self.splitter.setSizes([wanted, total - wanted])
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802
@@ -283,6 +248,8 @@ class ClusterPanel(QtWidgets.QWidget):
         if self.model.rowCount() != rows:
             self.table.fit_columns()
             self._fit_table()
+        else:
+            self.table.fit_grown_columns()
         self.banner.set_state(snap.source, snap.warnings, snap.errors)
         self._update_override(snap, now)
         self._update_status_line(snap, now)
@@ -504,8 +471,29 @@ class ClusterPanel(QtWidgets.QWidget):
         self._dismissed.discard(batch.id)
         batch.add_listener(self.batch_bridge.push)
         # after subscribing, so a batch finishing meanwhile is still shown finished
-        self.jobs.update_batch(batch.snapshot())
+        self._batch_changed(batch.snapshot())
         emit(self.batch_watched, batch.id)
+
+    def _batch_changed(self, snap: Any) -> None:
+        self.jobs.update_batch(snap)
+        left_out = tuple(getattr(snap, "left_out", ()) or ())
+        if snap.finished:
+            changed = self._left_out.pop(snap.id, None) is not None
+        else:
+            changed = self._left_out.get(snap.id) != left_out
+            if left_out:
+                self._left_out[snap.id] = left_out
+            else:
+                changed = self._left_out.pop(snap.id, None) is not None
+        if changed:
+            self._show_left_out()
+
+    def _show_left_out(self) -> None:
+        """Why running batches leave servers out, in the servers' rows (the newest batch wins)."""
+        reasons: Dict[str, str] = {}
+        for left_out in self._left_out.values():
+            reasons.update(dict(left_out))
+        self.model.set_left_out(reasons)
 
     def batch(self, batch_id: str) -> Optional[Any]:
         return self._batches.get(batch_id)
@@ -525,6 +513,8 @@ class ClusterPanel(QtWidgets.QWidget):
         self._message(f"retrying the failed frames of {batch.name}")
 
     def _batches_cleared(self, ids: List[str]) -> None:
+        if any(self._left_out.pop(batch_id, None) is not None for batch_id in list(ids)):
+            self._show_left_out()
         for batch_id in ids:
             batch = self._batches.pop(batch_id, None)
             if batch is not None:

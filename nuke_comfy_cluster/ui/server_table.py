@@ -1,4 +1,4 @@
-"""The live server table: a model over :class:`PoolSnapshot` objects and its delegate.
+"""The live server table's model: one row per server of the latest :class:`PoolSnapshot`.
 
 The model only ever holds immutable snapshots, replaced on the GUI thread. User
 edits (enabled checkbox, priority) are not applied to the snapshot: the model
@@ -9,10 +9,20 @@ pool, whose next snapshot shows the result.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..core.state import PoolSnapshot, ServerSnapshot, ServerStatus
-from .qt import QtCore, QtGui, QtWidgets, Signal, apply_binding_fixes, emit, enum_value
+from .qt import QtCore, QtGui, Signal, apply_binding_fixes, emit, enum_value
+from .server_texts import (  # noqa: F401 - re-exported: the table's wording
+    STATUS_COLOURS,
+    format_age,
+    format_bytes,
+    short_gpu_name,
+    status_colour_name,
+    status_text,
+    status_tooltip,
+    status_word,
+)
 
 Qt = QtCore.Qt
 
@@ -41,12 +51,24 @@ _FLAGS = {
     COL_ENABLED: _BASE_FLAGS | Qt.ItemFlag.ItemIsUserCheckable,
     COL_PRIORITY: _BASE_FLAGS | Qt.ItemFlag.ItemIsEditable,
 }
-HEADERS = ("Status", "Name", "Host:port", "Queue", "Priority", "Enabled", "Latency", "GPU", "VRAM free", "Last seen")
+HEADERS = (
+    "Status",
+    "Name",
+    "Host:port",
+    "Run / wait",
+    "Priority",
+    "Enabled",
+    "Latency",
+    "GPU",
+    "VRAM free",
+    "Last seen",
+)
 HEADER_TIPS = (
-    "Reachability and load; hover an offline server for the reason",
+    "Whether the balancer uses the server, and why not when it does not",
     "The server's name; the one the balancer would pick next is bold with an arrow",
     "Address and port",
-    "Prompts running / waiting in the server's queue (all clients)",
+    "Prompts running / waiting in the server's queue, from every artist.\n"
+    "“+N sent”: prompts this Nuke sent that the server has not listed yet.",
     "Lower number = preferred when loads are equal (double-click to edit)",
     "Untick to stop sending work to this server (takes effect at once)",
     "Round trip of the last status request",
@@ -54,77 +76,6 @@ HEADER_TIPS = (
     "Free / total video memory",
     "Live: connected by websocket (queue pushed); else the time since it last answered",
 )
-
-#: colours by status; COOLING is for a reachable server skipped after failures
-STATUS_COLOURS: Dict[str, str] = {
-    ServerStatus.ONLINE.value: "#3aa655",
-    ServerStatus.BUSY.value: "#e0a100",
-    ServerStatus.OFFLINE.value: "#d64541",
-    ServerStatus.ERROR.value: "#c2185b",
-    ServerStatus.DISABLED.value: "#8c8c8c",
-    ServerStatus.UNKNOWN.value: "#a0a0a0",
-    "cooling": "#e67e22",
-}
-
-
-def status_word(server: ServerSnapshot, now: float) -> str:
-    """The word shown in the status column."""
-    if server.enabled and server.cooling_down(now):
-        return "cooling down"
-    return server.status.value
-
-
-def status_colour_name(server: ServerSnapshot, now: float) -> str:
-    if server.enabled and server.cooling_down(now):
-        return STATUS_COLOURS["cooling"]
-    return STATUS_COLOURS.get(server.status.value, STATUS_COLOURS[ServerStatus.UNKNOWN.value])
-
-
-def status_tooltip(server: ServerSnapshot, now: float) -> str:
-    """Why the server is skipped (offline, error, cooling down, disabled), else how it is reached."""
-    lines = []
-    reason = server.unavailable_reason(now)
-    if reason is not None and server.status is not ServerStatus.UNKNOWN:
-        lines.append(f"Not used: {reason}")
-    elif server.status is ServerStatus.UNKNOWN and server.enabled:
-        lines.append("Not checked yet")
-    else:
-        lines.append("Available")
-    if server.last_error and server.last_error not in (reason or ""):
-        lines.append(f"Last error: {server.last_error}")
-    lines.append("Status by {}".format("websocket push (live)" if server.live else "polling"))
-    counters = server.counters
-    if counters.dispatches or counters.failures:
-        lines.append(f"Sent {counters.dispatches} · completed {counters.completed} · failed {counters.failures}")
-    return "\n".join(lines)
-
-
-def format_age(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0.0, seconds)
-    if seconds < 2:
-        return "just now"
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
-def format_bytes(n: int) -> str:
-    gib = n / float(1024**3)
-    return f"{gib:.1f} GB" if gib >= 1 else f"{n / float(1024**2):.0f} MB"
-
-
-def short_gpu_name(name: str) -> str:
-    """``cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync`` -> ``NVIDIA GeForce RTX 4090``."""
-    text = name.split(" : ")[0].strip()
-    head, _, rest = text.partition(" ")
-    if rest and ":" in head and head.split(":")[-1].isdigit():
-        text = rest
-    return text
-
 
 _icon_cache: Dict[Tuple[str, str], QtGui.QIcon] = {}
 _paint_cache: Dict[Tuple[str, str], Any] = {}
@@ -216,6 +167,8 @@ class ServerTableModel(QtGui.QStandardItemModel):
         #: per row, per column: the role -> value last written to the item
         self._cells: List[List[Dict[int, Any]]] = []
         self._now = time.time()
+        #: server name -> why a running batch left it out ("no node X")
+        self._left_out: Dict[str, str] = {}
 
     # -- feeding -----------------------------------------------------------------------
     @property
@@ -237,6 +190,20 @@ class ServerTableModel(QtGui.QStandardItemModel):
         for row, (old, new) in enumerate(zip(old_rows, rows)):
             if old != new or (old.name == old_next) != (new.name == snapshot.next_server):
                 self._update_row(row)
+
+    def set_left_out(self, reasons: Mapping[str, str]) -> None:
+        """Show why running batches leave servers out (server name -> reason)."""
+        reasons = dict(reasons)
+        if reasons == self._left_out:
+            return
+        changed = {n for n in set(reasons) | set(self._left_out) if reasons.get(n) != self._left_out.get(n)}
+        self._left_out = reasons
+        for row, server in enumerate(self._rows):
+            if server.name in changed:
+                self._update_row(row)
+
+    def left_out(self, name: str) -> Optional[str]:
+        return self._left_out.get(name)
 
     def tick(self, now: Optional[float] = None) -> None:
         """Time moved on: rewrite the cells whose time-dependent text changed (last seen, cooldown)."""
@@ -317,7 +284,7 @@ class ServerTableModel(QtGui.QStandardItemModel):
 
     def _display(self, server: ServerSnapshot, col: int, now: float) -> Any:
         if col == COL_STATUS:
-            return status_word(server, now)
+            return status_text(server, now, self._left_out.get(server.name))
         if col == COL_NAME:
             return server.name
         if col == COL_ADDRESS:
@@ -327,7 +294,7 @@ class ServerTableModel(QtGui.QStandardItemModel):
             if server.status is ServerStatus.UNKNOWN or not server.status.reachable:
                 return "–"
             text = f"{server.queue_running} / {server.queue_pending}"
-            return text + f" (+{server.in_flight})" if server.in_flight else text
+            return text + f" +{server.in_flight} sent" if server.in_flight else text
         if col == COL_PRIORITY:
             return str(server.priority)
         if col == COL_ENABLED:
@@ -370,7 +337,7 @@ class ServerTableModel(QtGui.QStandardItemModel):
 
     def _tooltip(self, server: ServerSnapshot, col: int, now: float, is_next: bool) -> Optional[str]:
         if col == COL_STATUS:
-            return status_tooltip(server, now)
+            return status_tooltip(server, now, self._left_out.get(server.name))
         if col == COL_NAME:
             text = server.url
             if is_next:
@@ -379,10 +346,10 @@ class ServerTableModel(QtGui.QStandardItemModel):
                 text += "\nPaths: {} -> {}".format(server.dir_local or "?", server.dir_remote or "?")
             return text
         if col == COL_QUEUE:
-            return "{} running, {} waiting{}".format(
+            return "{} running, {} waiting in its queue (every artist's){}".format(
                 server.queue_running,
                 server.queue_pending,
-                f"; {server.in_flight} sent by us not yet in its queue" if server.in_flight else "",
+                f"; {server.in_flight} sent from here, not listed by the server yet" if server.in_flight else "",
             )
         if col == COL_GPU:
             device = server.device
@@ -419,96 +386,3 @@ class ServerTableModel(QtGui.QStandardItemModel):
                 emit(self.priority_edited, server.name, priority)
             return True
         return False
-
-
-class ServerTableDelegate(QtWidgets.QStyledItemDelegate):
-    """A spin box for the priority column; the rest is drawn by the style."""
-
-    def createEditor(self, parent: QtWidgets.QWidget, option: Any, index: QtCore.QModelIndex) -> Any:  # noqa: N802
-        if index.column() == COL_PRIORITY:
-            editor = QtWidgets.QSpinBox(parent)
-            editor.setRange(-9999, 9999)
-            editor.setToolTip("Lower number = preferred")
-            editor.setFrame(False)
-            return editor
-        return super().createEditor(parent, option, index)
-
-    def setEditorData(self, editor: QtWidgets.QWidget, index: QtCore.QModelIndex) -> None:  # noqa: N802
-        if isinstance(editor, QtWidgets.QSpinBox):
-            # only once: a live update arriving while the user types must not overwrite the value
-            if not editor.property("ncc_initialised"):
-                value = index.data(Qt.ItemDataRole.EditRole)
-                editor.setValue(int(value) if value is not None else 0)
-                editor.setProperty("ncc_initialised", True)
-            return
-        super().setEditorData(editor, index)
-
-    def setModelData(self, editor: QtWidgets.QWidget, model: Any, index: QtCore.QModelIndex) -> None:  # noqa: N802
-        if isinstance(editor, QtWidgets.QSpinBox):
-            editor.interpretText()
-            model.setData(index, editor.value(), Qt.ItemDataRole.EditRole)
-            return
-        super().setModelData(editor, model, index)
-
-
-class ServerTableView(QtWidgets.QTableView):
-    """The table widget: sortable through a proxy, priority edited in place."""
-
-    def __init__(self, model: ServerTableModel, parent: Optional[QtWidgets.QWidget] = None) -> None:
-        super().__init__(parent)
-        self.proxy = QtCore.QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(model)
-        self.proxy.setSortRole(SortRole)
-        self.proxy.setDynamicSortFilter(True)
-        self.setModel(self.proxy)
-        # only the priority column has a Python delegate (its spin box); Qt draws the rest alone
-        self.setItemDelegateForColumn(COL_PRIORITY, ServerTableDelegate(self))
-        self.setSortingEnabled(True)
-        self.sortByColumn(COL_PRIORITY, Qt.SortOrder.AscendingOrder)
-        self.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
-        self.setEditTriggers(
-            QtWidgets.QAbstractItemView.EditTrigger.DoubleClicked
-            | QtWidgets.QAbstractItemView.EditTrigger.EditKeyPressed
-            | QtWidgets.QAbstractItemView.EditTrigger.SelectedClicked
-        )
-        self.setAlternatingRowColors(True)
-        self.setWordWrap(False)
-        self.verticalHeader().setVisible(False)
-        header = self.horizontalHeader()
-        header.setStretchLastSection(True)
-        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Interactive)
-        for col, width in (
-            (COL_STATUS, 104),
-            (COL_NAME, 130),
-            (COL_ADDRESS, 130),
-            (COL_QUEUE, 84),
-            (COL_PRIORITY, 58),
-            (COL_ENABLED, 62),
-            (COL_LATENCY, 64),
-            (COL_GPU, 150),
-            (COL_VRAM, 130),
-        ):
-            self.setColumnWidth(col, width)
-        self._min_widths = {col: self.columnWidth(col) for col in range(len(HEADERS) - 1)}
-
-    def fit_columns(self) -> None:
-        """Widen columns to their contents (fonts differ between hosts); never narrower than the defaults."""
-        for col, minimum in self._min_widths.items():
-            self.resizeColumnToContents(col)
-            self.setColumnWidth(col, max(minimum, min(self.columnWidth(col), 360)))
-
-    def source_row(self, proxy_row: int) -> int:
-        return self.proxy.mapToSource(self.proxy.index(proxy_row, 0)).row()
-
-    def selected_server(self) -> Optional[str]:
-        rows = self.selectionModel().selectedRows()
-        if not rows:
-            return None
-        return rows[0].data(NameRole)
-
-
-def names_in_view_order(view: ServerTableView) -> Sequence[str]:
-    """Server names as the (sorted) view shows them."""
-    proxy = view.proxy
-    return [proxy.index(r, COL_NAME).data(NameRole) for r in range(proxy.rowCount())]

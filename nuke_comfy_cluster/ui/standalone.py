@@ -27,6 +27,32 @@ DEMO_WORKFLOW = {
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "panel_demo/shot010_####"}},
 }
 
+#: the same with a sampler: ComfyUI reports its steps (``progress`` messages), the jobs view
+#: shows them ("step 7/12"); the seed is varied per frame
+DEMO_SAMPLER_WORKFLOW = {
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sim_sd15.safetensors"}},
+    "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["1", 1]}},
+    "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+    "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "5": {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["1", 0],
+            "seed": 0,
+            "steps": 12,
+            "cfg": 7.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["2", 0],
+            "negative": ["3", 0],
+            "latent_image": ["4", 0],
+            "denoise": 1.0,
+        },
+    },
+    "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+    "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "panel_demo/shot010_####"}},
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -56,15 +82,20 @@ def _needs_offscreen() -> bool:
     return False
 
 
-def demo_jobs(frames: Sequence[int]) -> List[Any]:
-    """One job per frame, each with its own colour (the simulator caches identical prompts)."""
+def demo_jobs(frames: Sequence[int], sampler: bool = False) -> List[Any]:
+    """One job per frame, each a different prompt (the simulator caches identical ones):
+    its own colour, or with ``sampler`` its own seed and sampler steps to report."""
     from ..core.jobs import Job
     from ..core.templating import frame_prompt
 
     jobs = []
     for i, frame in enumerate(frames):
-        prompt = frame_prompt(DEMO_WORKFLOW, frame)
-        prompt["1"]["inputs"]["color"] = (0x204060 + frame * 9973) % 0xFFFFFF
+        if sampler:
+            prompt = frame_prompt(DEMO_SAMPLER_WORKFLOW, frame)
+            prompt["5"]["inputs"]["seed"] = frame
+        else:
+            prompt = frame_prompt(DEMO_WORKFLOW, frame)
+            prompt["1"]["inputs"]["color"] = (0x204060 + frame * 9973) % 0xFFFFFF
         jobs.append(Job(prompt, index=i, label=f"frame {frame}", frame=frame))
     return jobs
 
@@ -174,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             def submit() -> Any:
                 # blocks on the first status poll when needed: a worker thread, never the GUI
-                return demo.submit_batch(demo_jobs(frames), name=f"shot010 comfy ({len(frames)} frames)")
+                return demo.submit_batch(demo_jobs(frames, sampler=True), name=f"shot010 comfy ({len(frames)} frames)")
 
             panel.submit_in_background(submit, "demo-submit")
 

@@ -36,7 +36,25 @@ developer guide on learn.foundry.com, "panels.py" Foundry's ``nukescripts/panels
   reference: "executes all renders at the currently active scale");
 - ``String_Knob.value()`` and what a ``Text_Knob`` or a label shows are TCL-evaluated:
   ``[...]`` commands, ``$variables`` and backslash escapes; ``getText()`` is the raw text
-  (DG String_Knob.value / getText; EvalString_Knob.evaluate).
+  (DG String_Knob.value / getText; EvalString_Knob.evaluate);
+- ``Knob.setEnabled`` / ``enabled``: a disabled knob is greyed out and the artist cannot
+  use it (Python reference nuke.Knob; NDK "Knob flags": DISABLED); :meth:`FakeNuke.press`
+  refuses a disabled button;
+- saving writes every knob of every node, user knobs added with ``addKnob`` included,
+  hidden (``INVISIBLE``) ones too: only ``DO_NOT_WRITE`` keeps a knob out of the script
+  (NDK "Knob flags": DO_NOT_WRITE "disables writing knob data to the script file",
+  INVISIBLE "disables panel and Viewer widgets"); the enabled state is saved with the
+  knob's flags (assumed);
+- ``addOnScriptLoad`` callbacks run "when any script is loaded, immediately after the
+  onCreate for the root", not for new scripts; ``addOnScriptClose`` callbacks run "when
+  the user exits NUKE or closes a script, and by the scriptClear() function", before the
+  nodes go; both default to ``nodeClass='Root'`` and run with the root as
+  ``thisNode()``; adding the same callable twice keeps one (DG Callbacks; Foundry's
+  ``nuke_internal/callbacks.py`` _addCallback);
+- ``nuke.ask(prompt)`` shows a Yes/No dialog and returns True for Yes (DG nuke.ask), on
+  the main thread only; being a modal dialog it runs queued main-thread calls while it
+  is open (Qt's QDialog::exec runs a local event loop; assumed for nuke.ask); without a
+  GUI it fails (assumed: a terminal session has no dialog to show).
 
 ``execute`` on a Write "renders" by writing a small PNG per frame whose colour
 encodes (upstream node, frame, view), so tests can tell which frame reached which prompt.
@@ -45,6 +63,7 @@ encodes (upstream node, frame, view), so tests can tell which frame reached whic
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import queue
 import re
@@ -202,6 +221,7 @@ class Knob(Strict):
         self._value = value
         self._flags: set = set()
         self._tooltip = ""
+        self._enabled = True
         self.node: Optional[Node] = None
 
     def _touch(self, what: str) -> None:
@@ -255,6 +275,15 @@ class Knob(Strict):
     def setTooltip(self, text: str) -> None:  # noqa: N802
         self._touch("setTooltip")
         self._tooltip = text
+
+    def setEnabled(self, enabled: bool) -> None:  # noqa: N802
+        self._touch("setEnabled")
+        FakeNuke.current.record("Knob.setEnabled", self._name, bool(enabled))
+        self._enabled = bool(enabled)
+
+    def enabled(self) -> bool:
+        self._touch("enabled")
+        return self._enabled
 
 
 class Int_Knob(Knob):  # noqa: N801
@@ -411,6 +440,20 @@ class Script_Knob(Knob):
     kind = "String_Knob"
 
 
+_KNOB_CLASSES_DEFINED = (
+    Int_Knob,
+    Boolean_Knob,
+    String_Knob,
+    File_Knob,
+    Text_Knob,
+    Format_Knob,
+    Tab_Knob,
+    PyScript_Knob,
+    Enumeration_Knob,
+    Script_Knob,
+)
+
+
 # --------------------------------------------------------------------------- nodes
 
 
@@ -426,6 +469,7 @@ class Node(Strict):
         self._x = self._y = 0
         self._selected = False
         self._panel_open = False
+        self._user_knobs: List[str] = []  # added with addKnob: saved as user knobs
         self.channels_list = ["rgba.red", "rgba.green", "rgba.blue"]
         for knob in [String_Knob("label"), *knobs]:
             self._attach(knob)
@@ -493,6 +537,7 @@ class Node(Strict):
             raise ValueError(f"{self._name} already has a knob {knob.name()}")
         self._fake.record("Node.addKnob", self._name, knob.name(), knob.Class())
         self._attach(knob)
+        self._user_knobs.append(knob.name())
 
     def maxInputs(self) -> int:  # noqa: N802
         return 1
@@ -867,6 +912,60 @@ class FakePanel(Strict):
         self.floating = True
 
 
+# --------------------------------------------------------------------------- saving
+
+
+_KNOB_CLASSES: Dict[str, type] = {cls.__name__: cls for cls in _KNOB_CLASSES_DEFINED}
+
+
+def _dump_value(value: Any) -> Any:
+    if isinstance(value, Format):
+        return {"format": [value.width(), value.height(), value.name()]}
+    return value
+
+
+def _load_value(value: Any) -> Any:
+    if isinstance(value, dict) and "format" in value:
+        return Format(*value["format"])
+    return value
+
+
+def _dump_knobs(node: Node) -> Dict[str, Any]:
+    return {
+        name: {"value": _dump_value(k._value), "flags": sorted(k._flags), "enabled": k._enabled}
+        for name, k in node._knobs.items()
+    }
+
+
+def _load_knobs(node: Node, knobs: Dict[str, Any]) -> None:
+    for name, saved in knobs.items():
+        knob = node._knobs[name]
+        knob._value = _load_value(saved["value"])
+        knob._flags = set(saved["flags"])
+        knob._enabled = saved["enabled"]
+
+
+def _dump_node(node: Node) -> Dict[str, Any]:
+    user = []
+    for name in node._user_knobs:
+        knob = node._knobs[name]
+        entry: Dict[str, Any] = {"type": type(knob).__name__, "name": name, "label": knob._label}
+        if isinstance(knob, Enumeration_Knob):
+            entry["values"] = list(knob._values)
+        user.append(entry)
+    entry = {
+        "class": node._class,
+        "name": node._name,
+        "xy": [node._x, node._y],
+        "inputs": {str(i): n._name for i, n in node._inputs.items() if n._alive},
+        "user": user,
+        "knobs": _dump_knobs(node),
+    }
+    if isinstance(node, Group):
+        entry["children"] = [_dump_node(n) for n in node._children if n._alive]
+    return entry
+
+
 # --------------------------------------------------------------------------- the fake
 
 
@@ -897,6 +996,10 @@ class FakeNuke:
         self._this: List[Tuple[Optional[Node], Optional[Knob]]] = []
         self._update_ui: List[Tuple[Callable[..., Any], tuple, dict, str]] = []
         self._running_init = 0
+        self._script_callbacks: Dict[str, List[Tuple[Callable[..., Any], tuple, dict]]] = {"load": [], "close": []}
+        #: what the artist will answer to the next ``nuke.ask`` dialogs, in order
+        self.answers: List[bool] = []
+        self.asked: List[str] = []  # every question shown
         # knob scripts and menu strings all run here, like Nuke's __main__ (no names handed in:
         # the plugin's scripts must import what they use)
         self.script_globals: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
@@ -950,6 +1053,11 @@ class FakeNuke:
             "thisPane",
             "pluginAddPath",
             "pluginPath",
+            "addOnScriptLoad",
+            "addOnScriptClose",
+            "removeOnScriptLoad",
+            "removeOnScriptClose",
+            "ask",
         ):
             setattr(m, name, getattr(self, "api_" + name))
         return m
@@ -1214,10 +1322,12 @@ class FakeNuke:
             self._this.pop()
 
     def press(self, node: Node, knob_name: str) -> None:
-        """The artist clicks a button knob."""
+        """The artist clicks a button knob (a greyed-out one cannot be clicked)."""
         knob = node[knob_name]
         if not isinstance(knob, PyScript_Knob):
             raise TypeError(f"{knob_name} is not a button")
+        if not knob._enabled:
+            raise RuntimeError(f"{knob_name} is disabled: the artist cannot click it")
         knob.execute()
 
     def knob_changed(self, node: Node, knob: Knob) -> None:
@@ -1247,6 +1357,145 @@ class FakeNuke:
     def shown(self, knob: Knob) -> str:
         """What the panel (or the DAG, for a label) shows for a text knob: its TCL-evaluated text."""
         return tcl_evaluate(knob._value, knob.node)
+
+    # -- scripts: callbacks, questions, save / load / close ------------------------------------
+    def _add_script_callback(self, kind: str, call: Any, args: Any, kwargs: Any, nodeClass: str) -> None:  # noqa: N803
+        # callbacks.py _addCallback: a callable, args made a tuple, kwargs a dict; the same entry once
+        if not callable(call):
+            raise ValueError("call must be a callable")
+        if nodeClass != "Root":
+            raise Missing(f"fake nuke: script callbacks for nodeClass {nodeClass!r}")
+        args = args if isinstance(args, tuple) else (args,)
+        if not isinstance(kwargs, dict):
+            raise ValueError("kwargs must be a dictionary")
+        entries = self._script_callbacks[kind]
+        entry = (call, args, kwargs)
+        if entry in entries:
+            entries.remove(entry)
+        entries.append(entry)
+
+    def api_addOnScriptLoad(self, call: Any, args: Any = (), kwargs: Any = None, nodeClass: str = "Root") -> None:  # noqa: N802, N803
+        self._add_script_callback("load", call, args, {} if kwargs is None else kwargs, nodeClass)
+
+    def api_addOnScriptClose(self, call: Any, args: Any = (), kwargs: Any = None, nodeClass: str = "Root") -> None:  # noqa: N802, N803
+        self._add_script_callback("close", call, args, {} if kwargs is None else kwargs, nodeClass)
+
+    def _remove_script_callback(self, kind: str, call: Any, args: Any, kwargs: Any) -> None:
+        entry = (call, args if isinstance(args, tuple) else (args,), kwargs)
+        if entry in self._script_callbacks[kind]:
+            self._script_callbacks[kind].remove(entry)
+
+    def api_removeOnScriptLoad(self, call: Any, args: Any = (), kwargs: Any = None, nodeClass: str = "Root") -> None:  # noqa: N802, N803
+        self._remove_script_callback("load", call, args, {} if kwargs is None else kwargs)
+
+    def api_removeOnScriptClose(self, call: Any, args: Any = (), kwargs: Any = None, nodeClass: str = "Root") -> None:  # noqa: N802, N803
+        self._remove_script_callback("close", call, args, {} if kwargs is None else kwargs)
+
+    def script_callbacks(self, kind: str) -> List[Callable[..., Any]]:
+        return [call for call, _, _ in self._script_callbacks[kind]]
+
+    def _run_script_callbacks(self, kind: str) -> None:
+        _on_main("script callbacks")
+        self._this.append((self.root_node, None))
+        try:
+            for call, args, kwargs in list(self._script_callbacks[kind]):
+                call(*args, **kwargs)
+        finally:
+            self._this.pop()
+
+    def api_ask(self, prompt: str) -> bool:
+        _on_main("nuke.ask")
+        if not self.nuke.GUI:
+            raise RuntimeError("fake nuke: nuke.ask in a session without GUI (nobody could answer)")
+        self.record("nuke.ask", prompt)
+        self.asked.append(prompt)
+        if not self.answers:
+            raise AssertionError(f"fake nuke: the test did not say what the artist answers to: {prompt!r}")
+        answer = self.answers.pop(0)
+        # a modal dialog runs a local event loop: calls queued for the main thread run meanwhile
+        self._drain_main_queue()
+        return bool(answer)
+
+    def _drain_main_queue(self) -> None:
+        while True:
+            try:
+                call, args, kwargs, _ = self.main_queue.get_nowait()
+            except queue.Empty:
+                return
+            call(*args, **kwargs)
+
+    def save_script(self, path: str) -> str:
+        """File > Save As: every node with every knob (user knobs and hidden ones too) into ``path``."""
+        _on_main("nuke.scriptSaveAs")
+        self.root_node._knobs["name"]._value = path
+        data = {"root": _dump_knobs(self.root_node), "nodes": [_dump_node(n) for n in self.root_node.nodes()]}
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        self.record("save_script", path)
+        return path
+
+    def close_script(self) -> None:
+        """File > Close (and scriptClear): onScriptClose callbacks, then every node goes."""
+        _on_main("nuke.scriptClose")
+        self.record("close_script")
+        self._run_script_callbacks("close")
+
+        def kill(group: Group) -> None:
+            for n in group._children:
+                n._alive = False
+                if isinstance(n, Group):
+                    kill(n)
+
+        kill(self.root_node)
+        self.root_node = Root(self)
+        self.context = [self.root_node]
+        self.last_hit_group = None
+
+    def quit(self) -> None:
+        """The artist quits Nuke: the script is closed (onScriptClose runs); the process then ends."""
+        self.record("quit")
+        self.close_script()
+
+    def load_script(self, path: str) -> None:
+        """File > Open into this session: the current script is closed, the nodes are made, then onScriptLoad."""
+        _on_main("nuke.scriptOpen")
+        self.close_script()
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        _load_knobs(self.root_node, data["root"])
+        self.root_node._knobs["name"]._value = path
+        for entry in data["nodes"]:
+            self._load_node(entry, self.root_node)
+        self._connect(data["nodes"], self.root_node)
+        self.record("load_script", path)
+        self._run_script_callbacks("load")
+
+    def _load_node(self, entry: Dict[str, Any], parent: Group) -> Node:
+        self.context.append(parent)
+        try:
+            node = self.create(entry["class"], name=entry["name"])
+        finally:
+            self.context.pop()
+        node._x, node._y = entry["xy"]
+        for user in entry["user"]:
+            knob = _KNOB_CLASSES[user["type"]](user["name"], user["label"])
+            node._attach(knob)
+            node._user_knobs.append(user["name"])
+            if "values" in user:
+                knob._values = list(user["values"])
+        _load_knobs(node, entry["knobs"])
+        for child in entry.get("children", ()):
+            self._load_node(child, node)  # type: ignore[arg-type]
+        if entry.get("children"):
+            self._connect(entry["children"], node)  # type: ignore[arg-type]
+        return node
+
+    def _connect(self, entries: List[Dict[str, Any]], parent: Group) -> None:
+        by_name = {n._name: n for n in parent._children if n._alive}
+        for entry in entries:
+            node = by_name[entry["name"]]
+            for index, upstream in entry["inputs"].items():
+                node._inputs[int(index)] = by_name[upstream]
 
     # -- menus and panels ------------------------------------------------------------------
     def api_menu(self, name: str) -> Menu:

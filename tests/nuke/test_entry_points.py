@@ -154,3 +154,34 @@ def test_the_registered_panel_is_a_real_qwidget(fake: FakeNuke, configure, sims,
 
     assert panel.cluster is default_cluster()
     panel.shutdown()
+
+
+@pytest.mark.parametrize("gui", [True, False])
+def test_init_py_registers_the_script_callbacks_once_in_every_session(monkeypatch: pytest.MonkeyPatch, gui: bool):
+    # a terminal session closing its script must not drop its batches either
+    fake = FakeNuke(gui=gui)
+    fake.install(monkeypatch)
+    fake.run_file(INIT)
+    fake.run_file(INIT)  # Nuke may run an init.py twice (two plugin paths): one callback each
+    assert fake.script_callbacks("load") == [startup.on_script_load]
+    assert fake.script_callbacks("close") == [startup.on_script_close]
+
+
+def test_the_script_callbacks_import_the_lifecycle_only_when_a_script_opens(tmp_path):
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, {tests!r})
+        from fake_nuke import FakeNuke
+        fake = FakeNuke(gui=True)
+        sys.modules.update(nuke=fake.nuke, nukescripts=fake.nukescripts)
+        fake.run_file({init!r})
+        print("nuke_comfy_cluster.nuke_host.lifecycle" in sys.modules)
+        fake.save_script({script!r})
+        fake.load_script({script!r})  # an empty script: closing and loading find nothing to do
+        print("nuke_comfy_cluster.nuke_host.lifecycle" in sys.modules, fake.asked)
+        """
+    ).format(tests=str(REPO / "tests" / "nuke"), init=INIT, script=str(tmp_path / "empty.nk"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["False", "True []"]

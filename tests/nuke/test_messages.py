@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 from hypothesis import given
@@ -108,3 +110,28 @@ def test_running_and_done_and_cancelled_lines():
     cancelled = batch(job(0, JobState.DONE, frame=1, server="a"), job(1, JobState.CANCELLED, frame=2, error=cancel))
     assert M.status_line(cancelled) == "Cancelled: 1 of 2 frames done, 1 cancelled"
     assert M.failure_popup(cancelled, "n") is None
+
+
+def test_a_detached_batch_says_resume_not_running():
+    snap = batch(job(0, JobState.DONE, frame=1), job(1, JobState.RUNNING, frame=2), job(2, JobState.PENDING, frame=3))
+    assert M.status_line(snap).startswith("Running: 1/3 frames done")
+    detached = dataclasses.replace(snap, detached=True)
+    line = M.status_line(detached)
+    assert line.startswith("Detached: 1 of 3 frames done") and "Resume" in line
+
+
+def test_the_close_question_names_each_node_and_both_choices():
+    snap = batch(job(0, JobState.DONE, frame=1), job(1, JobState.RUNNING, frame=2))
+    text = M.close_question([("ComfyCluster1", snap), ("ComfyCluster2", None)])
+    assert text.startswith("ComfyUI Cluster: 2 batches are still rendering:")
+    assert "    ComfyCluster1: 1 of 2 frames done" in text
+    assert "    ComfyCluster2: being submitted" in text
+    assert "Yes: keep rendering" in text and "Resume" in text and "No: cancel" in text
+    assert "Keep it rendering" in M.close_question([("ComfyCluster1", snap)])
+
+
+def test_ledger_lines_give_the_short_id_and_counts():
+    summary = SimpleNamespace(batch_id="0123456789abcdef", done=3, failed=1, total=8, state="failed")
+    assert M.resumable_line(summary).startswith("Unfinished: batch 01234567, 3 of 8 done, 1 failed. Press Resume")
+    assert M.elsewhere_line(summary).startswith("Rendering in another session: batch 01234567")
+    assert M.finished_line(summary) == "Failed while the script was closed: batch 01234567, 3 of 8 done, 1 failed."

@@ -318,3 +318,44 @@ def test_connection_test_per_server_runs_on_a_worker(start_sims, open_editor, qt
         assert dialog.test_selected()
     assert bad.args[:2] == ["nobody", False]
     assert _cell(dialog, 1, ce.COL_TEST) == "failed"
+
+
+def test_url_servers_show_their_url_and_every_column_is_readable(tmp_path, open_editor, qtbot):
+    from nuke_comfy_cluster.ui import config_editor as ce
+    from nuke_comfy_cluster.ui.qt import QtCore
+
+    path = tmp_path / "servers.json"
+    entries = [
+        {"name": "gpu-a", "ip": "10.0.0.21", "port": 8188, "dir_local": "P:/projects", "dir_remote": "/mnt/projects"},
+        {"name": "gpu-b", "url": "https://comfy-b.studio.lan:8443", "priority": 1},
+        {
+            "name": "render-farm-07",
+            "ip": "render-farm-07.studio.lan",
+            "port": 8188,
+            "dir_local": "//fileserver/projects/show",
+            "dir_remote": "/mnt/projects/show",
+            "enabled": False,
+        },
+    ]
+    path.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+    dialog = open_editor(None, path=str(path), environ={})
+    dialog.show()
+    qtbot.waitExposed(dialog)
+
+    # a server given by "url" shows it; its port is part of it, not a field of its own
+    assert _cell(dialog, 1, ce.COL_IP) == "https://comfy-b.studio.lan:8443"
+    assert _cell(dialog, 1, ce.COL_PORT) == "8443"
+    assert not dialog.table.item(1, ce.COL_PORT).flags() & QtCore.Qt.ItemFlag.ItemIsEditable
+    dialog.table.item(1, ce.COL_IP).setText("https://comfy-b.studio.lan:9443")
+    edited = json.loads(dialog.text)[1]
+    assert edited["url"] == "https://comfy-b.studio.lan:9443" and "ip" not in edited and "port" not in edited
+    assert _cell(dialog, 1, ce.COL_PORT) == "9443" and not dialog.errors
+
+    # at the default size every column shows its title and its cells whole, without scrolling
+    table = dialog.table
+    header = table.horizontalHeader()
+    assert header.length() <= table.viewport().width()
+    for col, title in enumerate(ce.TABLE_HEADERS):
+        width = table.columnWidth(col)
+        assert width >= header.sectionSizeHint(col), f"the title {title!r} is cut"
+        assert width >= table.sizeHintForColumn(col), f"the cells of {title!r} are cut"

@@ -111,7 +111,11 @@ def test_batches_and_jobs_from_snapshots(view):
 
     running = model.index(2, jv.COL_PROGRESS, top)
     assert model.data(running, jv.ProgressRole) == pytest.approx(0.25)
-    assert model.data(running) == "25%"
+    assert model.data(running) == "step 5/20"  # the websocket's progress steps, as they come
+    assert "Step 5 of 20" in model.data(running, Qt.ItemDataRole.ToolTipRole)
+    assert model.data(model.index(5, jv.COL_PROGRESS, top)) == "waiting"
+    assert model.data(model.index(5, jv.COL_PROGRESS, top), jv.ProgressRole) is None  # no empty bar
+    assert model.data(model.index(3, jv.COL_PROGRESS, top)) == "queued"
     assert model.data(model.index(2, jv.COL_SERVER, top)) == "gpu-b"
     assert model.data(model.index(4, jv.COL_STATE, top)) == "failed"
     assert (
@@ -133,6 +137,48 @@ def test_batches_and_jobs_from_snapshots(view):
     # the progress delegate paints without complaint
     view.show()
     assert not view.tree.grab().isNull()
+
+
+def test_progress_bar_text_is_readable_on_both_parts_of_the_bar(view):
+    from nuke_comfy_cluster.ui import jobs_view as jv
+    from nuke_comfy_cluster.ui.qt import QtCore, QtGui
+
+    for base in ("#ffffff", "#e8e8e8", "#3a3a3a", "#262626"):  # light styles and Nuke's dark one
+        palette = QtGui.QPalette()
+        palette.setColor(QtGui.QPalette.ColorRole.Base, QtGui.QColor(base))
+        for state in jv.STATE_COLOURS:
+            track, chunk = jv.bar_colours(palette, state)
+            for background in (track, chunk):
+                assert jv.contrast(jv.readable_on(background), background) >= 4.5, (base, state)
+
+    # painted: the filled part in the state's colour, the rest in the track's, text on both
+    jobs = [_job(0, "running", "gpu-a", progress=(10, 20))]
+    view.update_batch(_batch(jobs))
+    view.tree.expand(view.model.index(0, 0))
+    index = view.model.index(0, jv.COL_PROGRESS, view.model.index(0, 0))
+    delegate = view.tree.itemDelegateForColumn(jv.COL_PROGRESS)
+    image = QtGui.QImage(200, 18, QtGui.QImage.Format.Format_ARGB32)
+    image.fill(QtGui.QColor("#ffffff"))
+    painter = QtGui.QPainter(image)
+    option = _view_option(view.tree, QtCore.QRect(0, 0, 200, 18))
+    delegate.paint(painter, option, index)
+    painter.end()
+    track, chunk = jv.bar_colours(option.palette, "running")
+    row = [QtGui.QColor(image.pixel(x, 3)).name() for x in range(200)]  # above the text
+    assert row[20] == chunk.name() and row[180] == track.name()
+    text_pixels = {QtGui.QColor(image.pixel(x, y)).name() for x in range(200) for y in range(4, 14)}
+    assert jv.readable_on(chunk).name() in text_pixels or jv.readable_on(track).name() in text_pixels
+
+
+def _view_option(widget, rect):
+    """A QStyleOptionViewItem, as a view makes one."""
+    from nuke_comfy_cluster.ui.qt import QtWidgets
+
+    option = QtWidgets.QStyleOptionViewItem()
+    option.initFrom(widget)
+    option.rect = rect
+    option.widget = widget
+    return option
 
 
 def test_buttons_follow_the_selection_and_errors_on_demand(view, qtbot):
@@ -249,3 +295,33 @@ def test_a_workflow_error_is_shown_with_its_node(start_sims, make_cluster, make_
     text = panel.jobs.error_text()
     assert "NoSuchNodeClass" in text
     assert text.count("Workflow error") == 1, "the same failure is reported once per batch"
+
+
+@pytest.mark.integration
+def test_running_frames_show_the_sampler_steps(start_sims, make_cluster, make_panel, qtbot):
+    """The steps come from the server's websocket ``progress`` messages, through the batch snapshots."""
+    from nuke_comfy_cluster.ui import jobs_view as jv
+    from nuke_comfy_cluster.ui.standalone import demo_jobs
+
+    procs = start_sims([1.0], seconds=3.0, extra_args=["--cache-none"])
+    cluster = make_cluster(sim_servers(procs))
+    panel = make_panel(cluster, auto_refresh=False)
+    with qtbot.waitSignal(panel.batch_watched, timeout=20000):
+        panel.submit_in_background(lambda: cluster.submit_batch(demo_jobs([1, 2], sampler=True), name="steps"))
+    model = panel.jobs.model
+    batch_id = model.batches()[0].id
+    panel.jobs.select_job(batch_id, 0)  # makes the job rows
+    seen = set()
+
+    def steps_shown():
+        text = model.data(model.index(0, jv.COL_PROGRESS, model.index(0, 0)))
+        if text.startswith("step "):
+            seen.add(text)
+        return len(seen) >= 2
+
+    qtbot.waitUntil(steps_shown, timeout=30000)
+    for text in seen:
+        done, total = text[len("step ") :].split("/")
+        assert total == "12" and 0 <= int(done) <= 12, text
+    cluster.cancel(panel.batch(batch_id))
+    qtbot.waitUntil(lambda: model.batches()[0].finished, timeout=20000)

@@ -56,7 +56,7 @@ def test_a_closed_panel_is_freed_by_reference_counting(qtbot, make_cluster, no_c
     panel = ClusterPanel(cluster)  # as Nuke builds it: no parent, the first refresh pending
     panel.resize(420, 360)
     panel.show()
-    qtbot.waitUntil(lambda: not panel.refreshing, timeout=20000)
+    _wait(qtbot, panel, lambda p: not p.refreshing)
     assert panel.shutdown(timeout=20.0)
     panel.close()
     freed = weakref.ref(panel)
@@ -68,7 +68,7 @@ def test_a_closed_config_editor_is_freed_by_reference_counting(qtbot, tmp_path, 
     from nuke_comfy_cluster.ui.config_editor import ConfigEditorDialog
 
     dialog = ConfigEditorDialog(None, path=str(tmp_path / "servers.json"), environ={})
-    qtbot.waitUntil(lambda: dialog.ready and not dialog.busy, timeout=20000)
+    _wait(qtbot, dialog, lambda d: d.ready and not d.busy)
     dialog.close()
     freed = weakref.ref(dialog)
     del dialog
@@ -157,6 +157,11 @@ def test_a_bridge_never_emits_after_close(qtbot):
         stop.set()
         thread.join(10)
     assert len(got) == seen, "a snapshot was delivered after close()"
+
+
+def _wait(qtbot: Any, widget: Any, done: Any) -> None:
+    # a helper, not a closure in the test: a closure cell would outlive ``del widget``
+    qtbot.waitUntil(lambda: done(widget), timeout=20000)
 
 
 def _owned_by(obj: Any, panel: Any) -> bool:

@@ -48,12 +48,15 @@ def test_enable_toggle_reaches_the_pool_at_once(make_cluster, make_panel, qtbot)
 
     panel.table.model().setData(_proxy_index(panel, "b", st.COL_ENABLED), 2, Qt.ItemDataRole.CheckStateRole)
     assert cluster.pool.get_server_by_name("b").enabled is True
-    # re-enabling polls that one server (on a worker): it is refused, so it shows offline
-    qtbot.waitUntil(lambda: _proxy_index(panel, "b", st.COL_STATUS).data() == "offline", timeout=10000)
+    # re-enabling polls that one server (on a worker): it is refused, so it shows offline, and why
+    qtbot.waitUntil(
+        lambda: _proxy_index(panel, "b", st.COL_STATUS).data() == "offline: connection refused", timeout=10000
+    )
 
 
 def test_priority_edit_in_the_table_reaches_the_pool(make_cluster, make_panel, qtbot):
     from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui import server_view as sv
     from nuke_comfy_cluster.ui.qt import QtCore, QtWidgets
 
     cluster = make_cluster(_configs(), start=False)
@@ -70,7 +73,7 @@ def test_priority_edit_in_the_table_reaches_the_pool(make_cluster, make_panel, q
     qtbot.waitUntil(lambda: cluster.pool.get_server_by_name("a").priority == 12, timeout=2000)
     # the next snapshot shows it, and the default sort (priority) moves "a" last
     qtbot.waitUntil(lambda: _proxy_index(panel, "a", st.COL_PRIORITY).data() == "12", timeout=2000)
-    assert list(st.names_in_view_order(panel.table)) == ["b", "c", "a"]
+    assert list(sv.names_in_view_order(panel.table)) == ["b", "c", "a"]
 
 
 def test_override_dropdown(make_cluster, make_panel, qtbot):

@@ -48,7 +48,9 @@ def test_refresh_with_a_hung_server_does_not_block_the_gui(start_sims, make_clus
         for name in ("sim0", "sim1"):
             assert panel.model.data(panel.model.index(by_name[name], st.COL_STATUS)) == "online"
         hung_row = by_name["sim2"]
-        assert panel.model.data(panel.model.index(hung_row, st.COL_STATUS)) == "offline"
+        assert panel.model.data(panel.model.index(hung_row, st.COL_STATUS)) == "offline: no answer in {:.0f} s".format(
+            STATUS_TIMEOUT[1]
+        )
         tip = panel.model.data(panel.model.index(hung_row, st.COL_STATUS), QtCore.Qt.ItemDataRole.ToolTipRole)
         assert tip.startswith("Not used: sim2")
         assert any(word in tip.lower() for word in ("no answer", "timed out", "timeout", "hung")), tip

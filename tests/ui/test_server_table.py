@@ -74,11 +74,11 @@ def test_table_contents_from_a_snapshot(model):
 
     b = row["bravo"]
     assert _cell(model, b, st.COL_STATUS) == "busy"
-    assert _cell(model, b, st.COL_QUEUE) == "1 / 3 (+2)"
+    assert _cell(model, b, st.COL_QUEUE) == "1 / 3 +2 sent"
     assert _cell(model, b, st.COL_SEEN) == "live"
 
     assert _cell(model, row["charlie"], st.COL_QUEUE) == "–"  # unreachable: no queue to show
-    assert _cell(model, row["echo"], st.COL_STATUS) == "cooling down"
+    assert _cell(model, row["echo"], st.COL_STATUS) == "cooling down 40 s"
     assert _cell(model, row["foxtrot"], st.COL_SEEN) == "never"
     assert _cell(model, row["foxtrot"], st.COL_LATENCY) == "–"
 
@@ -138,10 +138,11 @@ def test_next_server_is_marked(model):
 
 def test_sorting_by_queue_and_priority(qtbot):
     from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui import server_view as sv
     from nuke_comfy_cluster.ui.qt import QtCore
 
     model = st.ServerTableModel()
-    view = st.ServerTableView(model)
+    view = sv.ServerTableView(model)
     qtbot.addWidget(view)
     now = time.time()
     servers = [
@@ -151,23 +152,24 @@ def test_sorting_by_queue_and_priority(qtbot):
         server_snapshot("d", "offline", priority=1),
     ]
     model.set_snapshot(_snapshot(servers), now)
-    assert list(st.names_in_view_order(view)) == ["c", "d", "a", "b"]  # default: by priority
+    assert list(sv.names_in_view_order(view)) == ["c", "d", "a", "b"]  # default: by priority
     view.sortByColumn(st.COL_QUEUE, QtCore.Qt.SortOrder.AscendingOrder)
-    assert list(st.names_in_view_order(view)) == ["b", "c", "a", "d"]  # unreachable sorts last
+    assert list(sv.names_in_view_order(view)) == ["b", "c", "a", "d"]  # unreachable sorts last
     view.sortByColumn(st.COL_STATUS, QtCore.Qt.SortOrder.AscendingOrder)
-    assert list(st.names_in_view_order(view))[0] == "b" and list(st.names_in_view_order(view))[-1] == "d"
+    assert list(sv.names_in_view_order(view))[0] == "b" and list(sv.names_in_view_order(view))[-1] == "d"
     # a live update re-sorts: "b" gets a long queue
     servers[1] = server_snapshot("b", "busy", queue_running=1, queue_pending=9, priority=9)
     model.set_snapshot(_snapshot(servers), now)
     view.sortByColumn(st.COL_QUEUE, QtCore.Qt.SortOrder.AscendingOrder)
-    assert list(st.names_in_view_order(view)) == ["c", "a", "b", "d"]
+    assert list(sv.names_in_view_order(view)) == ["c", "a", "b", "d"]
 
 
 def test_in_place_update_keeps_the_selection(qtbot):
     from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui import server_view as sv
 
     model = st.ServerTableModel()
-    view = st.ServerTableView(model)
+    view = sv.ServerTableView(model)
     qtbot.addWidget(view)
     now = time.time()
     model.set_snapshot(_snapshot(_mixed(now)), now)
@@ -209,10 +211,11 @@ def test_edits_become_signals(model, qtbot):
 
 def test_priority_delegate_edits_with_a_spin_box(qtbot):
     from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui import server_view as sv
     from nuke_comfy_cluster.ui.qt import QtCore, QtWidgets
 
     model = st.ServerTableModel()
-    view = st.ServerTableView(model)
+    view = sv.ServerTableView(model)
     qtbot.addWidget(view)
     view.show()
     now = time.time()
@@ -231,3 +234,113 @@ def test_priority_delegate_edits_with_a_spin_box(qtbot):
     with qtbot.waitSignal(model.priority_edited, timeout=1000) as edited:
         qtbot.keyClick(editor, QtCore.Qt.Key.Key_Return)
     assert edited.args == [name, 42]
+
+
+def test_the_status_cell_says_why_a_server_is_not_used(model):
+    """In the row, not only in a tooltip; the offline reasons come from real connection attempts."""
+    from nuke_comfy_cluster.core.config import ServerConfig
+    from nuke_comfy_cluster.core.server import ComfyUIServer
+    from nuke_comfy_cluster.core.state import ServerCounters
+    from nuke_comfy_cluster.ui import server_table as st
+
+    from .conftest import closed_port
+
+    def polled(name, ip, port):
+        server = ComfyUIServer(ServerConfig(name=name, ip=ip, port=port))
+        try:
+            server.update_status()
+            return server.get_status()
+        finally:
+            server.close()
+
+    now = time.time()
+    servers = [
+        polled("refused", "127.0.0.1", closed_port()),
+        polled("nowhere", "no-such-host.invalid", 8188),
+        server_snapshot("off", "disabled", enabled=False),
+        server_snapshot("hot", "online", cooldown_until=now + 20, counters=ServerCounters(dispatches=5, failures=3)),
+        server_snapshot(
+            "slow",
+            "offline",
+            last_error="slow: no answer from http://10.0.0.9:8188 within 30 s (server hung or overloaded)",
+        ),
+        server_snapshot(
+            "proxy",
+            "error",
+            last_error="proxy: GET /prompt answered HTTP 401 (refused our credentials: check the token)",
+        ),
+        server_snapshot("odd", "offline", last_error="odd: something new went wrong at http://10.0.0.9:8188/prompt"),
+        server_snapshot("partial", "online"),
+        server_snapshot("new", "unknown"),
+    ]
+    model.set_snapshot(_snapshot(servers), now)
+    model.set_left_out({"partial": "no node ControlNetApplyAdvanced"})
+    shown = {model.server_at(r).name: _cell(model, r, st.COL_STATUS) for r in range(model.rowCount())}
+    assert shown == {
+        "refused": "offline: connection refused",
+        "nowhere": "DNS: no such host",
+        "off": "disabled",
+        "hot": "cooling down 20 s after 3 failures",
+        "slow": "offline: no answer in 30 s",
+        "proxy": "error: HTTP 401, credentials refused",
+        "odd": "offline: something new went wrong at",
+        "partial": "online · left out: no node ControlNetApplyAdvanced",
+        "new": "not checked yet",
+    }
+    model.set_left_out({})  # the batch ended
+    assert _cell(model, model.row_of("partial"), st.COL_STATUS) == "online"
+
+
+def test_the_queue_column_explains_itself(model):
+    from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui.qt import QtCore
+
+    Qt = QtCore.Qt
+    tip = model.headerData(st.COL_QUEUE, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+    assert "running / waiting" in tip and "+N sent" in tip
+    assert model.headerData(st.COL_QUEUE, Qt.Orientation.Horizontal, Qt.ItemDataRole.DisplayRole) == "Run / wait"
+    now = time.time()
+    model.set_snapshot(_snapshot([server_snapshot("b", "busy", queue_running=1, queue_pending=0, in_flight=1)]), now)
+    assert _cell(model, 0, st.COL_QUEUE) == "1 / 0 +1 sent"
+    assert "not listed by the server yet" in _cell(model, 0, st.COL_QUEUE, Qt.ItemDataRole.ToolTipRole)
+
+
+def test_a_narrow_table_hides_gpu_and_vram_first_and_the_header_menu_brings_them_back(qtbot):
+    from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui import server_view as sv
+
+    model = st.ServerTableModel()
+    view = sv.ServerTableView(model)
+    qtbot.addWidget(view)
+    now = time.time()
+    model.set_snapshot(_snapshot(_mixed(now)), now)
+    view.fit_columns()
+    view.resize(2000, 300)
+    view.show()
+    qtbot.waitUntil(lambda: view.viewport().width() > 1600, timeout=5000)
+    assert view.hidden_columns() == []
+
+    view.resize(400, 300)
+    qtbot.waitUntil(lambda: st.COL_GPU in view.hidden_columns(), timeout=5000)
+    hidden = view.hidden_columns()
+    assert hidden == view.auto_hidden_columns()
+    assert st.COL_VRAM in hidden and st.COL_STATUS not in hidden and st.COL_NAME not in hidden
+    # hidden in the stated order: nothing later in HIDE_ORDER goes while an earlier one shows
+    order = [c for c in sv.HIDE_ORDER if c in hidden]
+    assert order == list(sv.HIDE_ORDER[: len(order)])
+    visible = [c for c in range(len(st.HEADERS)) if c not in hidden]
+    assert sum(view.columnWidth(c) for c in visible[:-1]) <= view.viewport().width()
+
+    menu = view.column_menu()
+    actions = {a.data(): a for a in menu.actions() if a.data() is not None}
+    assert not actions[st.COL_GPU].isChecked() and "no room" in actions[st.COL_GPU].text()
+    actions[st.COL_GPU].setChecked(True)  # the user wants the GPU back: it stays, the table scrolls
+    assert st.COL_GPU not in view.hidden_columns()
+    view.resize(390, 300)
+    qtbot.wait(50)
+    assert st.COL_GPU not in view.hidden_columns()
+    view.column_menu().actions()[-1].trigger()  # "Fit columns to the width"
+    assert st.COL_GPU in view.hidden_columns()
+
+    view.resize(2000, 300)
+    qtbot.waitUntil(lambda: view.hidden_columns() == [], timeout=5000)
