@@ -668,6 +668,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         parser.error("unknown module {} (known: {})".format(", ".join(unknown), ", ".join(MODULES)))
     signal.signal(signal.SIGTERM, _stop)  # clean up the copies and test runs when stopped
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--list | head` ends quietly
     out = args.out or ("" if args.list else tempfile.mkdtemp(prefix="ncc-mutation-results-"))
     if out:
         os.makedirs(out, exist_ok=True)

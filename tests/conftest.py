@@ -38,7 +38,8 @@ def load_capture(name: str) -> dict:
 def _isolated_home(tmp_path, monkeypatch):
     """No test reads or writes the developer's real configuration."""
     monkeypatch.setenv("NUKE_COMFY_CLUSTER_HOME", str(tmp_path / "ncc-home"))
-    monkeypatch.setenv("NCC_STATE_DIR", str(tmp_path / "ncc-state"))  # the batch ledger
+    # the batch ledger, beside (not inside) the test's folder, which tests list as output folders
+    monkeypatch.setenv("NCC_STATE_DIR", str(tmp_path.parent / (tmp_path.name + "-ncc-state")))
     for var in ("NUKE_COMFYUI_SERVERS", "NUKE_COMFYUI_IP", "NUKE_COMFYUI_PORT", "NUKE_COMFYUI_DIR_LOCAL", "NUKE_COMFYUI_DIR_REMOTE"):
         monkeypatch.delenv(var, raising=False)
 

@@ -79,3 +79,44 @@ def test_an_error_every_server_returns_is_the_workflows_named_once(start_sims, t
     assert snap.state == "failed"
     keys = {(e.kind, e.node_id, e.node_type) for e in snap.errors}
     assert keys == {("workflow", "3", "KSampler")}, snap.errors
+
+
+def test_validate_prints_the_compatibility_matrix_without_rendering(start_sims, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bare = start_sims([1.0], seconds=0.1, extra_args=["--without-nodes", "ImageInvert"])[0]
+    full = start_sims([1.0], seconds=0.1)[0]
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(INVERT), encoding="utf-8")
+    servers = [
+        {"name": "bare", "ip": "127.0.0.1", "port": bare.port},
+        {"name": "full", "ip": "127.0.0.1", "port": full.port},
+        {"name": "again", "ip": "localhost", "port": full.port},
+    ]
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=json.dumps(servers), PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "nuke_comfy_cluster", "validate", "--workflow", str(wf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "bare: no node ImageInvert" in out.stdout
+    assert "again is the same server as full" in out.stdout
+    assert "rendering on" in out.stdout and "Traceback" not in out.stderr
+    assert ours_ran(bare) == 0 and ours_ran(full) == 0
+    as_json = subprocess.run(
+        [sys.executable, "-m", "nuke_comfy_cluster", "validate", "--json", "--workflow", str(wf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    data = json.loads(as_json.stdout)
+    assert data["compatibility"]["bare"]["state"] == "incompatible"
+    assert data["compatibility"]["full"]["state"] == "compatible"

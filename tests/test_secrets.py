@@ -112,11 +112,13 @@ def test_a_wrong_token_is_reported_clearly_and_is_never_echoed(guarded, caplog):
 
 
 @pytest.mark.timeout(60)
-def test_status_json_validate_and_export_leave_the_secret_out(guarded, tmp_path):
+def test_status_json_validate_and_export_leave_the_secret_out(guarded, start_sims, tmp_path):
+    # a second guarded server: one server listed twice would be used once (duplicate detection)
+    (other,) = start_sims([1.0], seconds=0.1, extra_args=["--require-token", TOKEN])
     servers = json.dumps(
         [
             {"name": "proxied", "ip": "127.0.0.1", "port": guarded.port, "token": TOKEN},
-            {"name": "keyed", "ip": "127.0.0.1", "port": guarded.port, "headers": {"X-Studio-Key": HEADER_SECRET}},
+            {"name": "keyed", "ip": "127.0.0.1", "port": other.port, "headers": {"X-Studio-Key": HEADER_SECRET}},
         ]
     )
     env = dict(os.environ, NUKE_COMFYUI_SERVERS=servers)

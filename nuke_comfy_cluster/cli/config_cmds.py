@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..core import config_store
+from ..core import compatibility, config_store, identity
 from ..core.config import (
     ENV_SERVERS,
     ConfigIssue,
@@ -18,6 +18,7 @@ from ..core.config import (
     read_config_file,
 )
 from ..core.errors import ConfigError
+from ..core.templating import validate_workflow
 from .options import add_common
 
 
@@ -26,6 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("file", nargs="?", help="a JSON file; default: what the environment gives")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1): for CI of a config repository")
+    p.add_argument(
+        "--workflow",
+        metavar="WF",
+        help="also ask every enabled server whether it can run this API-format workflow (nodes, models) and "
+        "whether two entries are the same server; nothing is rendered (exit 1 when no server can run it)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_validate)
 
@@ -101,6 +108,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warnings = [i for i in issues if i.level == "warning"]
     strict_failed = bool(args.strict and warnings)
     valid = ok and not strict_failed
+    matrix = _servers_and_workflow(servers, args.workflow) if args.workflow else None
+    if matrix is not None and not any(c.usable for c in matrix[0].values()):
+        valid = False
     if args.json:
         out: Dict[str, Any] = {
             "valid": valid,
@@ -114,6 +124,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         }
         if args.strict:
             out["strict"] = True
+        if matrix is not None:
+            out["workflow"] = args.workflow
+            out["compatibility"] = {name: c.to_json() for name, c in matrix[0].items()}
+            out["duplicates"] = [d.message for d in matrix[1]]
         print(json.dumps(out, indent=2))
         return 0 if valid else 1
     print(notice)
@@ -121,6 +135,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(_server_rows(servers))
     for issue in issues:
         print(f"{issue.level}: {issue.message}")
+    if matrix is not None:
+        results, duplicates = matrix
+        print(f"servers x {args.workflow} (nothing rendered):")
+        for line in compatibility.format_matrix(results):
+            print("  " + line)
+        for dup in duplicates:
+            print(f"warning: {dup.message}")
+        text = compatibility.summary(results)
+        print(text or "every enabled server can run it")
     if not ok:
         print("INVALID")
     elif strict_failed:
@@ -130,6 +153,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "valid" + (" ({} warning{})".format(len(warnings), "" if len(warnings) == 1 else "s") if warnings else "")
         )
     return 0 if valid else 1
+
+
+def _servers_and_workflow(servers: List[ServerConfig], path: str) -> Tuple[Dict[str, Any], List[Any]]:
+    """The compatibility matrix (enabled servers x workflow) and the duplicate entries."""
+    from ..core.server import ComfyUIServer
+    from .submit_cmd import load_workflow
+
+    workflow = validate_workflow(load_workflow(path), path)
+    live = [ComfyUIServer(s) for s in servers if s.enabled]
+    try:
+        duplicates = identity.check_duplicates(live)
+        results = compatibility.check_servers(live, workflow)
+    finally:
+        for server in live:
+            server.close()
+    return results, duplicates
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ _MIN_FRAME = 1e-3
 _COLD_KEPT = 4
 # A cold claim of a shared server is staggered over up to this fraction of its setup.
 _CLAIM_SPREAD = 0.1
+# A server another workflow has kept t seconds is expected to stay its for this times t.
+_HELD_AGAIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -652,7 +654,7 @@ class Scheduler:
             if v.blocked:
                 # Only ranked (see _list_schedule): a workflow that has kept a server
                 # for t seconds is expected to keep it about as long again.
-                v.avail = max(v.avail, now + (now - since))
+                v.avail = max(v.avail, now + _HELD_AGAIN * (now - since))
         return wake
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:

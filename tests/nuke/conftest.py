@@ -36,11 +36,15 @@ def fake(monkeypatch: pytest.MonkeyPatch):
     f = FakeNuke(gui=True)
     f.install(monkeypatch)
     yield f
-    # runs left behind by a failing test must not keep marshalling into the next one
+    # runs left behind by a failing test must not keep marshalling into the next one, nor count
+    # as running there (their last main-thread call was never pumped)
     from nuke_comfy_cluster.nuke_host import submit
 
     for run in submit.active_runs():
         run.cancel()
+    with submit._runs_lock:
+        submit._runs.clear()
+    submit._ended_away.clear()
     sys.path[:] = saved_path
 
 

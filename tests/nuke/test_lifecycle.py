@@ -211,6 +211,8 @@ def test_closing_asks_and_cancel_reaches_the_servers_without_the_main_thread_wai
         time.sleep(0.1)
     assert lifecycle.wait_for_cancels(5)
     assert not any("execution_success" in events for _, events in history_of(slow, batch_id))
+    fake.pump(run.finished.is_set, 10, "the run to end")  # with its node gone: nothing to show
+    assert run.reads == [] and fake.messages == []
 
 
 def test_keep_while_nuke_stays_open_the_reopened_script_follows_the_batch(fake: FakeNuke, configure, steady, tmp_path):
@@ -281,6 +283,8 @@ def test_without_a_gui_closing_keeps_rendering_and_detaches_at_exit(
     submit.detach_at_exit()  # what Python runs when this process exits
     snap = run.batch.snapshot()
     assert snap.state == "detached"
+    fake.pump(run.finished.is_set, 10, "the run to end")
+    assert run.final.state == "detached"
     summary = Ledger().summary(batch_id)
     assert summary.state == "unfinished" and not summary.live  # resumable by anyone
     # the prompts that were running were left alone: they finish on their servers
