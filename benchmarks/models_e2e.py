@@ -2,6 +2,7 @@
 
     python -m benchmarks.models_e2e [--real] [--json] [--load-seconds L] [--seconds S]
                                     [--frames N] [--solo-frames N] [--baselines]
+                                    [--only two-artists|one-artist]
 
 Three servers of speed 1 / 0.5 / 0.25 on 127.0.0.1: simulators started with
 ``--load-seconds L --seconds S`` (a checkpoint-loader graph), or with ``--real``
@@ -22,7 +23,11 @@ the case of issue 12.
 ``--baselines`` adds, in the same run, the two artists sending everything at once,
 round robin (what a client that ignores the servers does): every frame then
 tends to pay a reload, so it takes minutes. Loads per server are read back from each
-server's ``/history`` (a prompt whose loader is not in ``execution_cached`` loaded).
+server's ``/history`` (a prompt whose loader is not in ``execution_cached`` loaded), with
+the idle time between prompts split by cause: the server's own pauses (real ComfyUI's
+``gc.collect()`` at most every 10 s) and time with nothing of ours queued.
+About 1.5 min on simulators, 2 min with ``--real`` (server starts included; each real
+server first runs one throw-away prompt, ComfyUI's lazy imports), on 2 cores.
 Learned costs go to a fresh state folder per scenario, so every scenario starts with
 nothing learned (a probe frame per server), as a first batch does.
 Exit status 0 when every target holds, 1 when one is missed, 2 when ``--real``

@@ -55,6 +55,9 @@ def real_fleet(speeds: Sequence[float], prefix: str = "real") -> Iterator[List[A
     """Build (once) and start one real ComfyUI per speed; always stopped (by PID) on the way out."""
     harness = _harness()
     source = harness.source_available()
+    given = os.environ.get("COMFYUI_SRC", "").strip()
+    if source is None and given:
+        raise RealUnavailable(f"COMFYUI_SRC={given} does not exist: give a ComfyUI 0.3.39 source folder or tarball")
     if source is None:
         raise RealUnavailable(
             "--real needs the ComfyUI 0.3.39 source: set COMFYUI_SRC to a source folder or tarball, "

@@ -70,6 +70,7 @@ class PeakOfOurs:
             try:
                 q = queue_of(self.url)
             except requests.RequestException:
+                self._stop.wait(0.1)
                 continue
             items = q["queue_running"] + q["queue_pending"]
             ours = sum(1 for item in items if item[3].get("client_id") == self.client_id)

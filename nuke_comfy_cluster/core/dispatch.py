@@ -1131,6 +1131,26 @@ class Dispatcher(RecoveryMixin):
             )
             log.warning("%s: %s", batch.name, batch.message)
 
+    def _withdraw_queued(self, batch: Batch) -> None:
+        """Delete this batch's prompts still waiting in server queues (running ones finish)."""
+        per_server: Dict[str, List[str]] = {}
+        for b, j in list(self._by_token.values()):
+            if b is batch and j.state is JobState.SUBMITTED and j.prompt_id and j.server:
+                per_server.setdefault(j.server, []).append(j.prompt_id)
+                self._finish(batch, j, JobState.PENDING)  # back to waiting: failed below with the rest
+        for name, ids in per_server.items():
+            server = self.pool.get_server_by_name(name)
+            if server is None:
+                continue
+
+            def work(s: ComfyUIServer = server, doomed: List[str] = ids) -> None:
+                try:
+                    s.connection.post_json("queue", {"delete": doomed})
+                except ClusterError as e:
+                    log.warning("could not withdraw queued prompts from %s: %s", s.name, user_message(e))
+
+            self._io(work)
+
     def _local_failure(self, batch: Batch, job: Job, message: str) -> None:
         """A result could not be written HERE: no server's fault, nothing more is sent.
 
@@ -1139,6 +1159,7 @@ class Dispatcher(RecoveryMixin):
         """
         if batch.local_error is None:
             batch.local_error = message
+            self._withdraw_queued(batch)
         # one error for the batch (the first), so it is reported once
         error = JobError("local", f"could not write the result: {batch.local_error}")
         self._finish(batch, job, JobState.FAILED, error)

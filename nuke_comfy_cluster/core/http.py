@@ -141,7 +141,9 @@ class _Watchdog:
                     continue
                 delay = at - time.monotonic()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    # wake at least every second: finished requests leave the heap, and the
+                    # thread ends soon after the last one (a closed cluster leaves no thread)
+                    self._cond.wait(min(delay, 1.0))
                     continue
                 heapq.heappop(self._heap)
             watch.fire("deadline")

@@ -79,10 +79,12 @@ _HEARD_KEPT = 8
 _MIN_FRAME = 1e-3
 # Cold runs remembered per server until a warm frame tells how much of them was setup.
 _COLD_KEPT = 4
-# A cold claim of a shared server is staggered over up to this fraction of its setup.
-_CLAIM_SPREAD = 0.1
+# A cold claim of a shared server is staggered over this many seconds (at most its setup).
+_CLAIM_SPREAD = 2.0
 # A server another workflow has kept t seconds is expected to stay its for this times t.
 _HELD_AGAIN = 1.0
+# Setups another workflow may keep a server it holds beyond its fair share.
+_REBALANCE_HOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -615,7 +617,6 @@ class Scheduler:
 
         Returns when a server still counted as the other workflow's stops being so.
         """
-        idle_anywhere = all(v.in_flight == 0 for v in views)
         wake: Optional[float] = None
         for v in views:
             foreign = v.setup > 0.0 and not v.warm and v.others > 0
@@ -638,9 +639,20 @@ class Scheduler:
                 else:
                     foreign = True
                     wake = grace if wake is None else min(wake, grace)
-            if not foreign:
-                continue
-            v.foreign = True
+            v.foreign = foreign
+        foreign_views = [v for v in views if v.foreign]
+        if not foreign_views:
+            return wake
+        # Capacity (frames per second) each workflow holds, ours = every server not
+        # another's; the fair share is an equal part for each workflow seen.
+        held: Dict[Optional[str], float] = {}
+        for v in foreign_views:
+            owner = self._foreign_owner.get(v.name)
+            held[owner] = held.get(owner, 0.0) + 1.0 / v.ft
+        ours = sum(1.0 / v.ft for v in views if not v.foreign)
+        fair = (ours + sum(held.values())) / (1 + len(held))
+        idle_anywhere = all(v.in_flight == 0 for v in views)
+        for v in foreign_views:
             since = self._foreign_since[v.name]
             # Clients left without a server at the same moment would all take the same
             # one over at once (each getting a frame and losing it to the next): a
@@ -649,8 +661,17 @@ class Scheduler:
             if drawn is None or drawn[0] != since:
                 drawn = (since, self._rng.random() * self._spread)
                 self._takeover_jitter[v.name] = drawn
-            v.takeover_at = since + self._hold * v.setup + drawn[1]
-            v.blocked = not idle_anywhere or now < v.takeover_at
+            if ours < fair and held[self._foreign_owner.get(v.name)] - 1.0 / v.ft >= fair:
+                # Under our share while that workflow keeps its own without this server
+                # (it was there first, not chosen for fairness): rebalance, after the
+                # setup it paid there has had time to pay off.
+                hold = _REBALANCE_HOLD
+            elif idle_anywhere:
+                hold = self._hold  # nothing of ours runs anywhere: turns come round
+            else:
+                hold = math.inf
+            v.takeover_at = since + hold * v.setup + drawn[1]
+            v.blocked = now < v.takeover_at
             if v.blocked:
                 # Only ranked (see _list_schedule): a workflow that has kept a server
                 # for t seconds is expected to keep it about as long again.
@@ -687,8 +708,8 @@ class Scheduler:
         shared = self._others_seen is not None and now - self._others_seen <= horizon
         open_views = [v for v in views if not v.blocked]
         for v in views:
-            if v.blocked and all(u.in_flight == 0 for u in views):
-                # Free for us once the other workflow has had it for `hold` setups.
+            if v.blocked and v.takeover_at < math.inf:
+                # Free for us once the other workflow has had it for its hold.
                 wake = v.takeover_at if wake is None else min(wake, v.takeover_at)
         considered = set()
         for v in open_views:
@@ -760,9 +781,9 @@ class Scheduler:
             advance = min(self._aging * waited, _MAX_ADVANCE * v.ft)
             lo = max(now, due - advance)
             # A cold claim (another workflow's models are there) pays a setup anyway:
-            # a wider window makes two clients claiming at once (and each keeping one
+            # a wider window makes two clients claiming at once (each keeping one
             # frame) rare, for a small part of that setup.
-            spread = max(self._spread, _CLAIM_SPREAD * v.first)
+            spread = max(self._spread, min(_CLAIM_SPREAD, v.first))
             hi = max(lo, start - advance) + spread
             drawn = (start, lo + self._rng.random() * (hi - lo))
             self._stagger[v.name] = drawn

@@ -76,8 +76,10 @@ def status_text(server: ServerSnapshot, now: float, left_out: Optional[str] = No
         failures = server.counters.failures
         after = f" after {failures} failure{'' if failures == 1 else 's'}" if failures else ""
         return f"cooling down {left} s{after}"
+    if left_out and left_out.startswith(server.name + ": "):
+        left_out = left_out[len(server.name) + 2 :]  # the row names the server already
     if server.status is ServerStatus.UNKNOWN:
-        return "not checked yet"
+        return f"left out: {left_out}" if left_out else "not checked yet"
     if not server.status.reachable or server.status is ServerStatus.DISABLED:
         return short_reason(server)
     if left_out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,11 +28,12 @@ from nuke_comfy_cluster.core.state import JobState
 from nuke_comfy_cluster.nuke_host import lifecycle, submit
 from nuke_comfy_cluster.nuke_host import node as N
 from nuke_comfy_cluster.nuke_host.submit import run_for
+from nuke_comfy_cluster.sim.png import png_first_pixel
 from nuke_comfy_cluster.sim.process import start_cluster, stop_all
 from tests.conftest import REPO
 
 from .conftest import WORKFLOWS, server_dicts
-from .fake_nuke import FakeNuke
+from .fake_nuke import FakeNuke, frame_colour
 from .test_submit import TXT2IMG, make_node, reads, wait
 from .test_submit import submit as press_submit
 
@@ -442,3 +444,48 @@ def test_resume_shows_why_it_cannot(fake: FakeNuke, configure, sims, tmp_path):
     status = fake.shown(node[N.K_STATUS])
     assert status.startswith("Not resumed: ") and run.batch.id[:8] in status and "nothing to resume" in status
     assert "nothing to resume" in fake.messages[-1]
+
+
+def test_resume_feeds_the_inputs_again_rendering_them_when_they_are_gone(
+    fake: FakeNuke, configure, steady, plate, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    configure(server_dicts(steady))  # no shared drive: inputs are uploaded to each server
+    plate(1, 8)
+    out = tmp_path / "out"
+    node = make_node(fake, WORKFLOWS / "loadimage.json", N.MODE_RANGE, out)
+    run = press_submit(fake, node)
+    until_running(fake, node, run)
+    script = fake.save_script(str(tmp_path / "shot.nk"))
+    staged = json.loads(node[N.K_BATCH_INPUTS].getText())
+    assert staged == {"run_dir": run.run_dir, "inputs": [[0, "1"]], "first": 1, "last": 8}
+    fake.answers = [True]
+    fake.quit()
+    submit.detach_at_exit()  # the process exits: the batch is detached
+    fake.pump(run.finished.is_set, 10, "the run to end")
+    assert run.final.state == "detached"
+    assert sorted(os.listdir(run.run_dir)) == [f"in1.{f:04d}.png" for f in range(1, 9)]  # kept for Resume
+
+    # a new Nuke opens the script; meanwhile the rendered inputs were cleaned away
+    later = FakeNuke(gui=True)
+    later.install(monkeypatch)
+    later.run_file(INIT)
+    configure(server_dicts(steady))
+    submit._ended_away.clear()  # a new process remembers nothing: the ledger tells
+    shutil.rmtree(run.run_dir)
+    later.load_script(script)
+    settle(later)
+    node = later.nuke.toNode("ComfyCluster1")
+    assert later.shown(node[N.K_STATUS]).startswith("Unfinished: batch ")
+    assert node[N.K_RESUME].enabled() is True
+    later.press(node, N.K_RESUME)
+    assert later.called("nuke.execute") == [("Write1", 1, 8, 1)]  # rendered again, on the main thread
+    resumed = run_for(node)
+    later.pump(resumed.finished.is_set, 90, "the end of the resumed batch")
+    assert resumed.final.state == "done", (later.shown(node[N.K_STATUS]), resumed.error)
+    for frame in range(1, 9):
+        data = (out / f"ComfyCluster1.{frame:04d}.png").read_bytes()
+        # ImageInvert of what the plate holds at this very frame: each frame got its own input
+        assert png_first_pixel(data) == tuple(255 - c for c in frame_colour("Plate", frame)), frame
+    counts = renders_per_job(steady, run.batch.id)
+    assert len(counts) == 8 and max(counts.values()) == 1, counts
+    assert not os.path.exists(run.run_dir)  # the batch ended: its inputs are cleaned up now

@@ -6,6 +6,8 @@ at once, without any simulator.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import closed_port
@@ -202,3 +204,44 @@ def test_announce_batch_reaches_open_panels(make_cluster, make_panel, qtbot):
     with qtbot.waitSignal(panel.batch_watched, timeout=2000):
         announce_batch(batch)
     assert [b.name for b in panel.jobs.model.batches()] == ["from the node"]
+
+
+@pytest.mark.integration
+def test_a_server_left_out_of_a_running_batch_says_why_in_its_row(
+    start_sims, make_cluster, make_panel, qtbot, tmp_path
+):
+    """A server without a node the workflow needs: the batch leaves it out, its row says so
+    while the batch runs, and goes back to its plain state when the batch ends."""
+    from nuke_comfy_cluster.core.jobs import Job
+    from nuke_comfy_cluster.ui import server_table as st
+    from nuke_comfy_cluster.ui.qt import QtCore
+
+    from .conftest import sim_servers
+
+    Qt = QtCore.Qt
+
+    without = start_sims([1.0], seconds=1.5, extra_args=["--without-nodes", "ImageInvert", "--cache-none"])[0]
+    full = start_sims([1.0], seconds=1.5, extra_args=["--cache-none"])[0]
+    cluster = make_cluster(sim_servers([without, full]))
+    panel = make_panel(cluster)
+    qtbot.waitUntil(lambda: not panel.refreshing and panel.snapshot is not None, timeout=20000)
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "left_out"}},
+    }
+
+    def job(i):
+        prompt = json.loads(json.dumps(workflow))
+        prompt["1"]["inputs"]["color"] = i  # each frame its own prompt
+        return Job(prompt, index=i, label=f"frame {i}", frame=i)
+
+    with qtbot.waitSignal(panel.batch_watched, timeout=20000):
+        panel.submit_in_background(lambda: cluster.submit_batch([job(i) for i in range(4)], name="invert"))
+    row = panel.model.row_of("sim0")
+    status = lambda: panel.model.data(panel.model.index(row, st.COL_STATUS))  # noqa: E731
+    qtbot.waitUntil(lambda: "left out: no node ImageInvert" in status(), timeout=20000)
+    assert status().split(" · ")[0] in ("online", "busy")
+    assert "ImageInvert" in panel.model.data(panel.model.index(row, st.COL_STATUS), Qt.ItemDataRole.ToolTipRole)
+    qtbot.waitUntil(lambda: panel.jobs.model.batches()[0].finished, timeout=60000)
+    qtbot.waitUntil(lambda: "left out" not in status(), timeout=5000)
