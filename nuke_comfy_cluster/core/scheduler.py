@@ -270,6 +270,7 @@ class Scheduler:
         self._foreign_clear: Dict[str, float] = {}  # first seen without its work (it may come back)
         self._foreign_owner: Dict[str, Optional[str]] = {}  # whose, when the caller says
         self._takeover_jitter: Dict[str, Tuple[float, float]] = {}  # server -> (foreign since, jitter)
+        self._released: Dict[Optional[str], float] = {}  # workflow -> when it last let a server go
         self._finished_heard: Dict[str, List[float]] = {}
         self._last_used: Dict[str, int] = {}
         self._uses = 0
@@ -635,7 +636,9 @@ class Scheduler:
                 if v.warm or v.setup <= 0.0 or now >= grace:
                     del self._foreign_since[v.name]
                     del self._foreign_clear[v.name]
-                    self._foreign_owner.pop(v.name, None)
+                    owner = self._foreign_owner.pop(v.name, None)
+                    if not v.warm:
+                        self._released[owner] = now
                 else:
                     foreign = True
                     wake = grace if wake is None else min(wake, grace)
@@ -661,7 +664,8 @@ class Scheduler:
             if drawn is None or drawn[0] != since:
                 drawn = (since, self._rng.random() * self._spread)
                 self._takeover_jitter[v.name] = drawn
-            if ours < fair and held[self._foreign_owner.get(v.name)] - 1.0 / v.ft >= fair:
+            owner = self._foreign_owner.get(v.name)
+            if ours < fair and held[owner] - 1.0 / v.ft >= fair:
                 # Under our share while that workflow keeps its own without this server
                 # (it was there first, not chosen for fairness): rebalance, after the
                 # setup it paid there has had time to pay off.
@@ -672,9 +676,11 @@ class Scheduler:
                 hold = math.inf
             v.takeover_at = since + hold * v.setup + drawn[1]
             v.blocked = now < v.takeover_at
-            if v.blocked:
+            released = self._released.get(owner)
+            if v.blocked and (released is None or now - released > 2.0 * v.ft):
                 # Only ranked (see _list_schedule): a workflow that has kept a server
-                # for t seconds is expected to keep it about as long again.
+                # for t seconds is expected to keep it about as long again, unless it
+                # just let another go (its batch is ending).
                 v.avail = max(v.avail, now + _HELD_AGAIN * (now - since))
         return wake
 
