@@ -29,3 +29,22 @@ def test_split_times_cold_and_warm():
     warm = [("3", 20.0), ("4", 21.0)]
     assert split_times(warm, 21.1, static, ["1", "2"]) == (0.0, False)
     assert split_times([], 1.0, frozenset(), []) == (None, None)
+
+
+def test_the_dispatcher_learns_the_model_load_apart_from_the_frame(start_sims, tmp_path):
+    """Against a simulator whose loader takes 0.6 s when it runs (ComfyUI's cache decides):
+    the first frame on the server is cold and its load is timed from the executing events."""
+    from nuke_comfy_cluster.core.api import Cluster
+    from tests.conftest import sim_configs
+    from tests.test_result_integrity import TXT2IMG
+
+    (sim,) = start_sims([1.0], seconds=0.2, extra_args=["--load-seconds", "0.6"])
+    with Cluster.from_servers(sim_configs([sim])) as cluster:
+        batch = cluster.submit_frames(TXT2IMG, range(1, 5), output_dir=str(tmp_path), sequence_name="m", base_seed=1)
+        snap = batch.wait(60)
+        sched = cluster.dispatcher._learned  # noqa: SLF001 - what the next batch starts from
+    assert snap.state == "done", snap.message
+    assert set(batch.loads) == {"sim0"} and 0.4 < batch.loads["sim0"] < 3.0, batch.loads
+    learned = next(iter(sched.values()))
+    frame = learned.expected_frame_time("sim0")
+    assert frame is not None and frame < 0.6, frame  # the per-frame estimate is clean of the load
