@@ -45,7 +45,7 @@ def servers_json(procs, extra=()):
         ('[{"name": "a", "ip": "10.0.0.1", "port": "abc"}]', "port"),
         ('[{"name": "a", "ip": "10.0.0.1", "port": 70000}]', "port"),
         ('[{"name": "a", "ip": "bad host!", "port": 1}]', "ip"),
-        ('[{"name": "a", "ip": "h", "port": 1}, {"name": "a", "ip": "h", "port": 2}]', "a"),
+        ('[{"name": "a", "ip": "h", "port": 1}, {"name": "a", "ip": "h", "port": 2}]', 'duplicate name "a"'),
         ("/nonexistent/servers.json", "/nonexistent/servers.json"),
     ],
 )
@@ -133,7 +133,11 @@ def test_submit_to_unreachable_cluster_fails_cleanly(tmp_path):
 def test_demo_runs_headless():
     out = run(["demo", "--frames", "6", "--seconds", "0.2"], timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "makespan" in out.stdout and "sim-1.0x" in out.stdout
+    # what the demo promises: every frame done into a sequence, the per-server table, the speed-up
+    assert re.search(r"^6 done, kept in \S+shot010_comfy\.####\.png", out.stdout, re.M), out.stdout
+    rows = re.findall(r"^(sim-[0-9.]+x)\s+(\d+)\s+[0-9.]+ s$", out.stdout, re.M)
+    assert sum(int(n) for _, n in rows) == 6 and len(rows) == 3, rows
+    assert re.search(r"cluster speed-up [0-9.]+x", out.stdout), out.stdout
 
 
 # --------------------------------------------------------------------------- helpers for the tests below

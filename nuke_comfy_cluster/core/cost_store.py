@@ -200,7 +200,9 @@ class CostStore:
             return empty
         if doc.get("version") != VERSION:
             # Written by another release: start afresh (the next save replaces it).
-            log.info("learned server costs %s have version %r, not %d: not used", self.path, doc.get("version"), VERSION)
+            log.info(
+                "learned server costs %s have version %r, not %d: not used", self.path, doc.get("version"), VERSION
+            )
             return empty
         return doc
 

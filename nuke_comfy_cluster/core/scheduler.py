@@ -56,7 +56,10 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .scheduler_affinity import AffinityMixin
+from .scheduler_costs import _MIN_FRAME, LearningMixin, ServerCosts, _Estimate
 
 __all__ = ["ServerLoad", "ServerCosts", "Scheduler"]
 
@@ -73,18 +76,8 @@ _PROBE_GROWTH = 2.0
 _MAX_ADVANCE = 0.5
 # Seconds after the next expected status poll a send may be put off to.
 _NEWS_SLACK = 0.25
-# How many of our latest finishes per server are remembered against stale queue lengths.
-_HEARD_KEPT = 8
-# Frame times below this are treated as this (guards divisions; a frame is never free).
-_MIN_FRAME = 1e-3
-# Cold runs remembered per server until a warm frame tells how much of them was setup.
-_COLD_KEPT = 4
 # A cold claim of a shared server is staggered over this many seconds (at most its setup).
 _CLAIM_SPREAD = 2.0
-# A server another workflow has kept t seconds is expected to stay its for this times t.
-_HELD_AGAIN = 1.0
-# Setups another workflow may keep a server it holds beyond its fair share.
-_REBALANCE_HOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,49 +109,6 @@ class ServerLoad:
     @property
     def ours_in_flight(self) -> int:
         return self.ours_queued + (1 if self.ours_running_since is not None else 0)
-
-
-@dataclass(frozen=True)
-class ServerCosts:
-    """What has been learned of one server for one workflow (what :mod:`.cost_store` keeps)."""
-
-    frame_s: float  # seconds per frame with the setup loaded
-    frame_dev: float = 0.0  # mean absolute deviation of that
-    samples: int = 1
-    setup_s: Optional[float] = None  # seconds a cold start adds; None = never measured
-    setup_samples: int = 0
-
-
-class _Mean:
-    """A plain mean over the first samples, then a moving average that follows changes."""
-
-    __slots__ = ("mean", "dev", "samples")
-
-    def __init__(self) -> None:
-        self.mean = 0.0
-        self.dev = 0.0
-        self.samples = 0
-
-    def add(self, sample: float, alpha: float) -> None:
-        self.samples += 1
-        if self.samples == 1:
-            self.mean = sample
-            self.dev = 0.1 * sample  # until a second sample says otherwise
-            return
-        w = max(alpha, 1.0 / self.samples)
-        self.dev += w * (abs(sample - self.mean) - self.dev)
-        self.mean += w * (sample - self.mean)
-
-
-class _Estimate:
-    __slots__ = ("frame", "setup", "cold_runs", "failures", "probation")
-
-    def __init__(self) -> None:
-        self.frame = _Mean()
-        self.setup = _Mean()
-        self.cold_runs: List[float] = []  # cold durations not yet split into setup + frame
-        self.failures = 0
-        self.probation = True  # one frame at a time until a job of ours succeeds there
 
 
 class _View:
@@ -202,7 +152,7 @@ class _View:
         self.blocked = False  # left to that workflow for now
         self.takeover_at = 0.0  # when we may take it over if we have nothing running
         # False: its backlog is our frames not yet heard to start, taken to start now;
-        # its slots move with the clock, so only an event (not a timer) can make one due.
+        # its slots move with the clock (a timer finds the same picture again).
         self.anchored = True
 
     def finish(self, k: int) -> float:
@@ -210,7 +160,7 @@ class _View:
         return self.avail + self.first + (k + 1) * self.ft
 
 
-class Scheduler:
+class Scheduler(LearningMixin, AffinityMixin):
     """Earliest-estimated-finish pull scheduling of a batch over several servers.
 
     ``lead_time`` is how late the caller may learn that a server went idle: a
@@ -223,6 +173,9 @@ class Scheduler:
     ``max_window`` caps our prompts on one server whatever the plan says.
     ``hold`` is how many of its setups another workflow may keep a server before a
     client of ours with nothing running anywhere may take it over.
+    ``withdraw_probes``: the caller reports :meth:`setup_finished` and acts on
+    :attr:`withdrawals` (takes back a probe frame that would end after the rest of
+    the batch could be done elsewhere: a cold first frame on a slow GPU).
     """
 
     def __init__(
@@ -238,6 +191,7 @@ class Scheduler:
         aging: float = 0.5,
         max_window: int = 8,
         hold: float = 4.0,
+        withdraw_probes: bool = False,
         rng: Optional[random.Random] = None,
     ) -> None:
         if lead_time < 0:
@@ -260,6 +214,13 @@ class Scheduler:
         self._aging = max(0.0, aging)
         self._max_window = int(max_window)
         self._hold = float(hold)
+        self._withdraw = withdraw_probes
+        self._setup_done: Dict[str, float] = {}  # our running frame there finished its setup after
+        self._withdraw_asked: Dict[str, float] = {}  # server -> start of the run we asked back
+        #: after :meth:`plan` (with ``withdraw_probes``): servers whose running frame of
+        #: ours should be taken back now (interrupted, its frame waiting again), each
+        #: named once per run; call :meth:`job_withdrawn` when done.
+        self.withdrawals: List[str] = []
         self._rng = rng if rng is not None else random.Random()
         self._est: Dict[str, _Estimate] = {}
         self._running: Dict[str, float] = {}
@@ -290,163 +251,16 @@ class Scheduler:
     def max_window(self) -> int:
         return self._max_window
 
+    @property
+    def withdraws(self) -> bool:
+        """Whether it may ask for probes back (``withdraw_probes``)."""
+        return self._withdraw
+
     def set_lead_time(self, seconds: float) -> None:
         """How late we may learn of a change, e.g. the status TTL while the push is lost."""
         if seconds < 0:
             raise ValueError("lead_time must be >= 0")
         self._lead = float(seconds)
-
-    def job_started(self, server: str, at: Optional[float] = None, cold: Optional[bool] = None) -> None:
-        """One of our jobs started there at ``at`` (clock time; default now).
-
-        ``cold``: whether it runs its setup (its loaders are not in ``execution_cached``);
-        None = as planned (the first frame sent to a server that was cold for us).
-        """
-        self._running[server] = self._clock() if at is None else at
-        planned = self._sent_cold.pop(server, False)
-        self._running_cold[server] = planned if cold is None else bool(cold)
-        self._ran_here[server] = True
-
-    def job_finished(
-        self,
-        server: str,
-        started_at: float,
-        finished_at: float,
-        setup_s: Optional[float] = None,
-        cold: Optional[bool] = None,
-    ) -> None:
-        """Learn from one of our jobs that ran from ``started_at`` to ``finished_at``.
-
-        Both on this scheduler's clock. ``cold``: it ran the workflow's setup (some
-        loader was not in ``execution_cached``); ``setup_s``: how long the setup
-        nodes took, when timed (``executing`` events). With neither, the whole run
-        is taken as a frame time (what a client that cannot tell does). A job
-        whose start was missed (``finished_at <= started_at``) clears the server's
-        probation but teaches no time.
-        """
-        self._running.pop(server, None)
-        self._running_cold.pop(server, None)
-        self._sent_cold.pop(server, None)
-        self._ran_here[server] = True
-        # A queue length observed before now may still count this job: remember
-        # when we heard of its end, so it is not taken for someone else's.
-        heard = self._finished_heard.setdefault(server, [])
-        heard.append(self._clock())
-        del heard[:-_HEARD_KEPT]
-        est = self._est.setdefault(server, _Estimate())
-        est.probation = False
-        if cold is None and setup_s is not None:
-            cold = setup_s > 0.0
-        if finished_at <= started_at:
-            if setup_s is not None and setup_s > 0.0:
-                est.setup.add(setup_s, self._alpha)
-            return  # its start was missed: it succeeded, but says nothing of the speed
-        run = max(_MIN_FRAME, finished_at - started_at)
-        if not cold:
-            est.frame.add(run, self._alpha)
-            if cold is False and est.cold_runs:
-                # Now that a warm frame is known, the earlier cold runs tell the setup.
-                for total in est.cold_runs:
-                    est.setup.add(max(0.0, total - est.frame.mean), self._alpha)
-                est.cold_runs = []
-            return
-        if setup_s is not None:
-            est.setup.add(max(0.0, setup_s), self._alpha)
-            if run - setup_s > _MIN_FRAME:
-                est.frame.add(run - setup_s, self._alpha)
-        elif est.frame.samples:
-            est.setup.add(max(0.0, run - est.frame.mean), self._alpha)
-        else:
-            est.cold_runs.append(run)
-            del est.cold_runs[:-_COLD_KEPT]
-
-    def job_failed(self, server: str) -> None:
-        """One of our jobs failed there: back to one frame at a time until one succeeds."""
-        self._running.pop(server, None)
-        self._running_cold.pop(server, None)
-        self._sent_cold.pop(server, None)
-        est = self._est.setdefault(server, _Estimate())
-        est.failures += 1
-        est.probation = True
-
-    def expected_frame_time(self, server: str) -> Optional[float]:
-        """What a frame there should take (learned, else the prior), not raised by a frame
-        still running: the yardstick for "we have heard nothing for too long"."""
-        est = self._est.get(server)
-        if est is not None and est.frame.samples:
-            return est.frame.mean
-        if est is not None and est.cold_runs:
-            return self._split_cold(est)[0]
-        return self._default
-
-    def expected_setup_time(self, server: str) -> Optional[float]:
-        """What a cold start adds there (learned); None when never measured."""
-        est = self._est.get(server)
-        if est is not None and est.setup.samples:
-            return est.setup.mean
-        if est is not None and est.cold_runs and est.cold_runs[-1] > self._split_cold(est)[0]:
-            return self._split_cold(est)[1]
-        return None
-
-    def frame_time(self, server: str) -> Optional[float]:
-        """Current estimate for one frame there; None before any sample and without a prior."""
-        ft = self.expected_frame_time(server)
-        since = self._running.get(server)
-        if ft is not None and since is not None:
-            # A frame running longer than the estimate is a sample we are still taking.
-            ft = max(ft, self._clock() - since - (self._setup_of(server, ft) if self._running_cold.get(server) else 0.0))
-        return ft
-
-    def costs(self) -> Dict[str, ServerCosts]:
-        """What this batch has learned per server (for :mod:`.cost_store` or the next batch)."""
-        out = {}
-        for name, est in self._est.items():
-            ft = self.expected_frame_time(name)
-            if ft is None:
-                continue
-            setup = self.expected_setup_time(name)
-            out[name] = ServerCosts(
-                frame_s=ft,
-                frame_dev=est.frame.dev if est.frame.samples else 0.1 * ft,
-                samples=max(1, est.frame.samples),
-                setup_s=setup,
-                setup_samples=est.setup.samples if est.setup.samples else (1 if setup is not None else 0),
-            )
-        return out
-
-    def seed(self, costs: Mapping[str, ServerCosts], weight: int = 2) -> None:
-        """Start from costs learned earlier (the previous batch, or the cost store).
-
-        Servers seeded need no probe frame. Seeds count as at most ``weight``
-        samples, so this batch's own frames soon take over (another model, a
-        changed server). Servers already learned here are kept.
-        """
-        for name, c in costs.items():
-            if c.frame_s <= 0 or not math.isfinite(c.frame_s):
-                continue
-            est = self._est.get(name)
-            if est is not None and (est.frame.samples or est.cold_runs):
-                continue
-            est = _Estimate()
-            est.frame.mean, est.frame.dev = c.frame_s, max(0.0, c.frame_dev)
-            est.frame.samples = max(1, min(c.samples, weight))
-            if c.setup_s is not None and c.setup_s >= 0 and math.isfinite(c.setup_s):
-                est.setup.mean, est.setup.dev = c.setup_s, 0.1 * c.setup_s
-                est.setup.samples = max(1, min(c.setup_samples, weight))
-            est.probation = False
-            self._est[name] = est
-
-    def learn_from(self, other: Scheduler, weight: int = 2) -> None:
-        """Start from ``other``'s costs, e.g. the previous batch of the same workflow (see :meth:`seed`)."""
-        before = {n for n, e in self._est.items() if e.frame.samples or e.cold_runs}
-        self.seed(other.costs(), weight)
-        for name, theirs in other._est.items():
-            if name in self._est and name not in before and theirs.probation:
-                self._est[name].probation = True  # it failed there last and never recovered
-
-    def failures(self, server: str) -> int:
-        est = self._est.get(server)
-        return est.failures if est is not None else 0
 
     # ------------------------------------------------------------------ planning
     def plan(self, servers: Sequence[ServerLoad], pending: int) -> List[str]:
@@ -454,21 +268,26 @@ class Scheduler:
 
         May be empty (hold the frames back: a top-up is not due, or the remaining
         frames are planned on servers that are busy now). Never longer than ``pending``.
-        Check :attr:`next_wakeup` for when to ask again without an event.
+        Check :attr:`next_wakeup` for when to ask again without an event. With
+        ``withdraw_probes``, call it also while nothing waits but frames run: it
+        then only fills :attr:`withdrawals`.
         """
         now = self._clock()
         self.next_wakeup = None
-        if pending <= 0 or not servers:
+        self.withdrawals = []
+        if not servers or (pending <= 0 and not self._withdraw):
             return []
         views = self._views(servers, now)
         planned = [v for v in views if v.ft is not None]
-        if not planned:
+        chosen: List[str] = []
+        if pending > 0 and not planned:
             chosen = self._blind_probes(views, pending)
-        else:
+        elif pending > 0:
             wake = self._apply_affinity(planned, now)
             chosen = self._list_schedule(planned, pending, now)
-            if wake is not None and (self.next_wakeup is None or wake < self.next_wakeup):
-                self.next_wakeup = wake
+            self._wake_at(wake)
+        if self._withdraw and planned:
+            self.withdrawals = self._probes_to_withdraw(planned, max(0, pending), now)
         cold = {v.name for v in views if v.first > 0.0 or (v.ft is None and not v.warm)}
         for name in chosen:
             self._mark_used(name)
@@ -500,39 +319,6 @@ class Scheduler:
         self._last_used[name] = self._uses
         self._stagger.pop(name, None)
 
-    def _split_cold(self, est: _Estimate) -> Tuple[float, float]:
-        """(frame, setup) guessed from cold runs alone, by the setup share seen elsewhere."""
-        total = est.cold_runs[-1]
-        share = self._setup_share()
-        if share is None:
-            return total, 0.0  # as a client that cannot tell would learn it
-        frame = max(_MIN_FRAME, total / (1.0 + share))
-        return frame, total - frame
-
-    def _setup_share(self) -> Optional[float]:
-        """Median setup / frame time over the servers where both are known."""
-        shares = sorted(
-            e.setup.mean / e.frame.mean for e in self._est.values() if e.setup.samples and e.frame.samples
-        )
-        return shares[len(shares) // 2] if shares else None
-
-    def _setup_of(self, name: str, ft: float) -> float:
-        setup = self.expected_setup_time(name)
-        if setup is not None:
-            return setup
-        # Unmeasured there: as long, relative to a frame, as where it was measured.
-        share = self._setup_share()
-        return share * ft if share is not None else 0.0
-
-    def _prior(self, servers: Sequence[ServerLoad]) -> Optional[float]:
-        if self._default is not None:
-            return self._default
-        # Pessimistic: an unknown server is planned as if it were the slowest known
-        # one, so it gets its probe but no share of the tail before it has shown more.
-        known = [self.expected_frame_time(s.name) for s in servers if s.name in self._est]
-        known = [ft for ft in known if ft is not None]
-        return max(known) if known else None
-
     def _views(self, servers: Sequence[ServerLoad], now: float) -> List[_View]:
         prior = self._prior(servers)
         views = []
@@ -549,6 +335,8 @@ class Scheduler:
             est = self._est.get(load.name)
             known = est is not None and bool(est.frame.samples or est.cold_runs)
             ft = self.expected_frame_time(load.name) if known else prior
+            if not known and est is not None and est.min_frame > 0.0:
+                ft = max(ft or 0.0, est.min_frame)  # a probe taken back there showed this much
             probing = not known or est.probation or not est.frame.samples
             since = load.ours_running_since
             if load.warm is not None:
@@ -613,77 +401,6 @@ class Scheduler:
             views.append(v)
         return views
 
-    def _apply_affinity(self, views: List[_View], now: float) -> Optional[float]:
-        """Leave servers busy with another workflow to it (see the module docstring).
-
-        Returns when a server still counted as the other workflow's stops being so.
-        """
-        wake: Optional[float] = None
-        for v in views:
-            foreign = v.setup > 0.0 and not v.warm and v.others > 0
-            if foreign:
-                owner = v.load.cache_owner
-                if owner is not None and self._foreign_owner.get(v.name, owner) != owner:
-                    self._foreign_since.pop(v.name, None)  # taken over: the new workflow's hold starts
-                self._foreign_owner[v.name] = owner
-                self._foreign_since.setdefault(v.name, now)
-                self._foreign_clear.pop(v.name, None)
-            elif v.name in self._foreign_since:
-                # Between two of its frames a server looks idle for a moment: it stays
-                # the other workflow's for a lead time and a stagger after it was seen so.
-                clear = self._foreign_clear.setdefault(v.name, min(now, v.load.observed_at))
-                grace = clear + v.thr + self._spread
-                if v.warm or v.setup <= 0.0 or now >= grace:
-                    del self._foreign_since[v.name]
-                    del self._foreign_clear[v.name]
-                    owner = self._foreign_owner.pop(v.name, None)
-                    if not v.warm:
-                        self._released[owner] = now
-                else:
-                    foreign = True
-                    wake = grace if wake is None else min(wake, grace)
-            v.foreign = foreign
-        foreign_views = [v for v in views if v.foreign]
-        if not foreign_views:
-            return wake
-        # Capacity (frames per second) each workflow holds, ours = every server not
-        # another's; the fair share is an equal part for each workflow seen.
-        held: Dict[Optional[str], float] = {}
-        for v in foreign_views:
-            owner = self._foreign_owner.get(v.name)
-            held[owner] = held.get(owner, 0.0) + 1.0 / v.ft
-        ours = sum(1.0 / v.ft for v in views if not v.foreign)
-        fair = (ours + sum(held.values())) / (1 + len(held))
-        idle_anywhere = all(v.in_flight == 0 for v in views)
-        for v in foreign_views:
-            since = self._foreign_since[v.name]
-            # Clients left without a server at the same moment would all take the same
-            # one over at once (each getting a frame and losing it to the next): a
-            # random delay, drawn once per hold, lets the first one be seen.
-            drawn = self._takeover_jitter.get(v.name)
-            if drawn is None or drawn[0] != since:
-                drawn = (since, self._rng.random() * self._spread)
-                self._takeover_jitter[v.name] = drawn
-            owner = self._foreign_owner.get(v.name)
-            if ours < fair and held[owner] - 1.0 / v.ft >= fair:
-                # Under our share while that workflow keeps its own without this server
-                # (it was there first, not chosen for fairness): rebalance, after the
-                # setup it paid there has had time to pay off.
-                hold = _REBALANCE_HOLD
-            elif idle_anywhere:
-                hold = self._hold  # nothing of ours runs anywhere: turns come round
-            else:
-                hold = math.inf
-            v.takeover_at = since + hold * v.setup + drawn[1]
-            v.blocked = now < v.takeover_at
-            released = self._released.get(owner)
-            if v.blocked and (released is None or now - released > 2.0 * v.ft):
-                # Only ranked (see _list_schedule): a workflow that has kept a server
-                # for t seconds is expected to keep it about as long again, unless it
-                # just let another go (its batch is ending).
-                v.avail = max(v.avail, now + _HELD_AGAIN * (now - since))
-        return wake
-
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
         # Nothing known anywhere: a probe on every server that runs nothing or only
         # one job of someone else's (the probe starts after at most one frame). If
@@ -735,7 +452,10 @@ class Scheduler:
                     due = self._due(v, start, shared and not (v.setup > 0.0 and v.warm and v.others == 0))
                 considered.add(v.name)
                 if due > now:
-                    if v.anchored:
+                    # A slot that moves with the clock is not worth a timer: it would find
+                    # the same picture; an event (its start heard) changes it. A staggered
+                    # or poll-bound send time is a clock time: it is.
+                    if v.anchored or due != start - v.thr:
                         wake = due if wake is None else min(wake, due)
                     break
                 picks.append((start, v.key, v.name))

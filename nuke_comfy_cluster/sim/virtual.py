@@ -91,6 +91,8 @@ class VirtualJob:
         "setup",
         "cold",
         "setup_time",
+        "prev_loaded",
+        "interrupted",
     )
 
     def __init__(self, id: int, client: Client, frame: int, work: float, server: str, sent: float) -> None:
@@ -107,6 +109,8 @@ class VirtualJob:
         self.setup = client.setup  # work to load the model, at speed 1
         self.cold = False  # it found another model loaded and paid the setup
         self.setup_time = 0.0  # seconds of its run that were setup
+        self.prev_loaded: Optional[str] = None
+        self.interrupted = False
 
     @property
     def wait(self) -> float:
@@ -236,14 +240,43 @@ class World:
             job.cold = True
             job.setup_time = job.setup / srv.spec.speed
             run += job.setup_time
+            job.prev_loaded = srv.loaded
             srv.loaded = job.model
             srv.loads += 1
+            # The client times its loader nodes from the executing messages.
+            self.at(self.now + job.setup_time, self._setup_done, srv, job)
         self._push(job.client, srv.spec.name, job.client.on_started, job)
         self.at(self.now + run, self._finish, srv, job)
+
+    def _setup_done(self, srv: _Server, job: VirtualJob) -> None:
+        if not job.interrupted:
+            self._push(job.client, srv.spec.name, job.client.on_setup_done, job)
+
+    def interrupt(self, job: VirtualJob) -> None:
+        """Take one of a client's prompts back: out of the queue, or stopped where it runs.
+
+        Immediate (ComfyUI stops at the next node boundary, a moment later). A model
+        whose load was cut short is not in the cache.
+        """
+        srv = self.servers[job.server]
+        if job in srv.queue:
+            srv.queue.remove(job)
+            job.interrupted = True
+            self._broadcast(srv)
+        elif srv.running is job:
+            job.interrupted = True
+            if job.cold and self.now < job.started + job.setup_time:
+                srv.loaded = job.prev_loaded
+            srv.running = None
+            self._broadcast(srv, len(srv.queue))
+            if srv.queue:
+                self._start_next(srv)
 
     def _finish(self, srv: _Server, job: VirtualJob) -> None:
         # ComfyUI's order: execution_success, the status broadcast, then the
         # next prompt's execution_start.
+        if job.interrupted:
+            return
         job.finished = self.now
         srv.running = None
         self._push(job.client, srv.spec.name, job.client.on_finished, job)
@@ -324,13 +357,15 @@ class Client:
         self.setup = setup
         self.index = -1
         self.next_frame = 0
+        self.returned: List[int] = []  # frames taken back, waiting again
+        self.withdrawn: List[VirtualJob] = []
         self.result = ClientResult(name, start)
         self.views: Dict[str, _View] = {s.name: _View(s) for s in world.specs}
         self._last_poll = start
 
     @property
     def pending(self) -> int:
-        return len(self.works) - self.next_frame
+        return len(self.works) - self.next_frame + len(self.returned)
 
     @property
     def done(self) -> bool:
@@ -344,8 +379,11 @@ class Client:
         self.react()
 
     def submit(self, server: str) -> None:
-        i = self.next_frame
-        self.next_frame += 1
+        if self.returned:
+            i = self.returned.pop(0)
+        else:
+            i = self.next_frame
+            self.next_frame += 1
         job = self.world.send(self, i, self.works[i], server)
         self.result.jobs.append(job)
         self.views[server].queued.append(job)
@@ -375,6 +413,8 @@ class Client:
         self.react()
 
     def on_started(self, job: VirtualJob) -> None:
+        if job.interrupted:
+            return  # taken back meanwhile
         v = self.views[job.server]
         if job in v.queued:
             v.queued.remove(job)
@@ -426,8 +466,32 @@ class Client:
         if self.pending or any(v.queued or v.running is not None for v in self.views.values()):
             self.world.at(now + self.ttl, self._poll)
 
+    def withdraw(self, job: VirtualJob) -> None:
+        """Take our prompt back from its server; its frame waits again."""
+        self.world.interrupt(job)
+        v = self.views[job.server]
+        if v.running is job:
+            v.running = None
+            v.running_since = None
+        elif job in v.queued:
+            v.queued.remove(job)
+        self.result.jobs.remove(job)
+        self.withdrawn.append(job)
+        self.returned.append(job.frame)
+        # We cut it short ourselves: a load that did not finish left nothing in the cache.
+        v.tail = self.world.servers[job.server].tail_model
+        v.tail_at = self.world.now
+
+    def on_setup_done(self, job: VirtualJob) -> None:
+        if self.views[job.server].running is job:
+            self.setup_done(job)
+            self.react()
+
     # -- hooks
     def started(self, job: VirtualJob, at: float) -> None:
+        pass
+
+    def setup_done(self, job: VirtualJob) -> None:
         pass
 
     def finished(self, job: VirtualJob, started_at: float, finished_at: float) -> None:
@@ -483,6 +547,10 @@ class PolicyClient(Client):
         else:
             self.scheduler.job_started(job.server, at, cold=job.cold)
 
+    def setup_done(self, job: VirtualJob) -> None:
+        if self.cache_info == "full":
+            self.scheduler.setup_finished(job.server, job.setup_time)
+
     def finished(self, job: VirtualJob, started_at: float, finished_at: float) -> None:
         if self.cache_info == "none":
             self.scheduler.job_finished(job.server, started_at, finished_at)
@@ -512,8 +580,12 @@ class PolicyClient(Client):
             self._wake_at = float("inf")
         self.react()
 
+    def _watching(self) -> bool:
+        """Frames run that the scheduler may want back, though none waits."""
+        return self.scheduler.withdraws and any(v.running is not None for v in self.views.values())
+
     def react(self) -> None:
-        if not self.pending or self.world.now < self.start:
+        if self.world.now < self.start or not (self.pending or self._watching()):
             return
         t0 = time.process_time()
         loads = [
@@ -535,8 +607,16 @@ class PolicyClient(Client):
         self.cpu_s += time.process_time() - t0
         for name in chosen:
             self.submit(name)
+        taken = [self.views[name].running for name in self.scheduler.withdrawals]
+        for job in taken:
+            if job is not None:
+                self.withdraw(job)
+                self.scheduler.job_withdrawn(job.server)
+        if any(taken):
+            self.react()  # the frames taken back go elsewhere now
+            return
         wake = self.scheduler.next_wakeup
-        if wake is not None and self.pending and wake < self._wake_at:
+        if wake is not None and self.world.now < wake < self._wake_at and (self.pending or self._watching()):
             self._wake_at = wake
             self.world.at(wake, self._wake)
 

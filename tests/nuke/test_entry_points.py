@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
 import sys
@@ -133,11 +132,9 @@ def test_fake_raises_on_what_it_does_not_implement(fake: FakeNuke):
 
 @pytest.mark.qt
 def test_the_registered_panel_is_a_real_qwidget(fake: FakeNuke, configure, sims, qtbot):
-    from .conftest import server_dicts
-
-    if importlib.util.find_spec("nuke_comfy_cluster.ui.panel") is None:
-        pytest.skip("nuke_comfy_cluster.ui.panel is not written yet")
     from nuke_comfy_cluster.ui.qt import QtWidgets
+
+    from .conftest import server_dicts
 
     configure(server_dicts(sims))
     fake.run_file(MENU)

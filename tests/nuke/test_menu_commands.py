@@ -43,7 +43,6 @@ def test_refresh_status_polls_off_the_main_thread_and_updates_the_nodes(fake: Fa
 
 @pytest.mark.qt
 def test_the_server_panel_command_docks_the_panel_and_reuses_it(fake: FakeNuke, configure, qtbot):
-    pytest.importorskip("nuke_comfy_cluster.ui.panel")
     from nuke_comfy_cluster.core.api import default_cluster
     from nuke_comfy_cluster.ui.panel import ClusterPanel
     from nuke_comfy_cluster.ui.qt import QtWidgets
@@ -91,7 +90,6 @@ def test_without_qt_the_server_panel_command_explains(fake: FakeNuke, configure,
 
 @pytest.mark.qt
 def test_the_config_editor_command_edits_the_shared_pool(fake: FakeNuke, configure, qtbot):
-    pytest.importorskip("nuke_comfy_cluster.ui.config_editor")
     from nuke_comfy_cluster.core.api import default_cluster
     from nuke_comfy_cluster.ui.config_editor import DISCARD
     from nuke_comfy_cluster.ui.qt import QtWidgets

@@ -1,0 +1,202 @@
+"""Model affinity and probe withdrawal: the batch scheduler's rules for model loads.
+
+Mixed into :class:`~.scheduler.Scheduler` (its state is made there).
+
+* A server busy with another workflow (it would be cold for us and someone else's
+  work is there) is left to it, so artists with different models don't make every
+  frame reload. A server that goes idle stays its owner's for a lead time and a
+  stagger (the gap between two of its frames), then it is anyone's.
+* Such a server may be taken over (one frame queued behind its work, no race):
+  by a client under its fair share of the cluster from a workflow that keeps its
+  own share without it, after ``_REBALANCE_HOLD`` of its setups; by a client with
+  nothing running anywhere after ``hold`` setups (turns come round). A random
+  delay per hold keeps two clients from taking the same server at once.
+* While it is another's, a server still counts in the plan as a place frames may
+  go later: after the work seen there, or, once it has been held t seconds, after
+  about t more (unless its workflow just let another server go: its batch is
+  ending). So a client does not start a cold frame on a slow GPU for a frame a
+  faster server is likely to free up for.
+* With ``withdraw_probes``, a cold probe frame on a server not measured yet is
+  taken back when it will end after the rest of the batch (and this frame) could
+  be done on the measured servers: a lower bound while it loads (its setup is at
+  least what it has run, its frame that over the setup-to-frame ratio seen
+  elsewhere), an estimate once :meth:`setup_finished` says its loads are done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+from .scheduler_costs import _Estimate
+
+if TYPE_CHECKING:
+    from .scheduler import _View
+
+__all__ = ["AffinityMixin"]
+
+# A server another workflow has kept t seconds is expected to stay its for this times t.
+_HELD_AGAIN = 1.0
+# Setups another workflow may keep a server it holds beyond its fair share.
+_REBALANCE_HOLD = 2.0
+
+
+class AffinityMixin:
+    """The model-load half of :class:`~.scheduler.Scheduler` (its state is made there)."""
+
+    def setup_finished(self, server: str, setup_s: float) -> None:
+        """Our job running there has run its setup (loaders), which took ``setup_s`` seconds.
+
+        Before its first frame ends, this tells how fast an unmeasured server is
+        (with the setup-to-frame ratio seen elsewhere): what ``withdraw_probes`` needs.
+        """
+        if server in self._running:
+            self._setup_done[server] = max(0.0, setup_s)
+
+    def job_withdrawn(self, server: str) -> None:
+        """Our running job there was taken back (see :attr:`withdrawals`); its frame waits again.
+
+        The server keeps what it showed: a frame there takes at least this long.
+        """
+        now = self._clock()
+        since = self._running.pop(server, None)
+        self._running_cold.pop(server, None)
+        self._sent_cold.pop(server, None)
+        setup = self._setup_done.pop(server, None)
+        est = self._est.setdefault(server, _Estimate())
+        share = self._setup_share()
+        if setup is not None:
+            est.setup.add(setup, self._alpha)
+        if since is not None:
+            elapsed = max(0.0, now - since)
+            if setup is not None:
+                lower = max(elapsed - setup, setup / share if share else 0.0)
+            else:
+                lower = elapsed / (1.0 + share) if share else elapsed
+            est.min_frame = max(est.min_frame, lower)
+
+    def _apply_affinity(self, views: List[_View], now: float) -> Optional[float]:
+        """Leave servers busy with another workflow to it (see the module docstring).
+
+        Returns when a server still counted as the other workflow's stops being so.
+        """
+        wake: Optional[float] = None
+        for v in views:
+            foreign = v.setup > 0.0 and not v.warm and v.others > 0
+            if foreign:
+                owner = v.load.cache_owner
+                if owner is not None and self._foreign_owner.get(v.name, owner) != owner:
+                    self._foreign_since.pop(v.name, None)  # taken over: the new workflow's hold starts
+                self._foreign_owner[v.name] = owner
+                self._foreign_since.setdefault(v.name, now)
+                self._foreign_clear.pop(v.name, None)
+            elif v.name in self._foreign_since:
+                # Between two of its frames a server looks idle for a moment: it stays
+                # the other workflow's for a lead time and a stagger after it was seen so.
+                clear = self._foreign_clear.setdefault(v.name, min(now, v.load.observed_at))
+                grace = clear + v.thr + self._spread
+                if v.warm or v.setup <= 0.0 or now >= grace:
+                    del self._foreign_since[v.name]
+                    del self._foreign_clear[v.name]
+                    owner = self._foreign_owner.pop(v.name, None)
+                    if not v.warm:
+                        self._released[owner] = now
+                else:
+                    foreign = True
+                    wake = grace if wake is None else min(wake, grace)
+            v.foreign = foreign
+        foreign_views = [v for v in views if v.foreign]
+        if not foreign_views:
+            return wake
+        # Capacity (frames per second) each workflow holds, ours = every server not
+        # another's; the fair share is an equal part for each workflow seen.
+        held: Dict[Optional[str], float] = {}
+        for v in foreign_views:
+            owner = self._foreign_owner.get(v.name)
+            held[owner] = held.get(owner, 0.0) + 1.0 / v.ft
+        ours = sum(1.0 / v.ft for v in views if not v.foreign)
+        fair = (ours + sum(held.values())) / (1 + len(held))
+        idle_anywhere = all(v.in_flight == 0 for v in views)
+        for v in foreign_views:
+            since = self._foreign_since[v.name]
+            # Clients left without a server at the same moment would all take the same
+            # one over at once (each getting a frame and losing it to the next): a
+            # random delay, drawn once per hold, lets the first one be seen.
+            drawn = self._takeover_jitter.get(v.name)
+            if drawn is None or drawn[0] != since:
+                drawn = (since, self._rng.random() * self._spread)
+                self._takeover_jitter[v.name] = drawn
+            owner = self._foreign_owner.get(v.name)
+            if ours < fair and held[owner] - 1.0 / v.ft >= fair:
+                # Under our share while that workflow keeps its own without this server
+                # (it was there first, not chosen for fairness): rebalance, after the
+                # setup it paid there has had time to pay off.
+                hold = _REBALANCE_HOLD
+            elif idle_anywhere:
+                hold = self._hold  # nothing of ours runs anywhere: turns come round
+            else:
+                hold = math.inf
+            v.takeover_at = since + hold * v.setup + drawn[1]
+            v.blocked = now < v.takeover_at
+            released = self._released.get(owner)
+            if v.blocked and (released is None or now - released > 2.0 * v.ft):
+                # Only ranked (see _list_schedule): a workflow that has kept a server
+                # for t seconds is expected to keep it about as long again, unless it
+                # just let another go (its batch is ending).
+                v.avail = max(v.avail, now + _HELD_AGAIN * (now - since))
+        return wake
+
+    def _probes_to_withdraw(self, views: List[_View], pending: int, now: float) -> List[str]:
+        """Servers whose cold probe of ours ends after the whole batch could be done elsewhere."""
+        share = self._setup_share()
+        measured = [v for v in views if not v.blocked and self._measured(v.name)]
+        if share is None or not measured:
+            return []
+        out = []
+        end_elsewhere: Optional[float] = None
+        for v in views:
+            since = v.load.ours_running_since
+            if since is None or self._measured(v.name) or not self._running_cold.get(v.name):
+                continue  # only a cold first frame on a server not measured yet
+            if self._withdraw_asked.get(v.name) == since:
+                continue  # asked already
+            if end_elsewhere is None:
+                # The remaining frames and this one on the measured servers.
+                end_elsewhere = self._batch_end(measured, pending + 1)
+            setup = self._setup_done.get(v.name)
+            grow = 1.0 + 1.0 / share
+            if setup is None:
+                end = since + max(0.0, now - since) * grow  # still loading: at least this
+                # ... and it grows with the clock: look again when it would cross the line.
+                # (The line moves too once the other servers idle: a step of at least
+                # a quarter frame, so the looks don't close in on it forever.)
+                cross = since + (end_elsewhere - since) / grow
+                self._wake_at(max(cross, now + 0.25 * min(u.ft for u in measured)))
+            else:
+                end = since + setup * grow  # loaded: its speed is known
+            if end > end_elsewhere:
+                self._withdraw_asked[v.name] = since
+                out.append(v.name)
+        return out
+
+    def _measured(self, name: str) -> bool:
+        est = self._est.get(name)
+        return est is not None and est.frame.samples > 0
+
+    @staticmethod
+    def _batch_end(views: List[_View], frames: int) -> float:
+        """When ``frames`` more frames would be done on these servers (earliest slots first)."""
+        lo = min(v.avail for v in views)
+        hi = min(v.finish(frames - 1) for v in views)
+        for _ in range(50):  # bisection: the cost does not grow with the number of frames
+            mid = 0.5 * (lo + hi)
+            slots = sum(max(0, int((mid - v.avail - v.first) / v.ft)) for v in views)
+            if slots >= frames:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _wake_at(self, wake: Optional[float]) -> None:
+        if wake is not None and (self.next_wakeup is None or wake < self.next_wakeup):
+            self.next_wakeup = wake
