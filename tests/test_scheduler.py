@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import pytest
@@ -606,3 +607,70 @@ def test_benchmark_reports_model_scenarios_with_their_setup(capsys: pytest.Captu
         assert "model" in row["name"] and row["setup_s"] == 40.0
         assert set(row["baselines"]) == {bench.PRESENT, "sequential", "round_robin", "least_queue"}
         assert row["baselines"][bench.PRESENT]["mean_ratio_opt"] >= row["mean_ratio_opt"]
+
+
+def test_a_workflow_holding_more_than_its_share_gives_a_server_up() -> None:
+    clock = FakeClock()
+    sched = seeded(clock, hold=100.0, a=(10.0, 40.0), b=(10.0, 40.0), c=(10.0, 40.0))
+    ours = load("c", queue=1, running_since=clock.now - 5.0, warm=True)
+
+    def theirs(name: str) -> ServerLoad:
+        return load(name, queue=2, busy_since=clock.now - 1.0, warm=False, cache_owner="their-model")
+
+    # they hold two of three equal servers: over their share, and still at it without one
+    assert sched.plan([ours, theirs("a"), theirs("b")], pending=20) == []
+    assert sched.next_wakeup == pytest.approx(clock.now + 2 * 40.0)  # after two of its setups
+    clock.now += 80.0
+    ours = load("c", queue=1, running_since=clock.now - 5.0, warm=True, observed_at=clock.now)
+    assert sched.plan([ours, theirs("a"), theirs("b")], pending=20) in (["a"], ["b"])
+    # one server each: nothing to rebalance, and ours still runs, so no turn either
+    sched = seeded(clock, hold=100.0, a=(10.0, 40.0), c=(10.0, 40.0))
+    assert sched.plan([ours, theirs("a")], pending=20) == []
+    assert sched.next_wakeup is None or sched.next_wakeup > clock.now + 1000.0
+
+
+def test_a_cold_probe_that_would_end_after_the_batch_is_taken_back() -> None:
+    clock = FakeClock()
+    sched = Scheduler(clock, withdraw_probes=True, spread=0.0)
+    # measured: 20 s loads, 1 s frames; the other server's probe has loaded for 30 s so far
+    sched.job_finished("fast", clock.now - 21.0, clock.now, setup_s=20.0, cold=True)
+    sched.job_started("slow", clock.now - 30.0, cold=True)
+    loads = [load("fast", warm=True), load("slow", queue=1, running_since=clock.now - 30.0, warm=True)]
+    # 3 frames wait: done on fast by +3 s; the probe ends at >= 31.5 s: take it back
+    sched.plan(loads, pending=3)
+    assert sched.withdrawals == ["slow"]
+    sched.plan(loads, pending=2)
+    assert sched.withdrawals == []  # asked once per run
+    sched.job_withdrawn("slow")
+    assert sched.expected_frame_time("slow") is None and sched.frame_time("slow") is None
+    # it is planned as slow as it showed itself: no new probe while the fast one serves
+    loads = [load("fast", warm=True), load("slow", warm=False)]
+    assert sched.plan(loads, pending=3) == ["fast"]
+
+    # loaded already and about to end: kept
+    sched = Scheduler(clock, withdraw_probes=True, spread=0.0)
+    sched.job_finished("fast", clock.now - 21.0, clock.now, setup_s=20.0, cold=True)
+    sched.job_started("slow", clock.now - 21.0, cold=True)
+    sched.setup_finished("slow", 20.5)
+    loads = [load("fast", warm=True), load("slow", queue=1, running_since=clock.now - 21.0, warm=True)]
+    sched.plan(loads, pending=3)
+    assert sched.withdrawals == []
+    # and without withdraw_probes nothing is ever asked back
+    plain = Scheduler(clock)
+    plain.job_finished("fast", clock.now - 21.0, clock.now, setup_s=20.0, cold=True)
+    plain.job_started("slow", clock.now - 30.0, cold=True)
+    plain.plan([load("fast"), load("slow", queue=1, running_since=clock.now - 30.0)], pending=3)
+    assert plain.withdrawals == []
+
+
+def test_withdrawal_brings_a_first_batch_near_opt_with_big_loads() -> None:
+    (sc,) = [
+        s
+        for s in bench.model_scenarios()
+        if s.name == "model, 1 client, nothing known" and s.servers.startswith("3") and s.setup == 20.0
+    ]
+    runs = [bench.run_once(sc, seed) for seed in range(3)]
+    assert max(run.ratio_opt for run, _, _ in runs) <= 1.05
+    assert all(client.withdrawn for _, _, (client,) in runs)  # the 840 s probe on the slowest GPU
+    without = [bench.run_once(replace(sc, withdraw=False), seed)[0] for seed in range(3)]
+    assert min(run.ratio_opt for run in without) >= 1.5

@@ -32,6 +32,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from .config import ConfigIssue, ServerConfig, parse_servers, read_config_file, servers_to_json
 from .errors import ConfigError
+from .file_locks import fsync_folder, try_lock, unlock
 
 CONFIG_FILENAME = "comfyui_servers.json"
 ENV_HOME = "NUKE_COMFY_CLUSTER_HOME"
@@ -115,7 +116,7 @@ def _locked(path: Path, timeout: Optional[float] = None) -> Iterator[None]:
             raise
         if _still_named(fd, lock_path):
             break
-        _unlock(fd)
+        unlock(fd)
         os.close(fd)
     try:
         yield
@@ -123,14 +124,14 @@ def _locked(path: Path, timeout: Optional[float] = None) -> Iterator[None]:
         if sys.platform != "win32":  # Windows cannot remove a file that is open
             with contextlib.suppress(OSError):
                 os.unlink(str(lock_path))
-        _unlock(fd)
+        unlock(fd)
         os.close(fd)
 
 
 def _wait_for_lock(fd: int, path: Path, lock_path: Path, deadline: float, timeout: float) -> None:
     while True:
         try:
-            _try_lock(fd)
+            try_lock(fd)
             return
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
@@ -152,47 +153,6 @@ def _still_named(fd: int, lock_path: Path) -> bool:
     except OSError:
         return False
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-
-else:
-    import fcntl
-
-    # flock (not lockf): its locks belong to the open file, so two threads of
-    # one process exclude each other too.
-    def _try_lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------- atomic write
-
-
-def _fsync_folder(folder: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened for fsync there
-        return
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse; the data itself was synced
-    finally:
-        os.close(fd)
 
 
 def _temp_prefix(path: Path) -> str:
@@ -224,7 +184,7 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def _remove_stale_temps(path: Path) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Tuple
 
+from .file_locks import fsync_folder, locked_elsewhere, try_lock, unlock  # noqa: F401 - re-exported
 from .ledger_records import LedgerError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -32,21 +33,6 @@ def cause(exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return "read-only file system"
     return exc.strerror or str(exc)
-
-
-def fsync_folder(folder: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened for fsync there
-        return
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _replace(src: str, dst: Path) -> None:
@@ -104,33 +90,6 @@ def read_lines(path: Path) -> Tuple[List[Any], int]:
 
 
 # --------------------------------------------------------------------------- locks
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def try_lock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-
-    def unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-
-else:
-    import fcntl
-
-    # flock: owned by the open file, so a second open in the same process is refused too,
-    # and the kernel drops it when the process dies (that is how a dead batch is told apart)
-    def try_lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def locked_elsewhere(exc: OSError) -> bool:
-    return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK)
 
 
 def read_pid(path: Path) -> Optional[int]:
