@@ -326,9 +326,11 @@ def _client(
     name = "client%d" % i
     kw = {"model": model, "setup": sc.setup_s} if model is not None else {}
     if strategy == "policy" and model is not None:
-        c: Client = PolicyClient(world, name, works, start=start, ttl=sc.ttl, withdraw_probes=sc.withdraw, **kw)
+        c: Client = PolicyClient(
+            world, name, works, start=start, ttl=sc.ttl, withdraw_probes=sc.withdraw, measure_cpu=True, **kw
+        )
     elif strategy in ("policy", PRESENT):
-        c = PolicyClient(world, name, works, start=start, ttl=sc.ttl, cache_info="none", **kw)
+        c = PolicyClient(world, name, works, start=start, ttl=sc.ttl, cache_info="none", measure_cpu=bool(model), **kw)
     elif strategy == "sequential":
         c = SequentialClient(world, name, works, fastest, start=start, ttl=sc.ttl, **kw)
     else:
@@ -650,7 +652,7 @@ def scale_row(frames: int, capped: bool, lag: bool, seed: int = 1) -> dict:
     world = World(specs, seed, inbox_every=2.0 * BASE_FRAME if lag else 0.0)
     works = frame_works(frames, random.Random(seed), BASE_FRAME, NOISE)
     kw = {} if capped else {"max_window": 10**9}
-    client = world.add(PolicyClient(world, "c", works, **kw))
+    client = world.add(PolicyClient(world, "c", works, measure_cpu=True, **kw))
     t0 = time.perf_counter()
     world.run()
     wall = time.perf_counter() - t0

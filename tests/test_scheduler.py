@@ -48,6 +48,7 @@ def load(
     max_in_flight: int = 0,
     warm: Optional[bool] = None,
     busy_since: Optional[float] = None,
+    cache_owner: Optional[str] = None,
 ) -> ServerLoad:
     return ServerLoad(
         name=name,
@@ -59,6 +60,7 @@ def load(
         max_in_flight=max_in_flight,
         busy_since=busy_since,
         warm=warm,
+        cache_owner=cache_owner,
     )
 
 
@@ -611,22 +613,30 @@ def test_benchmark_reports_model_scenarios_with_their_setup(capsys: pytest.Captu
 
 def test_a_workflow_holding_more_than_its_share_gives_a_server_up() -> None:
     clock = FakeClock()
-    sched = seeded(clock, hold=100.0, a=(10.0, 40.0), b=(10.0, 40.0), c=(10.0, 40.0))
-    ours = load("c", queue=1, running_since=clock.now - 5.0, warm=True)
+    start = clock.now
+
+    def ours() -> ServerLoad:  # our window there is full: only a takeover can be planned
+        return load("c", queue=2, queued=1, running_since=clock.now - 5.0, warm=True, observed_at=clock.now)
 
     def theirs(name: str) -> ServerLoad:
         return load(name, queue=2, busy_since=clock.now - 1.0, warm=False, cache_owner="their-model")
 
-    # they hold two of three equal servers: over their share, and still at it without one
-    assert sched.plan([ours, theirs("a"), theirs("b")], pending=20) == []
-    assert sched.next_wakeup == pytest.approx(clock.now + 2 * 40.0)  # after two of its setups
-    clock.now += 80.0
-    ours = load("c", queue=1, running_since=clock.now - 5.0, warm=True, observed_at=clock.now)
-    assert sched.plan([ours, theirs("a"), theirs("b")], pending=20) in (["a"], ["b"])
-    # one server each: nothing to rebalance, and ours still runs, so no turn either
-    sched = seeded(clock, hold=100.0, a=(10.0, 40.0), c=(10.0, 40.0))
-    assert sched.plan([ours, theirs("a")], pending=20) == []
-    assert sched.next_wakeup is None or sched.next_wakeup > clock.now + 1000.0
+    # they hold three of four equal servers: over their share (two), and still at it
+    # without one; after two of its setups (80 s) there, one of them is ours
+    costs = {name: (10.0, 40.0) for name in "abcd"}
+    sched = seeded(clock, hold=100.0, **costs)
+    assert sched.plan([ours(), theirs("a"), theirs("b"), theirs("d")], pending=20) == []
+    clock.now = start + 79.0
+    assert sched.plan([ours(), theirs("a"), theirs("b"), theirs("d")], pending=20) == []
+    clock.now = start + 80.0
+    assert len(sched.plan([ours(), theirs("a"), theirs("b"), theirs("d")], pending=20)) == 1
+    # two of three: one less would leave them under their share: nothing to rebalance
+    # (and ours runs, so no turn either)
+    clock.now = start
+    sched = seeded(clock, hold=100.0, **costs)
+    assert sched.plan([ours(), theirs("a"), theirs("b")], pending=20) == []
+    clock.now = start + 1000.0
+    assert sched.plan([ours(), theirs("a"), theirs("b")], pending=20) == []
 
 
 def test_a_cold_probe_that_would_end_after_the_batch_is_taken_back() -> None:
@@ -636,10 +646,15 @@ def test_a_cold_probe_that_would_end_after_the_batch_is_taken_back() -> None:
     sched.job_finished("fast", clock.now - 21.0, clock.now, setup_s=20.0, cold=True)
     sched.job_started("slow", clock.now - 30.0, cold=True)
     loads = [load("fast", warm=True), load("slow", queue=1, running_since=clock.now - 30.0, warm=True)]
-    # 3 frames wait: done on fast by +3 s; the probe ends at >= 31.5 s: take it back
+    # with 3 frames waiting, fast needs 4 s for them and this one; the probe, still loading
+    # after 30 s, ends at least 1.5 s from now (its setup >= 30 s, its frame >= 30 / 20 s):
+    # it may still help
     sched.plan(loads, pending=3)
+    assert sched.withdrawals == []
+    # nothing else waits: its frame would be done on fast in 1 s: take it back
+    sched.plan(loads, pending=0)
     assert sched.withdrawals == ["slow"]
-    sched.plan(loads, pending=2)
+    sched.plan(loads, pending=0)
     assert sched.withdrawals == []  # asked once per run
     sched.job_withdrawn("slow")
     assert sched.expected_frame_time("slow") is None and sched.frame_time("slow") is None
@@ -659,7 +674,7 @@ def test_a_cold_probe_that_would_end_after_the_batch_is_taken_back() -> None:
     plain = Scheduler(clock)
     plain.job_finished("fast", clock.now - 21.0, clock.now, setup_s=20.0, cold=True)
     plain.job_started("slow", clock.now - 30.0, cold=True)
-    plain.plan([load("fast"), load("slow", queue=1, running_since=clock.now - 30.0)], pending=3)
+    plain.plan([load("fast"), load("slow", queue=1, running_since=clock.now - 30.0)], pending=0)
     assert plain.withdrawals == []
 
 

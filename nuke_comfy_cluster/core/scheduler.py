@@ -132,6 +132,7 @@ class _View:
         "blocked",
         "anchored",
         "takeover_at",
+        "base",
     )
 
     def __init__(self, name: str, load: ServerLoad) -> None:
@@ -151,6 +152,7 @@ class _View:
         self.foreign = False  # busy with another workflow's work
         self.blocked = False  # left to that workflow for now
         self.takeover_at = 0.0  # when we may take it over if we have nothing running
+        self.base = 0.0  # avail + first, set by the list schedule
         # False: its backlog is our frames not yet heard to start, taken to start now;
         # its slots move with the clock (a timer finds the same picture again).
         self.anchored = True
@@ -223,6 +225,7 @@ class Scheduler(LearningMixin, AffinityMixin):
         self.withdrawals: List[str] = []
         self._rng = rng if rng is not None else random.Random()
         self._est: Dict[str, _Estimate] = {}
+        self._setups_seen = False
         self._running: Dict[str, float] = {}
         self._running_cold: Dict[str, bool] = {}  # our running frame there started cold
         self._sent_cold: Dict[str, bool] = {}  # a cold frame of ours was sent there, not started yet
@@ -274,7 +277,8 @@ class Scheduler(LearningMixin, AffinityMixin):
         """
         now = self._clock()
         self.next_wakeup = None
-        self.withdrawals = []
+        if self.withdrawals:
+            self.withdrawals = []
         if not servers or (pending <= 0 and not self._withdraw):
             return []
         views = self._views(servers, now)
@@ -283,19 +287,20 @@ class Scheduler(LearningMixin, AffinityMixin):
         if pending > 0 and not planned:
             chosen = self._blind_probes(views, pending)
         elif pending > 0:
-            wake = self._apply_affinity(planned, now)
+            # Without any setup known there is no cold cost, so no affinity to keep.
+            wake = self._apply_affinity(planned, now) if self._setups_seen else None
             chosen = self._list_schedule(planned, pending, now)
             self._wake_at(wake)
         if self._withdraw and planned:
             self.withdrawals = self._probes_to_withdraw(planned, max(0, pending), now)
-        cold = {v.name for v in views if v.first > 0.0 or (v.ft is None and not v.warm)}
-        for name in chosen:
-            self._mark_used(name)
-            if name in cold:
-                # The first of them starts cold: remembered until it starts (see job_started).
-                self._sent_cold[name] = True
-                cold.discard(name)
         if chosen:
+            cold = {v.name for v in views if v.first > 0.0 or (v.ft is None and not v.warm)}
+            for name in chosen:
+                self._mark_used(name)
+                if name in cold:
+                    # The first of them starts cold: remembered until it starts (see job_started).
+                    self._sent_cold[name] = True
+                    cold.discard(name)
             self._last_sent = now
         return chosen
 
@@ -321,38 +326,54 @@ class Scheduler(LearningMixin, AffinityMixin):
 
     def _views(self, servers: Sequence[ServerLoad], now: float) -> List[_View]:
         prior = self._prior(servers)
+        share = self._setup_share()
         views = []
         for load in servers:
             v = _View(load.name, load)
             v.key = (load.priority, self._last_used.get(load.name, 0), load.name)
-            heard = [t for t in self._finished_heard.get(load.name, ()) if t > load.observed_at]
-            v.others = max(0, load.queue_remaining - v.in_flight - len(heard))
+            finished = self._finished_heard.get(load.name)
+            heard = 0  # our finishes heard of since the queue was observed (kept in time order)
+            if finished and finished[-1] > load.observed_at:
+                heard = sum(1 for t in finished if t > load.observed_at)
+            others = load.queue_remaining - v.in_flight - heard
+            v.others = others if others > 0 else 0
             # The job running there now started no earlier than our last end we
             # heard of after the queue was observed.
             head = load.busy_since
             if heard:
-                head = max(heard) if head is None else max(head, max(heard))
+                last = finished[-1]
+                head = last if head is None or last > head else head
             est = self._est.get(load.name)
             known = est is not None and bool(est.frame.samples or est.cold_runs)
-            ft = self.expected_frame_time(load.name) if known else prior
+            if not known:
+                ft = prior
+            elif est.frame.samples:
+                ft = est.frame.mean
+            else:
+                ft = self._split_cold(est)[0]
             if not known and est is not None and est.min_frame > 0.0:
                 ft = max(ft or 0.0, est.min_frame)  # a probe taken back there showed this much
             probing = not known or est.probation or not est.frame.samples
             since = load.ours_running_since
-            if load.warm is not None:
-                v.warm = load.warm
-            else:
-                # The last thing known there is ours, and nobody else's work is about.
-                v.warm = v.others == 0 and self._ran_here.get(load.name, False)
             if ft is None:
+                v.warm = self._warm(load, v)
                 views.append(v)  # nothing known anywhere yet: blind probing decides
                 continue
             ft = max(ft, _MIN_FRAME)
-            setup = self._setup_of(load.name, ft)
+            if est is not None and est.setup.samples:
+                setup = est.setup.mean
+            elif share is None:
+                setup = 0.0  # no setup seen anywhere (or the caller cannot tell)
+            else:
+                setup = self._setup_of(load.name, ft)
             v.setup = setup
             dev = est.frame.dev if known and est.frame.samples else 0.1 * ft
-            run_setup = setup if since is not None and self._running_cold.get(load.name) else 0.0
-            queued_setup = setup if since is None and load.ours_queued and self._sent_cold.get(load.name) else 0.0
+            run_setup = queued_setup = 0.0
+            if setup:
+                if since is not None and self._running_cold.get(load.name):
+                    run_setup = setup
+                elif since is None and load.ours_queued and self._sent_cold.get(load.name):
+                    queued_setup = setup
             ours_end = now + queued_setup + load.ours_queued * ft
             if since is not None:
                 # It is known to run as of the last observation, or of the lead time
@@ -387,7 +408,9 @@ class Scheduler(LearningMixin, AffinityMixin):
             v.dev = dev
             v.avail = now + backlog
             v.anchored = since is not None or not load.ours_queued or v.others > 0
-            v.first = 0.0 if v.warm else setup
+            if setup:
+                v.warm = self._warm(load, v)
+                v.first = 0.0 if v.warm else setup
             v.thr = self._lead + self._dev_margin * dev
             if probing:
                 v.cap = 1
@@ -400,6 +423,12 @@ class Scheduler(LearningMixin, AffinityMixin):
             v.cap = min(v.cap, self._max_window)
             views.append(v)
         return views
+
+    def _warm(self, load: ServerLoad, v: _View) -> bool:
+        if load.warm is not None:
+            return load.warm
+        # Unknown: warm when the last thing known there is ours and nobody else's work is about.
+        return v.others == 0 and self._ran_here.get(load.name, False)
 
     def _blind_probes(self, views: List[_View], pending: int) -> List[str]:
         # Nothing known anywhere: a probe on every server that runs nothing or only
@@ -429,20 +458,27 @@ class Scheduler(LearningMixin, AffinityMixin):
             self._others_seen = now
         horizon = 2.0 * max(v.ft for v in views)
         shared = self._others_seen is not None and now - self._others_seen <= horizon
-        open_views = [v for v in views if not v.blocked]
+        open_views = views
+        if self._setups_seen:
+            open_views = [v for v in views if not v.blocked]
+            for v in views:
+                if v.blocked and v.takeover_at < math.inf:
+                    # Free for us once the other workflow has had it for its hold.
+                    wake = v.takeover_at if wake is None else min(wake, v.takeover_at)
         for v in views:
-            if v.blocked and v.takeover_at < math.inf:
-                # Free for us once the other workflow has had it for its hold.
-                wake = v.takeover_at if wake is None else min(wake, v.takeover_at)
+            v.base = v.avail + v.first  # slot k of new frames ends at base + (k + 1) * ft
         considered = set()
+        takeovers: List[Tuple[float, Tuple[int, int, str], str]] = []
         for v in open_views:
             k = 0
+            ft = v.ft
             while True:
-                start = v.avail + (v.first if k else 0.0) + k * v.ft
+                start = v.avail if k == 0 else v.base + k * ft
+                finish = start + ft if k else v.base + ft
                 # Servers left to another workflow still count as places the frames
                 # may go (after the work seen there): no cold start on a slow GPU now
                 # for a frame that another server is likely to free up for sooner.
-                if self._rank(views, v, v.finish(k), k, pending) >= pending:
+                if self._rank(views, v, finish, k, pending) >= pending:
                     break  # the plan gives every remaining frame an earlier finish elsewhere
                 if v.in_flight + k >= v.cap:
                     break  # window full: the next event (a start or finish) reopens it
@@ -458,10 +494,15 @@ class Scheduler(LearningMixin, AffinityMixin):
                     if v.anchored or due != start - v.thr:
                         wake = due if wake is None else min(wake, due)
                     break
+                if v.foreign:
+                    # One frame takes it over; from then on it is ours like any other. One
+                    # server per call: the shares that allowed it change with it.
+                    takeovers.append((finish, v.key, v.name))
+                    break
                 picks.append((start, v.key, v.name))
                 k += 1
-                if v.foreign:
-                    break  # one frame takes it over; from then on it is ours like any other
+        if takeovers:
+            picks.append((now, (-1, 0, ""), min(takeovers)[2]))
         self.next_wakeup = wake
         # A draw is only good while its slot stays in the plan: one made long ago
         # for a slot that drops out and comes back would fire at once, for every
@@ -522,7 +563,7 @@ class Scheduler(LearningMixin, AffinityMixin):
         for v in views:
             if v is me:
                 continue
-            x = (finish - v.avail - v.first) / v.ft
+            x = (finish - v.base) / v.ft
             if x < 1.0 - _TIE:
                 continue
             n = int(math.floor(x + _TIE))

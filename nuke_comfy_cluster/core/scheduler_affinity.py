@@ -66,7 +66,7 @@ class AffinityMixin:
         est = self._est.setdefault(server, _Estimate())
         share = self._setup_share()
         if setup is not None:
-            est.setup.add(setup, self._alpha)
+            self._learn_setup(est, setup)
         if since is not None:
             elapsed = max(0.0, now - since)
             if setup is not None:

@@ -82,6 +82,7 @@ class LearningMixin:
     """The learning half of :class:`~.scheduler.Scheduler` (its state is made there)."""
 
     _est: Dict[str, _Estimate]
+    _setups_seen: bool  # some setup was ever learned or seeded (see _setup_share)
 
     def job_started(self, server: str, at: Optional[float] = None, cold: Optional[bool] = None) -> None:
         """One of our jobs started there at ``at`` (clock time; default now).
@@ -127,7 +128,7 @@ class LearningMixin:
             cold = setup_s > 0.0
         if finished_at <= started_at:
             if setup_s is not None and setup_s > 0.0:
-                est.setup.add(setup_s, self._alpha)
+                self._learn_setup(est, setup_s)
             return  # its start was missed: it succeeded, but says nothing of the speed
         run = max(_MIN_FRAME, finished_at - started_at)
         if not cold:
@@ -135,15 +136,15 @@ class LearningMixin:
             if cold is False and est.cold_runs:
                 # Now that a warm frame is known, the earlier cold runs tell the setup.
                 for total in est.cold_runs:
-                    est.setup.add(max(0.0, total - est.frame.mean), self._alpha)
+                    self._learn_setup(est, max(0.0, total - est.frame.mean))
                 est.cold_runs = []
             return
         if setup_s is not None:
-            est.setup.add(max(0.0, setup_s), self._alpha)
+            self._learn_setup(est, max(0.0, setup_s))
             if run - setup_s > _MIN_FRAME:
                 est.frame.add(run - setup_s, self._alpha)
         elif est.frame.samples:
-            est.setup.add(max(0.0, run - est.frame.mean), self._alpha)
+            self._learn_setup(est, max(0.0, run - est.frame.mean))
         else:
             est.cold_runs.append(run)
             del est.cold_runs[:-_COLD_KEPT]
@@ -224,6 +225,7 @@ class LearningMixin:
             if c.setup_s is not None and c.setup_s >= 0 and math.isfinite(c.setup_s):
                 est.setup.mean, est.setup.dev = c.setup_s, 0.1 * c.setup_s
                 est.setup.samples = max(1, min(c.setup_samples, weight))
+                self._setups_seen = True
             est.probation = False
             self._est[name] = est
 
@@ -239,6 +241,10 @@ class LearningMixin:
         est = self._est.get(server)
         return est.failures if est is not None else 0
 
+    def _learn_setup(self, est: _Estimate, seconds: float) -> None:
+        est.setup.add(seconds, self._alpha)
+        self._setups_seen = True
+
     def _split_cold(self, est: _Estimate) -> Tuple[float, float]:
         """(frame, setup) guessed from cold runs alone, by the setup share seen elsewhere."""
         total = est.cold_runs[-1]
@@ -250,6 +256,8 @@ class LearningMixin:
 
     def _setup_share(self) -> Optional[float]:
         """Median setup / frame time over the servers where both are known."""
+        if not self._setups_seen:
+            return None  # the common case without setups: no pass over the servers
         shares = sorted(e.setup.mean / e.frame.mean for e in self._est.values() if e.setup.samples and e.frame.samples)
         return shares[len(shares) // 2] if shares else None
 
@@ -266,6 +274,17 @@ class LearningMixin:
             return self._default
         # Pessimistic: an unknown server is planned as if it were the slowest known
         # one, so it gets its probe but no share of the tail before it has shown more.
-        known = [self.expected_frame_time(s.name) for s in servers if s.name in self._est]
-        known = [ft for ft in known if ft is not None]
-        return max(known) if known else None
+        worst: Optional[float] = None
+        for s in servers:
+            est = self._est.get(s.name)
+            if est is None:
+                continue
+            if est.frame.samples:
+                ft = est.frame.mean
+            elif est.cold_runs:
+                ft = self._split_cold(est)[0]
+            else:
+                continue
+            if worst is None or ft > worst:
+                worst = ft
+        return worst
