@@ -48,3 +48,28 @@ def test_the_dispatcher_learns_the_model_load_apart_from_the_frame(start_sims, t
     learned = next(iter(sched.values()))
     frame = learned.expected_frame_time("sim0")
     assert frame is not None and frame < 0.6, frame  # the per-frame estimate is clean of the load
+
+
+def test_learned_costs_carry_over_to_the_next_session(start_sims, tmp_path):
+    """A second Cluster (another Nuke session) starts the same workflow warm: its scheduler
+    knows every server's frame and load time before any of its frames ran (no probes)."""
+    from nuke_comfy_cluster.core.api import Cluster
+    from tests.conftest import sim_configs
+    from tests.test_result_integrity import TXT2IMG
+
+    procs = start_sims([1.0, 0.5], seconds=0.2, extra_args=["--load-seconds", "0.4"])
+    with Cluster.from_servers(sim_configs(procs)) as first:
+        snap = first.submit_frames(TXT2IMG, range(1, 21), output_dir=str(tmp_path / "a"), sequence_name="a", base_seed=1).wait(60)
+    assert snap.state == "done"
+    with Cluster.from_servers(sim_configs(procs)) as second:
+        batch = second.submit_frames(TXT2IMG, range(1, 3), output_dir=str(tmp_path / "b"), sequence_name="b", base_seed=2)
+        import time
+
+        deadline = time.monotonic() + 5
+        while batch.id not in second.dispatcher._schedulers and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        sched = second.dispatcher._schedulers[batch.id]  # noqa: SLF001
+        known = {n: sched.expected_frame_time(n) for n in ("sim0", "sim1")}
+        batch.wait(60)
+    assert all(v is not None for v in known.values()), known
+    assert known["sim1"] > known["sim0"]  # the slower server is known to be slower

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from . import resume
 from .config import ServerConfig
+from .cost_store import CostStore
 from .delivery import (
     SequenceLock,
     check_output_dir,
@@ -98,6 +99,8 @@ class Cluster:
         """``ledger``: where batches are kept for resume (True: the user's state folder; False: nowhere)."""
         self.pool = pool
         self.ledger: Optional[Ledger] = Ledger() if ledger is True else (ledger or None)
+        # learned costs persist where the ledger does (the user's state folder)
+        dispatch_options.setdefault("cost_store", CostStore() if ledger is True else None)
         self.dispatcher = Dispatcher(pool, ledger=self.ledger, **dispatch_options)
         if start:
             self.start()

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import balancing, compatibility
+from .cost_store import CostStore, server_identity
 from .delivery import (
     LocalWriteError,
     SuspectResult,
@@ -123,8 +124,11 @@ class Dispatcher(RecoveryMixin):
         download_dir: Optional[str] = None,
         scheduler_factory: Optional[Callable[[], Scheduler]] = None,
         ledger: Optional[Ledger] = None,
+        cost_store: Optional[CostStore] = None,
     ) -> None:
         self.pool = pool
+        #: learned frame and setup costs kept between sessions (None: this process only)
+        self.cost_store = cost_store
         #: where batches are kept so that a later process can resume them (None: nowhere)
         self.ledger = ledger
         self.max_attempts = max_attempts
@@ -312,6 +316,7 @@ class Dispatcher(RecoveryMixin):
                 self._record(batch)
                 if all(j.state.finished for j in batch.jobs):
                     self._release(batch)  # before anyone waiting on the batch is woken
+                    self._keep_costs(batch)
                     batch.message = self._final_message(batch)
                     if batch.ledger_writer is not None:
                         batch.ledger_writer.mark_finished(batch.snapshot().state, batch.message)
@@ -340,6 +345,20 @@ class Dispatcher(RecoveryMixin):
         if batch.left_out:
             text += "; left out: " + "; ".join(_named(n, r) for n, r in sorted(batch.left_out.items()))
         return text[0].upper() + text[1:]
+
+    def _identities(self) -> Dict[str, str]:
+        return {
+            s.name: server_identity(s.url, s.device.name, s.device.vram_total, s.device.comfyui_version)
+            for s in self.pool.server_snapshots()
+        }
+
+    def _keep_costs(self, batch: Batch) -> None:
+        sched = self._schedulers.get(batch.id)
+        if self.cost_store is None or sched is None:
+            return
+        costs = sched.costs()
+        if costs:
+            self.cost_store.save(_fingerprint(batch), costs, self._identities())
 
     def _release(self, batch: Batch) -> None:
         """A finished batch leaves nothing behind: its lock and staging folders go."""
@@ -502,6 +521,9 @@ class Dispatcher(RecoveryMixin):
         previous = self._learned.get(_fingerprint(batch))
         if previous is not None:
             scheduler.learn_from(previous)
+        elif self.cost_store is not None:
+            # the same workflow in an earlier session: start warm, with no probe frames
+            scheduler.seed(self.cost_store.load(_fingerprint(batch), self._identities()))
         self._schedulers[batch.id] = scheduler
         self._learned[_fingerprint(batch)] = scheduler
         if len(self._learned) > 32:

@@ -147,31 +147,41 @@ class AffinityMixin:
         return wake
 
     def _probes_to_withdraw(self, views: List[_View], pending: int, now: float) -> List[str]:
-        """Servers whose cold probe of ours ends after the whole batch could be done elsewhere."""
+        """Servers whose cold first frame of ours ends after the whole batch could be done elsewhere.
+
+        A first frame: the server has not been measured in this batch (costs seeded
+        from an earlier one are a hint, not a measurement).
+        """
         share = self._setup_share()
-        measured = [v for v in views if not v.blocked and self._measured(v.name)]
-        if share is None or not measured:
+        if share is None:
             return []
+        probes = [
+            v
+            for v in views
+            if v.load.ours_running_since is not None
+            and self._running_cold.get(v.name)
+            and not self._measured_here(v.name)
+            and self._withdraw_asked.get(v.name) != v.load.ours_running_since
+        ]
+        if not probes:
+            return []
+        elsewhere = [v for v in views if not v.blocked and v not in probes and self._measured(v.name)]
+        if not elsewhere:
+            return []
+        # The remaining frames and this one on the other servers.
+        end_elsewhere = self._batch_end(elsewhere, pending + 1)
+        grow = 1.0 + 1.0 / share
         out = []
-        end_elsewhere: Optional[float] = None
-        for v in views:
+        for v in probes:
             since = v.load.ours_running_since
-            if since is None or self._measured(v.name) or not self._running_cold.get(v.name):
-                continue  # only a cold first frame on a server not measured yet
-            if self._withdraw_asked.get(v.name) == since:
-                continue  # asked already
-            if end_elsewhere is None:
-                # The remaining frames and this one on the measured servers.
-                end_elsewhere = self._batch_end(measured, pending + 1)
             setup = self._setup_done.get(v.name)
-            grow = 1.0 + 1.0 / share
             if setup is None:
                 end = since + max(0.0, now - since) * grow  # still loading: at least this
                 # ... and it grows with the clock: look again when it would cross the line.
                 # (The line moves too once the other servers idle: a step of at least
                 # a quarter frame, so the looks don't close in on it forever.)
                 cross = since + (end_elsewhere - since) / grow
-                self._wake_at(max(cross, now + 0.25 * min(u.ft for u in measured)))
+                self._wake_at(max(cross, now + 0.25 * min(u.ft for u in elsewhere)))
             else:
                 end = since + setup * grow  # loaded: its speed is known
             if end > end_elsewhere:
@@ -182,6 +192,11 @@ class AffinityMixin:
     def _measured(self, name: str) -> bool:
         est = self._est.get(name)
         return est is not None and est.frame.samples > 0
+
+    def _measured_here(self, name: str) -> bool:
+        """A frame time learned from this batch's own frames (not only seeded)."""
+        est = self._est.get(name)
+        return est is not None and est.frame.samples > est.seeded
 
     @staticmethod
     def _batch_end(views: List[_View], frames: int) -> float:

@@ -67,7 +67,7 @@ class _Mean:
 
 
 class _Estimate:
-    __slots__ = ("frame", "setup", "cold_runs", "failures", "probation", "min_frame")
+    __slots__ = ("frame", "setup", "cold_runs", "failures", "probation", "min_frame", "seeded")
 
     def __init__(self) -> None:
         self.frame = _Mean()
@@ -76,6 +76,7 @@ class _Estimate:
         self.failures = 0
         self.probation = True  # one frame at a time until a job of ours succeeds there
         self.min_frame = 0.0  # a frame there takes at least this (a probe taken back showed it)
+        self.seeded = 0  # frame samples that came from seed(), not from this batch
 
 
 class LearningMixin:
@@ -222,6 +223,7 @@ class LearningMixin:
             est = _Estimate()
             est.frame.mean, est.frame.dev = c.frame_s, max(0.0, c.frame_dev)
             est.frame.samples = max(1, min(c.samples, weight))
+            est.seeded = est.frame.samples
             if c.setup_s is not None and c.setup_s >= 0 and math.isfinite(c.setup_s):
                 est.setup.mean, est.setup.dev = c.setup_s, 0.1 * c.setup_s
                 est.setup.samples = max(1, min(c.setup_samples, weight))
