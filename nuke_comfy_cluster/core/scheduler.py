@@ -272,8 +272,8 @@ class Scheduler(LearningMixin, AffinityMixin):
         May be empty (hold the frames back: a top-up is not due, or the remaining
         frames are planned on servers that are busy now). Never longer than ``pending``.
         Check :attr:`next_wakeup` for when to ask again without an event. With
-        ``withdraw_probes``, call it also while nothing waits but frames run: it
-        then only fills :attr:`withdrawals`.
+        ``withdraw_probes``, call it also while nothing waits but :attr:`watching`
+        is true: it then only fills :attr:`withdrawals`.
         """
         now = self._clock()
         self.next_wakeup = None

@@ -168,8 +168,7 @@ class AffinityMixin:
         elsewhere = [v for v in views if not v.blocked and v not in probes and self._measured(v.name)]
         if not elsewhere:
             return []
-        # The remaining frames and this one on the other servers.
-        end_elsewhere = self._batch_end(elsewhere, pending + 1)
+        frames = pending + 1  # the remaining frames and this one, on the other servers
         grow = 1.0 + 1.0 / share
         out = []
         for v in probes:
@@ -177,17 +176,26 @@ class AffinityMixin:
             setup = self._setup_done.get(v.name)
             if setup is None:
                 end = since + max(0.0, now - since) * grow  # still loading: at least this
-                # ... and it grows with the clock: look again when it would cross the line.
-                # (The line moves too once the other servers idle: a step of at least
-                # a quarter frame, so the looks don't close in on it forever.)
-                cross = since + (end_elsewhere - since) / grow
-                self._wake_at(max(cross, now + 0.25 * min(u.ft for u in elsewhere)))
             else:
                 end = since + setup * grow  # loaded: its speed is known
-            if end > end_elsewhere:
+            if _slots_by(elsewhere, end) >= frames:
                 self._withdraw_asked[v.name] = since
                 out.append(v.name)
+            elif setup is None:
+                # Its end grows with the clock: look again when it may cross the time
+                # the others would be done (the fluid bound is no later than that; a
+                # step of at least half a frame, so the looks don't close in forever).
+                cross = since + (_fluid_end(elsewhere, frames) - since) / grow
+                self._wake_at(max(cross, now + 0.5 * min(u.ft for u in elsewhere)))
         return out
+
+    @property
+    def watching(self) -> bool:
+        """A first cold frame of ours runs that :attr:`withdrawals` may name: call :meth:`plan`
+        on events even while no frame waits."""
+        return self._withdraw and any(
+            cold and not self._measured_here(name) for name, cold in self._running_cold.items()
+        )
 
     def _measured(self, name: str) -> bool:
         est = self._est.get(name)
@@ -198,20 +206,31 @@ class AffinityMixin:
         est = self._est.get(name)
         return est is not None and est.frame.samples > est.seeded
 
-    @staticmethod
-    def _batch_end(views: List[_View], frames: int) -> float:
-        """When ``frames`` more frames would be done on these servers (earliest slots first)."""
-        lo = min(v.avail for v in views)
-        hi = min(v.finish(frames - 1) for v in views)
-        for _ in range(50):  # bisection: the cost does not grow with the number of frames
-            mid = 0.5 * (lo + hi)
-            slots = sum(max(0, int((mid - v.avail - v.first) / v.ft)) for v in views)
-            if slots >= frames:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-
     def _wake_at(self, wake: Optional[float]) -> None:
         if wake is not None and (self.next_wakeup is None or wake < self.next_wakeup):
             self.next_wakeup = wake
+
+
+def _slots_by(views: List[_View], t: float) -> int:
+    """How many new frames these servers finish by ``t`` (a cold server's first pays its setup)."""
+    slots = 0
+    for v in views:
+        x = (t - v.avail - v.first) / v.ft
+        if x >= 1.0:
+            slots += int(x)
+    return slots
+
+
+def _fluid_end(views: List[_View], frames: int) -> float:
+    """When ``frames`` frames would be done on these servers if frames were divisible: a lower
+    bound of the real end, found in one pass over the servers by when each can start."""
+    starts = sorted((v.avail + v.first, 1.0 / v.ft) for v in views)
+    rate = weighted = 0.0
+    end = math.inf
+    for i, (start, r) in enumerate(starts):
+        rate += r
+        weighted += start * r
+        end = (frames + weighted) / rate
+        if i + 1 == len(starts) or end <= starts[i + 1][0]:
+            break
+    return end

@@ -563,11 +563,6 @@ class PolicyClient(Client):
                 job.server, started_at, finished_at, setup_s=job.setup_time if job.cold else 0.0, cold=job.cold
             )
 
-    def _cache_owner(self, v: _View) -> Optional[str]:
-        if self.cache_info == "none":
-            return None
-        return self.model if self._warm(v) else v.tail
-
     def _warm(self, v: _View) -> Optional[bool]:
         """Whether a prompt sent now would find our model loaded, from what the client has seen."""
         if self.cache_info == "none":
@@ -584,7 +579,7 @@ class PolicyClient(Client):
 
     def _watching(self) -> bool:
         """Frames run that the scheduler may want back, though none waits."""
-        return self.scheduler.withdraws and any(v.running is not None for v in self.views.values())
+        return self.scheduler.withdraws and self.scheduler.watching
 
     def react(self) -> None:
         if self.world.now < self.start or not (self.pending or self._watching()):
@@ -599,10 +594,10 @@ class PolicyClient(Client):
                 ours_queued=len(v.queued),
                 ours_running_since=v.running_since if v.running is not None else None,
                 busy_since=v.busy_since,
-                warm=self._warm(v),
-                cache_owner=self._cache_owner(v),
+                warm=warm,
+                cache_owner=None if warm is None else self.model if warm else v.tail,
             )
-            for v in self.views.values()
+            for v, warm in ((v, self._warm(v)) for v in self.views.values())
         ]
         self.plans += 1
         chosen = self.scheduler.plan(loads, self.pending)
