@@ -130,3 +130,31 @@ def test_a_finished_batch_cannot_be_resumed_and_names_it(start_sims, tmp_path):
 
         with pytest.raises(ConfigError, match="is done: nothing to resume"):
             cluster.resume(batch.id)
+
+
+def test_submit_resume_with_the_same_arguments_continues_a_killed_cli_run(start_sims, tmp_path):
+    """The CLI killed (SIGKILL, like a farm wrapper's hard stop), then run again with --resume."""
+    procs = start_sims([1.0, 0.7], seconds=0.5)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(TXT2IMG), encoding="utf-8")
+    out = tmp_path / "out"
+    servers = json.dumps([{"name": f"sim{i}", "ip": "127.0.0.1", "port": p.port} for i, p in enumerate(procs)])
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=servers, PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "nuke_comfy_cluster", "submit", str(wf), "--frames", "1-10", "--seed", "11"]
+    args += ["--out", str(out), "--name", "shot"]
+    child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.exists() and len([n for n in os.listdir(out) if n.startswith("shot.")]) >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(10)
+    again = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming batch" in again.stderr
+    assert_own_frames(str(out), "shot", range(1, 11), 11)
+    counts = renders_per_job(procs)
+    assert len(counts) == 10 and max(counts.values()) == 1, counts

@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="deliver every result into this folder as NAME.####.ext")
     p.add_argument("--name", help="sequence name for --out (default: the workflow file name)")
     p.add_argument("--overwrite", action="store_true", help="replace frames of the sequence that already exist")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished batch of this workflow into the same --out/--name (a killed run): frames "
+        "already delivered are kept, prompts still on servers re-attached; without one, start a new batch",
+    )
     p.add_argument("--timeout", type=positive_seconds, default=None, help="give up after this many seconds")
     p.add_argument(
         "--progress-every",
@@ -128,7 +134,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         loaded = cluster.pool.config_load
         if loaded is not None:
             print(loaded.notice, file=sys.stderr)
-        if args.frames is not None:
+        earlier = cluster.find_unfinished(workflow, out, name) if args.resume else None
+        if args.resume and earlier is None:
+            print(
+                "--resume: no unfinished batch of this workflow into this sequence: starting a new one", file=sys.stderr
+            )
+        if earlier is not None:
+            batch = cluster.resume(earlier, {"server": args.server} if args.server else None)
+            print(f"resuming batch {earlier[:8]}: {batch.message}", file=sys.stderr)
+        elif args.frames is not None:
             batch = cluster.submit_frames(workflow, args.frames, options)
         elif args.iterations is not None:
             batch = cluster.submit_iterations(workflow, args.iterations, options.but(base_seed=args.seed or 0))
