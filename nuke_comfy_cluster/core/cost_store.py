@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from .file_locks import fsync_folder
 from .scheduler import ServerCosts
 from .state_dir import state_dir
 
@@ -222,7 +223,7 @@ class CostStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_folder(folder)
+        fsync_folder(folder)
 
     def _sweep(self, folder: Path) -> None:
         """Remove temporary files left by writes that were killed."""
@@ -250,18 +251,3 @@ def _entry(c: ServerCosts, identity: str, now: float) -> Dict[str, Any]:
         "setup_samples": c.setup_samples,
         "updated": now,
     }
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name == "nt":  # pragma: no cover - folders cannot be opened for fsync there
-        return
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
