@@ -66,17 +66,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import static_plan
 from nuke_comfy_cluster.core.scheduler import Scheduler
-from nuke_comfy_cluster.sim.virtual import (
-    BurstClient,
-    Client,
-    PolicyClient,
-    SequentialClient,
-    ServerSpec,
-    World,
-    frame_works,
-    lower_bound,
-    opt_makespan,
-)
+from nuke_comfy_cluster.sim.virtual import Client, ServerSpec, World, frame_works, lower_bound, opt_makespan
+from nuke_comfy_cluster.sim.virtual_clients import BurstClient, PolicyClient, SequentialClient
 
 SERVER_SETS: Dict[str, Tuple[float, ...]] = {
     "2 GPUs 1/0.5": (1.0, 0.5),
@@ -466,7 +457,7 @@ def _target_text(sc: Scenario) -> str:
     return ", ".join("%s <= %g %s" % (how, limit, _METRIC_NAMES[metric]) for metric, how, limit in sc.targets)
 
 
-def _has_plan(sc: Scenario) -> bool:
+def has_plan(sc: Scenario) -> bool:
     return sc.models == "different" and len(sc.frames) > 1 and sc.judged is None and not sc.second_batch
 
 
@@ -504,7 +495,7 @@ def report(sc: Scenario, results: Dict[str, Summary]) -> dict:
                 "cpu_ms_per_frame": round(ours.stat("cpu_ms", "mean"), 4),
             }
         )
-        if _has_plan(sc):
+        if has_plan(sc):
             for metric in ("plan_max", "plan_mean"):
                 row["mean_ratio_" + metric] = round(ours.stat(metric, "mean"), 4)
                 row["p95_ratio_" + metric] = round(ours.stat(metric, "p95"), 4)
@@ -521,192 +512,10 @@ def _figures(sc: Scenario, s: Summary) -> dict:
     if sc.models:
         out["mean_loads"] = round(s.stat("loads", "mean"), 2)
         out["cpu_ms_per_frame"] = round(s.stat("cpu_ms", "mean"), 4)
-        if _has_plan(sc):
+        if has_plan(sc):
             out["mean_ratio_plan_max"] = round(s.stat("plan_max", "mean"), 4)
             out["mean_ratio_plan_mean"] = round(s.stat("plan_mean", "mean"), 4)
     return out
-
-
-_BASELINE_METRIC = {
-    "ratio_opt": ("mean_ratio_opt", "xOPT"),
-    "ratio_lb": ("mean_ratio_lb", "xLB"),
-    "worst_fair": ("worst_client_fair_share", "xfair"),
-    "queue_wait": ("mean_queue_wait_frames", "wait"),
-}
-
-
-def _table(rows: List[dict], scs: List[Scenario]) -> str:
-    fmt = "%-25s %-28s %-11s %-4s | %-11s | %-11s | %-11s | %-4s | %-21s | %s"
-    head = fmt % (
-        "scenario",
-        "server speeds",
-        "frames",
-        "ttl",
-        "xOPT mn/p95",
-        "xLB mn/p95",
-        "fair mn/p95",
-        "wait",
-        "baselines seq/rr/lq",
-        "target",
-    )
-    lines = [head, "-" * len(head)]
-    for r, sc in zip(rows, scs):
-        b = r["baselines"]
-        key, unit = _BASELINE_METRIC[
-            sc.targets[0][0] if sc.targets else ("ratio_opt" if len(sc.frames) == 1 else "ratio_lb")
-        ]
-        frames = _frames_text(r)
-        fair = "-"
-        if r["clients"] > 1:
-            fair = "%.3f %.3f" % (r["worst_client_fair_share"], r["p95_worst_client_fair_share"])
-        lines.append(
-            fmt
-            % (
-                r["name"],
-                r["servers"].split(" ", 2)[-1],
-                frames,
-                "push" if r["ttl_s"] is None else "%gs" % r["ttl_s"],
-                "%.3f %.3f" % (r["mean_ratio_opt"], r["p95_ratio_opt"]),
-                "%.3f %.3f" % (r["mean_ratio_lb"], r["p95_ratio_lb"]),
-                fair,
-                "%.2f" % r["mean_queue_wait_frames"],
-                "/".join("%.2f" % b[n][key] for n in BASELINES) + " " + unit,
-                ("" if not sc.targets else "PASS " if r["pass"] else "FAIL ") + r["target"],
-            )
-        )
-    lines.append("")
-    lines.append("xOPT, xLB: makespan over OPT / LB; fair: worst judged client's makespan over its fair share;")
-    lines.append("wait: mean queue wait in frame times; baselines on the target's first metric.")
-    return "\n".join(lines)
-
-
-def _frames_text(r: dict) -> str:
-    return str(r["frames"]) if isinstance(r["frames"], int) else "+".join(str(f) for f in r["frames"])
-
-
-def _model_table(rows: List[dict], scs: List[Scenario]) -> str:
-    """Scenarios with model loads: ours and the present policy on the same figure."""
-    fmt = "%-44s %-28s %-11s %-5s | %-19s | %-5s | %-19s | %-5s | %-19s | %s"
-    head = fmt % (
-        "scenario (costs known = seeded, as from the store)",
-        "server speeds",
-        "frames",
-        "setup",
-        "ours",
-        "loads",
-        "present policy",
-        "loads",
-        "seq/rr/lq",
-        "target",
-    )
-    lines = [head, "-" * len(head)]
-    for r, sc in zip(rows, scs):
-        b = r["baselines"]
-        if _has_plan(sc):
-            ours = "%.3f %.3f xplan" % (r["mean_ratio_plan_max"], r["mean_ratio_plan_mean"])
-            present = "%.3f %.3f xplan" % (b[PRESENT]["mean_ratio_plan_max"], b[PRESENT]["mean_ratio_plan_mean"])
-            rest = "/".join("%.2f" % b[n]["mean_ratio_plan_max"] for n in BASELINES)
-        elif len(sc.frames) == 1 or sc.second_batch:
-            ours = "%.3f %.3f xOPT" % (r["mean_ratio_opt"], r["p95_ratio_opt"])
-            present = "%.3f xOPT" % b[PRESENT]["mean_ratio_opt"]
-            rest = "/".join("%.2f" % b[n]["mean_ratio_opt"] for n in BASELINES)
-        elif sc.models == "same":
-            ours = "%.3f xOPT %.3f fair" % (r["mean_ratio_opt"], r["worst_client_fair_share"])
-            present = "%.3f xOPT %.3f fair" % (b[PRESENT]["mean_ratio_opt"], b[PRESENT]["worst_client_fair_share"])
-            rest = "/".join("%.2f" % b[n]["mean_ratio_opt"] for n in BASELINES)
-        else:
-            ours = "%.3f xLB %.3f fair" % (r["mean_ratio_lb"], r["worst_client_fair_share"])
-            present = "%.3f xLB %.3f fair" % (b[PRESENT]["mean_ratio_lb"], b[PRESENT]["worst_client_fair_share"])
-            rest = "/".join("%.2f" % b[n]["mean_ratio_lb"] for n in BASELINES)
-        lines.append(
-            fmt
-            % (
-                r["name"],
-                r["servers"].split(" ", 2)[-1],
-                _frames_text(r),
-                "%gx" % sc.setup,
-                ours,
-                "%.1f" % r["mean_loads"],
-                present,
-                "%.1f" % b[PRESENT]["mean_loads"],
-                rest,
-                ("" if not sc.targets else "PASS " if r["pass"] else "FAIL ") + r["target"],
-            )
-        )
-    lines.append("")
-    lines.append("setup: model load in frame times; xOPT: one client's makespan over OPT with setups (p95 beside);")
-    lines.append("xplan: max and mean client makespan over the best static plan's; loads: setups paid in all;")
-    lines.append(
-        "present policy: the same scheduler told nothing of the cache; change between batches: the second batch."
-    )
-    return "\n".join(lines)
-
-
-SCALE_FRAMES = (100, 1000, 10000, 100000)
-SCALE_SPEEDS = (1.0, 0.5, 0.25)
-
-
-def scale_row(frames: int, capped: bool, lag: bool, seed: int = 1) -> dict:
-    """One client, ``frames`` frames on 1/0.5/0.25: what deciding costs and how deep we queue."""
-    specs = [ServerSpec("gpu%d" % i, s) for i, s in enumerate(SCALE_SPEEDS)]
-    world = World(specs, seed, inbox_every=2.0 * BASE_FRAME if lag else 0.0)
-    works = frame_works(frames, random.Random(seed), BASE_FRAME, NOISE)
-    kw = {} if capped else {"max_window": 10**9}
-    client = world.add(PolicyClient(world, "c", works, measure_cpu=True, **kw))
-    t0 = time.perf_counter()
-    world.run()
-    wall = time.perf_counter() - t0
-    if not client.done:
-        raise RuntimeError("scale %d: frames left unfinished" % frames)
-    return {
-        "frames": frames,
-        "policy": "ours" if capped else "no window cap",
-        "client": "lagging" if lag else "push",
-        "cpu_ms_per_frame": round(client.cpu_s * 1000.0 / frames, 4),
-        "plans_per_frame": round(client.plans / frames, 2),
-        "max_ours_per_server": client.max_ours,
-        "window": client.scheduler.max_window if capped else None,
-        "ratio_opt": round(client.result.makespan / opt_makespan(works, SCALE_SPEEDS), 4),
-        "wall_s": round(wall, 1),
-    }
-
-
-def _scale_table(rows: List[dict]) -> str:
-    fmt = "%-8s %-14s %-8s | %-12s | %-6s | %-16s | %-6s | %-6s"
-    head = fmt % ("frames", "policy", "client", "CPU ms/frame", "plans", "max ours/server", "window", "xOPT")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            fmt
-            % (
-                r["frames"],
-                r["policy"],
-                r["client"],
-                "%.4f" % r["cpu_ms_per_frame"],
-                "%.2f" % r["plans_per_frame"],
-                r["max_ours_per_server"],
-                "-" if r["window"] is None else r["window"],
-                "%.3f" % r["ratio_opt"],
-            )
-        )
-    lines.append("")
-    lines.append("CPU ms/frame: client process time deciding (server records + plan) per frame; plans: plan() calls")
-    lines.append("per frame; lagging: the client reads its messages every 2 frame times (of the fastest GPU).")
-    return "\n".join(lines)
-
-
-def run_scale(max_frames: int) -> Tuple[List[dict], bool]:
-    rows = []
-    for lag in (False, True):
-        for frames in (f for f in SCALE_FRAMES if f <= max_frames):
-            for capped in (True, False):
-                rows.append(scale_row(frames, capped, lag))
-    ours = [r for r in rows if r["policy"] == "ours"]
-    base = [r for r in ours if r["frames"] == min(r2["frames"] for r2 in ours)]
-    # Flat: no batch size costs more than twice the smallest one per frame (CPU timing is noisy).
-    flat = all(r["cpu_ms_per_frame"] <= 2.0 * max(b["cpu_ms_per_frame"] for b in base) for r in ours)
-    capped = all(r["max_ours_per_server"] <= r["window"] for r in ours)
-    return rows, flat and capped
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -722,6 +531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     if args.scale:
+        from benchmarks.scheduler_scale import SCALE_FRAMES, _scale_table, run_scale
+
         rows, ok = run_scale(10000 if args.quick else max(SCALE_FRAMES))
         elapsed = time.perf_counter() - t0
         if args.json:
@@ -746,12 +557,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         )
     else:
+        from benchmarks.scheduler_tables import classic_table, model_table
+
         classic = [(r, sc) for r, sc in zip(rows, chosen) if not sc.models]
         models = [(r, sc) for r, sc in zip(rows, chosen) if sc.models]
         if classic:
-            print(_table([r for r, _ in classic], [sc for _, sc in classic]))
+            print(classic_table([r for r, _ in classic], [sc for _, sc in classic]))
         if models:
-            print(("\n" if classic else "") + _model_table([r for r, _ in models], [sc for _, sc in models]))
+            print(("\n" if classic else "") + model_table([r for r, _ in models], [sc for _, sc in models]))
         print(
             "\n%d seeds per scenario, %.1f s; all targets %s" % (len(seeds), elapsed, "PASS" if all_pass else "NOT met")
         )

@@ -59,6 +59,12 @@ def test_servers_without_identity_are_not_saved(tmp_path: Path) -> None:
     store = CostStore(tmp_path / "costs.json")
     store.save("flow", COSTS, {"gpu1": IDS["gpu1"]})
     assert store.load("flow", IDS) == {"gpu1": COSTS["gpu1"]}
+    # a server whose /system_stats has not answered yet has no identity: not saved, not loaded
+    unknown = server_identity("http://10.0.0.2:8188")
+    assert unknown == ""
+    store.save("flow", COSTS, {"gpu2": unknown})
+    assert store.load("flow", IDS) == {"gpu1": COSTS["gpu1"]}
+    assert store.load("flow", {"gpu1": "", "gpu2": unknown}) == {}
 
 
 def test_old_entries_are_ignored_and_few_workflows_are_kept(tmp_path: Path) -> None:

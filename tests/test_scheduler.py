@@ -15,18 +15,10 @@ from typing import List, Optional, Tuple
 import pytest
 
 from benchmarks import scheduler as bench
-from benchmarks import static_plan
+from benchmarks import scheduler_scale, static_plan
 from nuke_comfy_cluster.core.scheduler import Scheduler, ServerCosts, ServerLoad
-from nuke_comfy_cluster.sim.virtual import (
-    BurstClient,
-    PolicyClient,
-    SequentialClient,
-    ServerSpec,
-    World,
-    frame_works,
-    lower_bound,
-    opt_makespan,
-)
+from nuke_comfy_cluster.sim.virtual import ServerSpec, World, frame_works, lower_bound, opt_makespan
+from nuke_comfy_cluster.sim.virtual_clients import BurstClient, PolicyClient, SequentialClient
 
 
 class FakeClock:
@@ -575,8 +567,8 @@ def test_a_new_model_is_planned_cold_after_the_last_batch() -> None:
 
 
 def test_the_window_cap_holds_for_a_client_that_cannot_keep_up() -> None:
-    capped = bench.scale_row(600, capped=True, lag=True)
-    uncapped = bench.scale_row(600, capped=False, lag=True)
+    capped = scheduler_scale.scale_row(600, capped=True, lag=True)
+    uncapped = scheduler_scale.scale_row(600, capped=False, lag=True)
     assert capped["max_ours_per_server"] <= capped["window"] == 8
     assert uncapped["max_ours_per_server"] > 50  # what the plan alone would queue there
     # and it costs no more to decide per frame than in a small batch

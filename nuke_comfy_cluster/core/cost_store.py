@@ -60,8 +60,11 @@ def server_identity(url: str, device_name: str = "", vram_total: int = 0, comfyu
 
     From the server's URL and its ``/system_stats`` (first device's name and VRAM,
     ComfyUI version): another GPU, another box behind the same name, or an upgrade
-    starts learning again.
+    starts learning again. "" while the device is not known yet (``/system_stats``
+    not answered): such a server is neither loaded nor saved.
     """
+    if not device_name.strip() and not vram_total:
+        return ""
     return "|".join((url.rstrip("/"), device_name.strip(), str(int(vram_total or 0)), comfyui_version.strip()))
 
 
@@ -138,6 +141,8 @@ class CostStore:
         now = self._clock()
         out: Dict[str, ServerCosts] = {}
         for name, identity in identities.items():
+            if not identity:
+                continue  # the device is not known yet: no way to tell it is the same server
             entry = flow["servers"].get(name)
             if not isinstance(entry, dict) or entry.get("identity") != identity:
                 continue  # never measured there, or the server changed since
@@ -150,7 +155,7 @@ class CostStore:
         return out
 
     def save(self, signature: str, costs: Mapping[str, ServerCosts], identities: Mapping[str, str]) -> bool:
-        """Merge these servers' costs into the file. Servers without an identity are skipped.
+        """Merge these servers' costs into the file. Servers without an identity ("" or none) are skipped.
 
         Returns False (and logs why) when the file could not be written.
         """
@@ -162,7 +167,7 @@ class CostStore:
             flow = {"servers": {}}
         for name, c in costs.items():
             identity = identities.get(name)
-            if identity is None or _costs(_entry(c, identity, now)) is None:
+            if not identity or _costs(_entry(c, identity, now)) is None:
                 continue
             flow["servers"][name] = _entry(c, identity, now)
         flow["used"] = now

@@ -36,13 +36,19 @@ How the answer is found:
   other: top-ups are staggered at random (no herd on the server that just went
   idle), the client served least recently opens its window first (fair turns),
   and under polling a send due shortly after the next status poll waits for it.
-* Model affinity: a server busy with another workflow (it would be cold for us
-  and someone else's work is there) is left to it, so two artists with different
-  models don't make every frame reload. A client with nothing running anywhere
-  may take such a server over once its other workflow has had it for
-  ``hold`` setups; an idle server is anyone's.
+* Model affinity (:mod:`.scheduler_affinity`): a server busy with another
+  workflow (it would be cold for us and someone else's work is there) is left to
+  it, so two artists with different models don't make every frame reload; it is
+  taken over only by a client under its fair share of the cluster (from a
+  workflow that keeps its share without it) or with nothing running anywhere,
+  each after a hold of a few of that workflow's setups. An idle server is
+  anyone's. With ``withdraw_probes``, a cold first frame that will end after the
+  rest of the batch could be done elsewhere is asked back (:attr:`withdrawals`).
 * Priority is a prior and a tie-break (then least recently used = round robin),
   never the plan.
+
+What is learned lives in :mod:`.scheduler_costs` (:class:`ServerCosts` is what
+:mod:`.cost_store` keeps between sessions).
 
 Nothing here does I/O or reads a clock other than the one it is given, so the
 same class runs under ``time.monotonic`` and under a virtual clock
