@@ -15,7 +15,6 @@ the job's current one are ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -26,21 +25,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import balancing, compatibility
-from .cost_store import CostStore, server_identity
+from . import balancing
+from .admission import AdmissionMixin, _fingerprint
+from .cost_store import CostStore
+from .delivering import DeliveryMixin
 from .delivery import (
-    LocalWriteError,
-    SuspectResult,
-    frame_file,
-    free_bytes,
-    move_into_sequence,
-    pattern_for,
     prompt_digest,
     remove_staging,
-    remove_tree,
     sequence_labels,
-    staging_dir,
-    stem_for,
 )
 from .errors import (
     ClusterError,
@@ -51,58 +43,31 @@ from .errors import (
     user_message,
 )
 from .events import EventType, ServerEvent
-from .jobs import Batch, Job, JobError, OutputFile
+from .jobs import Batch, Job, JobError
 from .ledger import Ledger
-from .ledger_records import record_for, update_for
-from .node_timing import split_times, static_nodes
+from .node_timing import static_nodes
 from .pool import ComfyUIServerPool
 from .protocol import parse_prompt_response, workflow_error_from_execution, workflow_error_from_rejection
 from .recovery import RecoveryMixin, _Orphan
 from .results import (
-    collect_attempt,
-    history_outputs,
     outputs_from_node_output,
-    parse_history_entry,
 )
 from .scheduler import Scheduler, ServerLoad
 from .server import ComfyUIServer
 from .state import JobState
-from .triage import EXECUTION, REJECTION, Blame
+from .triage import EXECUTION, REJECTION
 
 log = logging.getLogger(__name__)
 
 #: how long a batch waits for any server to come back before failing what is left
 DEFAULT_WAIT_FOR_SERVERS_S = 300.0
-#: renders of one frame lost to a file-name clash on a shared folder before they count as failed attempts
-MAX_COLLISIONS = 8
 #: our prompts one server may hold at once when not using the scheduler's window
 SIMPLE_WINDOW = 2
-
-
-def _fingerprint(batch: Batch) -> str:
-    """Batches of the same workflow shape share speed estimates (frame tokens and seeds aside)."""
-    prompt = batch.jobs[0].prompt if batch.jobs else {}
-    shape = sorted((str(k), str(v.get("class_type", ""))) for k, v in prompt.items() if isinstance(v, dict))
-    return json.dumps(shape)
 
 
 def _named(name: str, reason: str) -> str:
     """``name: reason`` unless the reason already starts with the name."""
     return reason if reason.startswith(name + ":") else "{}: {}".format(name, reason)
-
-
-def _the_workflows(error: WorkflowError, message: str) -> WorkflowError:
-    """The error as the workflow's, named once: no "on gpu3" when every server said the same."""
-    text = error.message if message == user_message(error) else message
-    return WorkflowError(
-        text,
-        node_id=error.node_id,
-        node_type=error.node_type,
-        traceback=error.traceback,
-        details=error.details,
-        error_type=error.error_type,
-        job_id=error.job_id,
-    )
 
 
 def _comfy_rejection(body: Any) -> bool:
@@ -111,7 +76,7 @@ def _comfy_rejection(body: Any) -> bool:
     return isinstance(body, dict) and ("error" in body or "node_errors" in body)
 
 
-class Dispatcher(RecoveryMixin):
+class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
     """Runs batches on a pool. Start it once; submit batches from any thread."""
 
     def __init__(
@@ -346,20 +311,6 @@ class Dispatcher(RecoveryMixin):
             text += "; left out: " + "; ".join(_named(n, r) for n, r in sorted(batch.left_out.items()))
         return text[0].upper() + text[1:]
 
-    def _identities(self) -> Dict[str, str]:
-        return {
-            s.name: server_identity(s.url, s.device.name, s.device.vram_total, s.device.comfyui_version)
-            for s in self.pool.server_snapshots()
-        }
-
-    def _keep_costs(self, batch: Batch) -> None:
-        sched = self._schedulers.get(batch.id)
-        if self.cost_store is None or sched is None:
-            return
-        costs = sched.costs()
-        if costs:
-            self.cost_store.save(_fingerprint(batch), costs, self._identities())
-
     def _release(self, batch: Batch) -> None:
         """A finished batch leaves nothing behind: its lock and staging folders go."""
         if batch.lock_file is not None:
@@ -383,103 +334,6 @@ class Dispatcher(RecoveryMixin):
         if not wakeups:
             return self.tick
         return max(0.005, min(self.tick, min(wakeups) - now))
-
-    def _check_compatibility(self, batch: Batch) -> None:
-        """Before anything is sent: which servers lack a node or a model this workflow needs.
-
-        Runs off the loop (``/object_info/{class}`` per class the workflow uses, cached per
-        server); the batch waits for the answer, at most the check's deadline.
-        """
-        batch.left_out = batch.evidence.left_out
-        workflow = batch.workflow if batch.workflow is not None else (batch.jobs[0].prompt if batch.jobs else None)
-        names = [batch.pinned] if batch.pinned else [s.name for s in self.pool.server_snapshots() if s.enabled]
-        servers = [s for s in (self.pool.get_server_by_name(n) for n in names) if s is not None]
-        if not workflow or not servers:
-            return
-        batch.checking = True
-
-        def work() -> None:
-            try:
-                results = compatibility.check_servers(servers, workflow)
-                error: Optional[BaseException] = None
-            except (ClusterError, ValueError) as e:
-                results, error = {}, e
-
-            def done() -> None:
-                batch.checking = False
-                if error is not None:
-                    log.warning("%s: compatibility check failed: %s", batch.name, error)
-                self._compatibility_known(batch, results)
-
-            self._call(done)
-
-        self._io(work)
-
-    def _compatibility_known(self, batch: Batch, results: Dict[str, Any]) -> None:
-        for name, reasons in compatibility.left_out(results).items():
-            batch.evidence.leave_out(name, "; ".join(reasons) or f"{name}: cannot run this workflow")
-        failure = compatibility.no_server_error(results)
-        if failure is not None:
-            # nothing was sent: fail every frame now, with every server's reason
-            self._workflow_rejected(batch, None, failure)
-            return
-        text = compatibility.summary(results)
-        if text:
-            batch.message = text[0].upper() + text[1:]
-            log.warning("%s: %s", batch.name, text)
-        self._touch(batch)
-
-    def _candidates(self, batch: Batch) -> List[str]:
-        """Servers that could run this batch now: enabled, available, not left out."""
-        now = time.time()
-        names = [batch.pinned] if batch.pinned else None
-        return [
-            s.name
-            for s in self.pool.server_snapshots()
-            if (names is None or s.name in names) and s.is_available(now) and s.name not in batch.left_out
-        ]
-
-    def _workflow_failed(self, batch: Batch, job: Job, server: str, error: WorkflowError, kind: str) -> None:
-        """A rejection or an execution error: the server's problem or the workflow's? (triage.py)"""
-        verdict = batch.evidence.failed(server, error, kind, self._candidates(batch))
-        if verdict.blame is Blame.WORKFLOW:
-            if kind == REJECTION:
-                self._workflow_rejected(batch, job, _the_workflows(error, verdict.message))
-            else:
-                self._finish(batch, job, JobState.FAILED, JobError.from_exception(error, server))
-            return
-        if verdict.message and batch.message != verdict.message:
-            log.warning("%s: %s", batch.name, verdict.message)
-        if verdict.blame is Blame.SERVER:
-            with batch.lock:
-                job.attempts = max(0, job.attempts - 1)  # the server's fault, not the frame's
-        self._requeue(batch, job, server, verdict.message)
-        summary = batch.evidence.summary(len(self.pool.servers))
-        batch.message = summary[0].upper() + summary[1:] if summary else verdict.message
-
-    def _keep_in_ledger(self, batch: Batch) -> None:
-        if self.ledger is None or batch.ledger_writer is not None:
-            return
-        try:
-            batch.ledger_writer = self.ledger.create(
-                record_for(batch, options=batch.ledger_options, client_id=self.pool.client_id)
-            )
-        except (ClusterError, ValueError, OSError) as e:
-            # the batch still runs; it just cannot be resumed by another process
-            log.warning("%s: not kept in the batch ledger: %s", batch.name, e)
-
-    def _record(self, batch: Batch) -> None:
-        """Write the jobs that changed since the last write (one journal write for all)."""
-        writer = batch.ledger_writer
-        if writer is None:
-            return
-        changed = []
-        for index, job in enumerate(batch.jobs):
-            if job.ledger_dirty:
-                job.ledger_dirty = False
-                changed.append(update_for(job, index))
-        if changed:
-            writer.record_jobs(changed)
 
     def _why(self, batch: Batch, job: Job, name: str) -> str:
         """The scheduler's reason for a choice, for ``-v`` logs."""
@@ -1009,191 +863,3 @@ class Dispatcher(RecoveryMixin):
         sched = self._schedulers.get(batch.id)
         if sched is not None and job.server:
             sched.job_started(job.server, job.started_mono)
-
-    def _succeeded(self, batch: Batch, job: Job, entry: Optional[Dict[str, Any]] = None) -> None:
-        """Collect outputs (history when events were missed), make them local, then DONE."""
-        if job.state.finished or ("complete", job.id) in self._busy:
-            return
-        server = self.pool.get_server_by_name(job.server or "")
-        if server is None:
-            return
-        self._busy.add(("complete", job.id))
-        if job.server_done_mono is None:
-            # the server is free now, whatever the download takes: learn and plan from this instant
-            job.server_done_mono = time.monotonic()
-            sched = self._schedulers.get(batch.id)
-            if sched is not None:
-                started_at = job.started_mono if job.started_mono is not None else job.server_done_mono
-                setup_s, cold = split_times(
-                    job.node_marks, job.ended_at or time.time(), batch.static_nodes, job.cached_nodes
-                )
-                sched.job_finished(server.name, started_at, job.server_done_mono, setup_s=setup_s, cold=cold)
-                if cold:
-                    batch.loads[server.name] = batch.loads.get(server.name, 0.0) + (setup_s or 0.0)
-                    log.info(
-                        "%s: %s loaded the models for %s (%.1f s)", batch.name, server.name, job.label, setup_s or 0.0
-                    )
-        token = job.attempt_token or ""
-        outputs = list(job.outputs)
-        prompt_id = job.prompt_id or ""
-        started = job.started_mono
-        digest = job.sent_digest
-        # a private folder per attempt: another frame's file of the same name can never land here
-        staging = staging_dir(self._output_dir(batch), batch.id, job.id, token)
-
-        def work() -> None:
-            local: List[OutputFile] = []
-            error: Optional[BaseException] = None
-            try:
-                files = outputs
-                if entry is not None:
-                    files = history_outputs(entry)
-                elif not files:
-                    body = server.connection.get_json(f"history/{prompt_id}")
-                    got = parse_history_entry(body, prompt_id)
-                    files = history_outputs(got) if got else []
-                local = collect_attempt(server, files, staging, digest, in_place=not batch.output_dir)
-            except (ClusterError, ValueError, OSError) as e:
-                error = e
-                remove_tree(staging)
-
-            def done() -> None:
-                self._busy.discard(("complete", job.id))
-                if job.attempt_token != token or job.state.finished:
-                    self.ignored_late_results += 1
-                    remove_tree(staging)
-                    return
-                if isinstance(error, LocalWriteError):
-                    self._local_failure(batch, job, str(error))
-                elif isinstance(error, SuspectResult):
-                    if not error.collision:
-                        server.record_failure(f"{server.name}: {error}")  # it sent garbage, not a clash of names
-                    elif job.collisions < MAX_COLLISIONS:
-                        # two servers saved the same name into one folder at once: neither the
-                        # frame's nor the server's fault, so it does not use up an attempt
-                        job.collisions += 1
-                        job.attempts = max(0, job.attempts - 1)
-                    self._requeue(batch, job, server.name, f"{server.name}: {error}")
-                elif error is not None:
-                    reason = f"{server.name}: could not fetch the result: {error}"
-                    self._requeue(batch, job, server.name, reason)
-                else:
-                    self._complete(batch, job, server, local, started, staging)
-
-            self._call(done)
-
-        self._io(work)
-
-    def _complete(
-        self,
-        batch: Batch,
-        job: Job,
-        server: ComfyUIServer,
-        files: List[OutputFile],
-        started: Optional[float],
-        staging: str,
-    ) -> None:
-        """Rename the attempt's checked files into the sequence; DONE only once they are there."""
-        now = time.monotonic()
-        if not files and batch.output_dir:
-            remove_tree(staging)
-            self._requeue(batch, job, server.name, f"{server.name}: {job.label} finished without saving an image")
-            return
-        folder = self._output_dir(batch)
-        name = batch.sequence_name or "result"
-        delivered: List[OutputFile] = []
-        per_node: Dict[str, int] = {}
-        try:
-            for out in files:
-                k = per_node.get(out.node, 0)
-                per_node[out.node] = k + 1
-                if not (out.local_path or "").startswith(staging):
-                    delivered.append(out)  # checked in place on the shared drive (no output folder asked for)
-                    continue
-                label = batch.labels.get(out.node, f"n{out.node}")
-                stem = stem_for(name, label, k, job.iteration)
-                ext = os.path.splitext(out.filename)[1].lower() or ".png"
-                target = frame_file(folder, stem, job.frame if job.frame is not None else 1, ext)
-                move_into_sequence(out.local_path or "", target)
-                delivered.append(
-                    OutputFile(
-                        out.node, out.filename, out.subfolder, out.type, target, pattern_for(folder, stem, ext), label
-                    )
-                )
-        except LocalWriteError as e:
-            remove_tree(staging)
-            self._local_failure(batch, job, str(e))
-            return
-        finally:
-            remove_tree(staging)
-        with batch.lock:
-            job.outputs = delivered
-            job.progress_value = job.progress_max = 1.0
-        self._warn_if_short_of_space(batch, folder, delivered)
-        done = job.server_done_mono if job.server_done_mono is not None else now
-        server.record_success((done - started) if started is not None else None)
-        batch.evidence.succeeded(server.name)
-        self._finish(batch, job, JobState.DONE)
-
-    def _warn_if_short_of_space(self, batch: Batch, folder: str, delivered: List[OutputFile]) -> None:
-        if getattr(batch, "_space_checked", False):
-            return
-        batch._space_checked = True  # type: ignore[attr-defined]  # noqa: SLF001 - once per batch
-        size = 0
-        for out in delivered:
-            try:
-                size += os.path.getsize(out.local_path or "")
-            except OSError:
-                pass
-        free = free_bytes(folder)
-        left = sum(1 for j in batch.jobs if not j.state.finished)
-        if free is not None and size and size * left > free:
-            batch.message = "Warning: {} holds {:.0f} MB free; the {} frames left need about {:.0f} MB".format(
-                folder, free / 1e6, left, size * left / 1e6
-            )
-            log.warning("%s: %s", batch.name, batch.message)
-
-    def _withdraw_queued(self, batch: Batch) -> None:
-        """Delete this batch's prompts still waiting in server queues (running ones finish)."""
-        per_server: Dict[str, List[str]] = {}
-        for b, j in list(self._by_token.values()):
-            if b is batch and j.state is JobState.SUBMITTED and j.prompt_id and j.server:
-                per_server.setdefault(j.server, []).append(j.prompt_id)
-                self._finish(batch, j, JobState.PENDING)  # back to waiting: failed below with the rest
-        for name, ids in per_server.items():
-            server = self.pool.get_server_by_name(name)
-            if server is None:
-                continue
-
-            def work(s: ComfyUIServer = server, doomed: List[str] = ids) -> None:
-                try:
-                    s.connection.post_json("queue", {"delete": doomed})
-                except ClusterError as e:
-                    log.warning("could not withdraw queued prompts from %s: %s", s.name, user_message(e))
-
-            self._io(work)
-
-    def _local_failure(self, batch: Batch, job: Job, message: str) -> None:
-        """A result could not be written HERE: no server's fault, nothing more is sent.
-
-        Frames already running finish and are delivered if the folder works again; the
-        waiting ones fail once, with the path and the error, and Retry failed resumes them.
-        """
-        if batch.local_error is None:
-            batch.local_error = message
-            self._withdraw_queued(batch)
-        # one error for the batch (the first), so it is reported once
-        error = JobError("local", f"could not write the result: {batch.local_error}")
-        self._finish(batch, job, JobState.FAILED, error)
-        with batch.lock:
-            message = batch.local_error
-            batch.message = (
-                f"Stopped sending frames: could not write the result ({message}). Frames already delivered are "
-                "kept; fix the output folder, then use Retry failed."
-            )
-            for other in batch.jobs:
-                if other.state is JobState.PENDING and other.id not in self._submitting:
-                    other.state = JobState.FAILED
-                    other.error = error
-                    other.finished_at = time.time()
-        self._touch(batch)
