@@ -117,11 +117,13 @@ def server_runs(
     """Per server, the prompts of ``models`` it ran, in order: [model index, start, end, loaded],
     in seconds since the first batch was created (wall clock; the servers' own clocks, from
     ``/history``; a prompt whose loader is not in ``execution_cached`` loaded its model);
-    and the servers' idle time between those prompts by cause (:func:`split_idle`)."""
+    and the servers' idle time between those prompts by cause (:func:`split_idle`), with the
+    count of prompts taken back (interrupted: a probe the scheduler asked back) as
+    ``taken_back``: they are no frame, but count in the loads and the idle time."""
     t0 = min(snap.created_at for snap in snaps)
     sent = {j.prompt_id: j.queued_at for snap in snaps for j in snap.jobs if j.prompt_id}
     out: Dict[str, List[List[Any]]] = {}
-    idle = {"server_pause_s": 0.0, "longest_pause_s": 0.0, "client_idle_s": 0.0}
+    idle = {"server_pause_s": 0.0, "longest_pause_s": 0.0, "client_idle_s": 0.0, "taken_back": 0}
     for server in servers:
         runs = []
         spans = []
@@ -131,10 +133,14 @@ def server_runs(
             if model not in models or "execution_start" not in messages:
                 continue
             end = messages.get("execution_success", messages.get("execution_error", messages["execution_start"]))
+            end = messages.get("execution_interrupted", end)
             loaded = LOADER not in messages.get("execution_cached", {}).get("nodes", [])
             start_s = messages["execution_start"]["timestamp"] / 1000.0 - t0
             end_s = end["timestamp"] / 1000.0 - t0
-            runs.append([models.index(model), round(start_s, 2), round(end_s, 2), loaded])
+            if "execution_interrupted" in messages:
+                idle["taken_back"] += 1
+            else:
+                runs.append([models.index(model), round(start_s, 2), round(end_s, 2), loaded])
             queued = sent.get(prompt_id)
             spans.append((start_s, end_s, queued - t0 if queued is not None else None))
         out[server.name] = sorted(runs, key=lambda r: r[1])
@@ -142,7 +148,7 @@ def server_runs(
         idle["server_pause_s"] += split["server_pause_s"]
         idle["client_idle_s"] += split["client_idle_s"]
         idle["longest_pause_s"] = max(idle["longest_pause_s"], split["longest_pause_s"])
-    return out, {k: round(v, 2) for k, v in idle.items()}
+    return out, {k: round(v, 2) if isinstance(v, float) else v for k, v in idle.items()}
 
 
 def loads(runs: Dict[str, List[List[Any]]], model: int) -> Dict[str, int]:
@@ -371,10 +377,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
-def _print_idle(idle: Dict[str, float]) -> None:
+def _print_idle(idle: Dict[str, Any]) -> None:
     print(
         "  servers idle between prompts: {server_pause_s:.1f} s paused with the next prompt waiting (longest "
-        "{longest_pause_s:.1f} s: the server's own), {client_idle_s:.1f} s with nothing of ours queued".format(**idle)
+        "{longest_pause_s:.1f} s: the server's own), {client_idle_s:.1f} s with nothing of ours queued; "
+        "{taken_back:d} first frames taken back".format(**idle)
     )
 
 

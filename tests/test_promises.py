@@ -421,14 +421,17 @@ def test_max_in_flight_caps_our_prompts_on_a_server(start_sims):
 @pytest.mark.timeout(90)
 def test_a_second_batch_of_the_same_workflow_starts_from_learned_speeds(start_sims):
     """The first batch learns that sim1 is 5 x slower; the next batch of the same workflow
-    sends it no probe frame: both frames finish sooner on sim0."""
+    sends it no probe frame (not even one taken back): both frames finish sooner on sim0."""
     procs = [start_sims([1.0], seconds=0.3)[0], start_sims([0.2], seconds=0.3)[0]]
     with Cluster.from_servers(sim_configs(procs)) as cluster:
-        first = cluster.submit_frames(WORKFLOW, range(1, 5)).wait(60)
+        # long enough for sim1's probe to be worth finishing (a short batch takes it back)
+        first = cluster.submit_frames(WORKFLOW, range(1, 13)).wait(60)
         assert first.state == "done" and first.servers.get("sim1", 0) >= 1, first.servers  # sim1 was measured
-        second = cluster.submit_frames(WORKFLOW, [11, 12]).wait(60)
+        sent_to_sim1 = len(requests.get(procs[1].url + "/history", timeout=5).json())
+        second = cluster.submit_frames(WORKFLOW, [21, 22]).wait(60)
     assert second.state == "done"
     assert second.servers == {"sim0": 2}, second.servers
+    assert len(requests.get(procs[1].url + "/history", timeout=5).json()) == sent_to_sim1
 
 
 # --------------------------------------------------------------------------- retry

@@ -23,10 +23,11 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import balancing
 from .admission import AdmissionMixin, _fingerprint
+from .cache_view import CacheView, LoaderItem, loader_items
 from .cost_store import CostStore
 from .delivering import DeliveryMixin
 from .delivery import (
@@ -54,6 +55,7 @@ from .results import (
 )
 from .scheduler import Scheduler, ServerLoad
 from .server import ComfyUIServer
+from .setup_aware import SetupAwareMixin, forget_withdrawals
 from .state import JobState
 from .triage import EXECUTION, REJECTION
 
@@ -76,7 +78,7 @@ def _comfy_rejection(body: Any) -> bool:
     return isinstance(body, dict) and ("error" in body or "node_errors" in body)
 
 
-class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
+class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin, SetupAwareMixin):
     """Runs batches on a pool. Start it once; submit batches from any thread."""
 
     def __init__(
@@ -100,7 +102,7 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
         self.wait_for_servers = wait_for_servers
         self.tick = tick
         self.download_dir = download_dir or os.path.join(tempfile.gettempdir(), "nuke_comfy_cluster", "downloads")
-        self._scheduler_factory = scheduler_factory or (lambda: Scheduler(time.monotonic))
+        self._scheduler_factory = scheduler_factory or (lambda: Scheduler(time.monotonic, withdraw_probes=True))
         self._inbox: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._workers: Optional[ThreadPoolExecutor] = None
         self._thread: Optional[threading.Thread] = None
@@ -117,6 +119,9 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
         self._requeued: Dict[str, Dict[str, Job]] = {}
         self._busy: Set[Tuple[str, str]] = set()  # (kind, key) of background checks under way
         self._early: Dict[str, List[ServerEvent]] = {}
+        self._cache: Dict[str, CacheView] = {}  # server -> its cache as last seen (setup_aware)
+        self._setup_items: Dict[str, FrozenSet[LoaderItem]] = {}  # batch id -> its workflow's loaders
+        self._withdrawing: Dict[str, str] = {}  # job id -> batch id, while taken back (setup_aware)
         self._orphans: List[_Orphan] = []
         self._dirty: Set[str] = set()
         self._last_flush = 0.0
@@ -325,6 +330,8 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
         self._waiting_since.pop(batch.id, None)
         self._cursor.pop(batch.id, None)
         self._requeued.pop(batch.id, None)
+        self._setup_items.pop(batch.id, None)
+        forget_withdrawals(self._withdrawing, batch.id)
 
     # -- batches ----------------------------------------------------------------------
     def _wait_time(self) -> float:
@@ -361,6 +368,8 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
             batch.labels = sequence_labels(workflow)
             # two frames' prompts tell the nodes that are the same in every frame (the setup)
             batch.static_nodes = static_nodes(j.prompt for j in batch.jobs[:2])
+        # what a server must have loaded for this workflow (see setup_aware)
+        self._setup_items[batch.id] = loader_items(batch.jobs[0].prompt) if batch.jobs else frozenset()
         self._keep_in_ledger(batch)
         self._check_compatibility(batch)
         for job in batch.jobs:  # a resumed batch: follow the prompts it left on servers
@@ -437,14 +446,8 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
                 )
                 job.finished_at = time.time()
             else:
-                job.state = JobState.PENDING
+                job.wait_again()
                 self._put_back(batch, job)
-                job.server = None
-                job.prompt_id = None
-                job.started_at = job.started_mono = job.server_done_mono = None
-                job.progress_value = job.progress_max = 0.0
-                job.outputs = []
-                job.node_marks, job.cached_nodes, job.ended_at = [], (), None
             batch.message = reason
         self._touch(batch)
 
@@ -501,7 +504,9 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
             if batch.cancel_requested or batch.checking:
                 continue
             pending = self._waiting_jobs(batch, limit=max(256, 32 * len(snaps)))
-            if not pending:
+            sched = self._schedulers.get(batch.id)
+            # a first cold frame may be taken back while nothing waits (setup_aware)
+            if not pending and not (sched is not None and sched.watching):
                 continue
             names = [batch.pinned] if batch.pinned else list(snaps)
             usable = [
@@ -517,7 +522,8 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
             loads = []
             in_flight = self._in_flight(batch)
             for snap in usable:
-                ours = [j for j in in_flight if j.server == snap.name]
+                # a frame being taken back is as good as gone: the server is free in a moment
+                ours = [j for j in in_flight if j.server == snap.name and j.id not in self._withdrawing]
                 # one prompt runs at a time: an older RUNNING one is a missed finish
                 running = sorted(
                     (j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None),
@@ -525,6 +531,7 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
                 )[-1:]
                 age = now_wall - snap.last_status_check if snap.last_status_check else 1e9
                 server = self.pool.get_server_by_name(snap.name)
+                warm, owner = self._cache_state(batch, snap, ours, now_wall)
                 loads.append(
                     ServerLoad(
                         name=snap.name,
@@ -534,6 +541,8 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
                         ours_queued=len(ours) - len(running),
                         ours_running_since=running[0].started_mono if running else None,
                         max_in_flight=server.config.max_in_flight if server is not None else 0,
+                        warm=warm,
+                        cache_owner=owner,
                     )
                 )
             # Plan only over servers some waiting frame has not failed on: a plan naming the one
@@ -598,7 +607,10 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
         live = {s.name: s.live for s in self.pool.server_snapshots()}
         sched.set_lead_time(0.5 if all(live.get(load.name) for load in loads) else self.pool.status_ttl)
         if self.pool.strategy == balancing.LEAST_LOADED or batch.pinned:
-            return sched.plan(loads, pending)
+            targets = sched.plan(loads, pending)
+            if sched.withdrawals:
+                self._take_back(batch, sched.withdrawals)
+            return targets
         # round robin / priority: one prompt at a time to servers with window room
         room = {
             load.name: max(
@@ -829,9 +841,13 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
                 job.current_node = event.node
                 if event.node is not None:
                     job.node_marks = list(job.node_marks) + [(event.node, event.at)]
+                    self._note_node(batch, job, event)
             elif kind is EventType.EXECUTION_CACHED:
+                if job.state is JobState.SUBMITTED:
+                    self._mark_running(batch, job)
                 nodes = event.data.get("nodes")
                 job.cached_nodes = tuple(str(n) for n in nodes) if isinstance(nodes, list) else ()
+                self._note_cached(batch, job)
             elif kind is EventType.PROGRESS:
                 if job.state is JobState.SUBMITTED:
                     self._mark_running(batch, job)
@@ -848,7 +864,9 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin):
             error = workflow_error_from_execution(event.data, event.server, job.id)
             self._workflow_failed(batch, job, event.server, error, EXECUTION)
         elif kind is EventType.EXECUTION_INTERRUPTED:
-            if job.cancel_requested:
+            if self._withdrawn(batch, job):
+                pass
+            elif job.cancel_requested:
                 self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
             else:
                 self._requeue(batch, job, event.server, f"{event.server}: the prompt was interrupted on the server")

@@ -260,6 +260,16 @@ class Job:
             if name not in _NOT_LEDGERED:
                 object.__setattr__(self, "ledger_dirty", True)
 
+    def wait_again(self) -> None:
+        """Back to PENDING with nothing of the attempt that ended kept (caller holds the batch lock)."""
+        self.state = JobState.PENDING
+        self.server = None
+        self.prompt_id = None
+        self.started_at = self.started_mono = self.server_done_mono = None
+        self.progress_value = self.progress_max = 0.0
+        self.outputs = []
+        self.node_marks, self.cached_nodes, self.ended_at = [], (), None
+
     @property
     def prompt(self) -> Dict[str, Any]:
         if self._prompt is not None:

@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .scheduler_costs import _Estimate
 
+#: ``ServerLoad.cache_owner`` of a server whose queue changed and whose new tail is not seen yet
+SOMEONE = "?"
+
 if TYPE_CHECKING:
     from .scheduler import _View
 
-__all__ = ["AffinityMixin"]
+__all__ = ["AffinityMixin", "SOMEONE"]
 
 # A server another workflow has kept t seconds is expected to stay its for this times t.
 _HELD_AGAIN = 1.0
@@ -75,16 +78,21 @@ class AffinityMixin:
                 lower = elapsed / (1.0 + share) if share else elapsed
             est.min_frame = max(est.min_frame, lower)
 
-    def _apply_affinity(self, views: List[_View], now: float) -> Optional[float]:
+    def _apply_affinity(self, views: List[_View], now: float, every: Optional[List[_View]] = None) -> Optional[float]:
         """Leave servers busy with another workflow to it (see the module docstring).
 
-        Returns when a server still counted as the other workflow's stops being so.
+        ``views``: the servers with a frame time; ``every``: all of them (a probe of ours
+        on a server not measured yet is something of ours running). Returns when a
+        server still counted as the other workflow's stops being so.
         """
         wake: Optional[float] = None
         for v in views:
-            foreign = v.setup > 0.0 and not v.warm and v.others > 0
+            # Another workflow's work is there, or its models are (it may be between two
+            # of its frames: the caller says whose until the server has been idle a while).
+            theirs = v.others > 0 or (v.load.warm is False and v.load.cache_owner is not None)
+            foreign = v.setup > 0.0 and not v.warm and theirs
             if foreign:
-                owner = v.load.cache_owner
+                owner = v.load.cache_owner if v.load.cache_owner != SOMEONE else self._foreign_owner.get(v.name)
                 if owner is not None and self._foreign_owner.get(v.name, owner) != owner:
                     self._foreign_since.pop(v.name, None)  # taken over: the new workflow's hold starts
                 self._foreign_owner[v.name] = owner
@@ -116,7 +124,7 @@ class AffinityMixin:
             held[owner] = held.get(owner, 0.0) + 1.0 / v.ft
         ours = sum(1.0 / v.ft for v in views if not v.foreign)
         fair = (ours + sum(held.values())) / (1 + len(held))
-        idle_anywhere = all(v.in_flight == 0 for v in views)
+        idle_anywhere = all(v.in_flight == 0 for v in (views if every is None else every))
         for v in foreign_views:
             since = self._foreign_since[v.name]
             # Clients left without a server at the same moment would all take the same
@@ -155,6 +163,7 @@ class AffinityMixin:
         share = self._setup_share()
         if share is None:
             return []
+        out = self._queued_probes_to_withdraw(views)
         probes = [
             v
             for v in views
@@ -164,13 +173,12 @@ class AffinityMixin:
             and self._withdraw_asked.get(v.name) != v.load.ours_running_since
         ]
         if not probes:
-            return []
+            return out
         elsewhere = [v for v in views if not v.blocked and v not in probes and self._measured(v.name)]
         if not elsewhere:
-            return []
+            return out
         frames = pending + 1  # the remaining frames and this one, on the other servers
         grow = 1.0 + 1.0 / share
-        out = []
         for v in probes:
             since = v.load.ours_running_since
             setup = self._setup_done.get(v.name)
@@ -189,12 +197,35 @@ class AffinityMixin:
                 self._wake_at(max(cross, now + 0.5 * min(u.ft for u in elsewhere)))
         return out
 
+    def _queued_probes_to_withdraw(self, views: List[_View]) -> List[str]:
+        """Servers where a cold first frame of ours waits behind another workflow's work.
+
+        It would load our models over theirs (costing them a reload too) on a server
+        we know nothing of, while a measured one is ours to use: taken back before it
+        starts (nothing lost but the wait), the server stays theirs.
+        """
+        if not any(not v.blocked and not v.foreign and self._measured_here(v.name) for v in views):
+            return []
+        out = [
+            v.name
+            for v in views
+            if v.load.ours_running_since is None
+            and v.load.ours_queued > 0
+            and v.others > 0
+            and self._sent_cold.get(v.name)
+            and not self._measured_here(v.name)
+        ]
+        for name in out:
+            self._sent_cold.pop(name, None)  # asked once; if it starts after all, it runs
+        return out
+
     @property
     def watching(self) -> bool:
-        """A first cold frame of ours runs that :attr:`withdrawals` may name: call :meth:`plan`
-        on events even while no frame waits."""
+        """A first cold frame of ours runs or waits that :attr:`withdrawals` may name: call
+        :meth:`plan` on events even while no frame waits."""
         return self._withdraw and any(
-            cold and not self._measured_here(name) for name, cold in self._running_cold.items()
+            cold and not self._measured_here(name)
+            for name, cold in list(self._running_cold.items()) + list(self._sent_cold.items())
         )
 
     def _measured(self, name: str) -> bool:

@@ -47,7 +47,9 @@ def substitute_frame(text: str, frame: int, hashes: bool = True) -> str:
 
     if hashes:
         text = _HASHES.sub(lambda m: pad(len(m.group(0))), text)
-    text = _PRINTF.sub(lambda m: pad(int(m.group(2) or 0)) if m.group(1) else str(frame).rjust(int(m.group(2) or 0)), text)
+    text = _PRINTF.sub(
+        lambda m: pad(int(m.group(2) or 0)) if m.group(1) else str(frame).rjust(int(m.group(2) or 0)), text
+    )
     text = _BRACES.sub(lambda m: pad(int(m.group(2))) if m.group(2) else str(frame), text)
     return text
 

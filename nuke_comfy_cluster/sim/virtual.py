@@ -219,6 +219,8 @@ class World:
         return job
 
     def _arrive(self, job: VirtualJob) -> None:
+        if job.interrupted:
+            return  # taken back on its way (as a delete right after the POST's answer)
         srv = self.servers[job.server]
         job.arrived = self.now
         srv.queue.append(job)
@@ -254,7 +256,9 @@ class World:
         whose load was cut short is not in the cache.
         """
         srv = self.servers[job.server]
-        if job in srv.queue:
+        if job.arrived is None:
+            job.interrupted = True
+        elif job in srv.queue:
             srv.queue.remove(job)
             job.interrupted = True
             self._broadcast(srv)
@@ -314,6 +318,7 @@ class _View:
         "last_finish",
         "tail",
         "tail_at",
+        "empty_since",
     )
 
     def __init__(self, spec: ServerSpec) -> None:
@@ -322,11 +327,18 @@ class _View:
         self.observed_at = 0.0
         self.tail: Optional[str] = None  # model of the last prompt queued there, as last seen
         self.tail_at = 0.0  # when the server was in that state
+        self.empty_since: Optional[float] = 0.0  # first seen with nothing queued (None: busy)
         self.busy_since: Optional[float] = None
         self.queued: List[VirtualJob] = []  # ours, not known to have started
         self.running: Optional[VirtualJob] = None  # ours, known to run
         self.running_since: Optional[float] = None
         self.last_finish = 0.0  # latest known finish of one of ours there
+
+    def seen_empty(self, empty: bool, at: float) -> None:
+        if not empty:
+            self.empty_since = None
+        elif self.empty_since is None:
+            self.empty_since = at
 
 
 class Client:
@@ -393,12 +405,14 @@ class Client:
             v.busy_since = None
             v.tail = srv.tail_model
             v.tail_at = now
+            v.seen_empty(v.q == 0, now)
 
     def on_status(self, server: str, q: int, tail: Optional[str] = None, at: Optional[float] = None) -> None:
         v = self.views[server]
         now = self.world.now
         v.tail = tail
         v.tail_at = now if at is None else at
+        v.seen_empty(q == 0, v.tail_at)
         if q == 0:
             v.busy_since = None
         elif q < v.q or v.q == 0:

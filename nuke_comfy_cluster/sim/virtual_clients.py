@@ -13,6 +13,7 @@ import random
 import time
 from typing import Optional, Sequence
 
+from nuke_comfy_cluster.core.cache_view import IDLE_FREE_S
 from nuke_comfy_cluster.core.scheduler import Scheduler, ServerLoad
 
 from .virtual import CACHE_INFO, Client, VirtualJob, World, _View
@@ -91,6 +92,23 @@ class PolicyClient(Client):
             return True
         return v.tail == self.model
 
+    def _owner(self, v: _View, warm: Optional[bool]) -> Optional[str]:
+        """Whose models are there, as the dispatcher tells it (core.cache_view): nobody's once
+        the server has been idle for IDLE_FREE_S."""
+        if warm is None:
+            return None
+        if warm:
+            return self.model
+        if v.empty_since is not None and self.world.now - v.empty_since >= IDLE_FREE_S:
+            return None
+        return v.tail
+
+    @staticmethod
+    def _taken(v: _View) -> Optional[VirtualJob]:
+        if v.running is not None:
+            return v.running
+        return v.queued[-1] if v.queued else None
+
     def _wake(self) -> None:
         if self.world.now >= self._wake_at:
             self._wake_at = float("inf")
@@ -114,7 +132,7 @@ class PolicyClient(Client):
                 ours_running_since=v.running_since if v.running is not None else None,
                 busy_since=v.busy_since,
                 warm=warm,
-                cache_owner=None if warm is None else self.model if warm else v.tail,
+                cache_owner=self._owner(v, warm),
             )
             for v, warm in ((v, self._warm(v)) for v in self.views.values())
         ]
@@ -124,7 +142,8 @@ class PolicyClient(Client):
             self.cpu_s += time.process_time() - t0
         for name in chosen:
             self.submit(name)
-        taken = [self.views[name].running for name in self.scheduler.withdrawals]
+        # a running first frame, or one still queued behind another workflow's work
+        taken = [self._taken(self.views[name]) for name in self.scheduler.withdrawals]
         for job in taken:
             if job is not None:
                 self.withdraw(job)
