@@ -135,8 +135,10 @@ def test_demo_runs_headless():
     assert out.returncode == 0, out.stderr
     # what the demo promises: every frame done into a sequence, the per-server table, the speed-up
     assert re.search(r"^6 done, kept in \S+shot010_comfy\.####\.png", out.stdout, re.M), out.stdout
-    rows = re.findall(r"^(sim-[0-9.]+x)\s+(\d+)\s+[0-9.]+ s$", out.stdout, re.M)
-    assert sum(int(n) for _, n in rows) == 6 and len(rows) == 3, rows
+    rows = re.findall(r"^(sim-[0-9.]+x)\s+(\d+)\s+[0-9.]+ s\s+(?:-|\d+(?: \([0-9.]+ s\))?)$", out.stdout, re.M)
+    # 6 short frames: spread over the two faster servers at least (the slowest is worth its
+    # probe only when the plan says so)
+    assert sum(int(n) for _, n in rows) == 6 and len(rows) >= 2, rows
     assert re.search(r"cluster speed-up [0-9.]+x", out.stdout), out.stdout
 
 

@@ -277,3 +277,20 @@ def test_a_queued_cold_probe_behind_another_workflow_is_taken_back_once_a_server
     alone.job_finished("a", 0.0, 3.0, setup_s=2.0, cold=True)
     alone.plan([_ld("a", warm=True, at=3.0), _ld("b", queue=1, queued=1, at=3.0)], 8)
     assert alone.withdrawals == []
+
+
+def test_the_summary_says_where_the_models_were_loaded_and_how_long_it_took(start_sims, tmp_path):
+    """The CLI summary (and BatchSnapshot.loads for the panel and the node) names the servers
+    that loaded the workflow's models for this batch, how often and for how long."""
+    from nuke_comfy_cluster.cli.progress import summary_table
+    from nuke_comfy_cluster.core.api import Cluster
+
+    (sim,) = start_sims([1.0], seconds=0.05, extra_args=["--load-seconds", "0.5"])
+    with Cluster.from_servers(sim_configs([sim]), ledger=False) as cluster:
+        snap = cluster.submit_frames(TXT2IMG, range(1, 4), output_dir=str(tmp_path), sequence_name="s").wait(60)
+    assert snap.state == "done", snap.message
+    ((server, count, seconds),) = snap.loads
+    assert server == "sim0" and count == 1 and 0.4 < seconds < 3.0, snap.loads
+    table = summary_table(snap).splitlines()
+    assert table[0].split() == ["SERVER", "FRAMES", "MEAN", "FRAME", "TIME", "MODEL", "LOADS"]
+    assert table[1].split()[:2] == ["sim0", "3"] and table[1].endswith(f"1 ({seconds:.1f} s)"), table

@@ -293,11 +293,15 @@ def summary_table(snap: BatchSnapshot, stopped_by: str = "", last_message: str =
         if j.state is JobState.DONE and j.server and j.started_at and j.finished_at:
             per.setdefault(j.server, []).append(j.finished_at - j.started_at)
     lines: List[str] = []
+    loads = {server: (n, seconds) for server, n, seconds in snap.loads}
     if per:
-        lines.append("SERVER        FRAMES  MEAN FRAME TIME")
-        for name in sorted(per):
-            times = per[name]
-            lines.append(f"{name:<13} {len(times):>6}  {sum(times) / len(times):>8.2f} s")
+        lines.append("SERVER        FRAMES  MEAN FRAME TIME  MODEL LOADS")
+        for name in sorted(set(per) | set(loads)):
+            times = per.get(name, [])
+            mean = f"{sum(times) / len(times):>8.2f} s" if times else "       - "
+            n, seconds = loads.get(name, (0, 0.0))
+            load = (f"{n} ({seconds:.1f} s)" if seconds else str(n)) if n else "-"
+            lines.append(f"{name:<13} {len(times):>6}  {mean}         {load}")
     head = outcome(snap, stopped_by, last_message).text()
     where = where_results_are(snap)
     if where:

@@ -62,6 +62,7 @@ class DeliveryMixin:
                 sched.job_finished(server.name, started_at, job.server_done_mono, setup_s=setup_s, cold=cold)
                 if cold:
                     batch.loads[server.name] = batch.loads.get(server.name, 0.0) + (setup_s or 0.0)
+                    batch.load_counts[server.name] = batch.load_counts.get(server.name, 0) + 1
                     log.info(
                         "%s: %s loaded the models for %s (%.1f s)", batch.name, server.name, job.label, setup_s or 0.0
                     )

@@ -323,6 +323,9 @@ class BatchSnapshot:
     sequence_name: Optional[str] = None
     existed: Tuple[int, ...] = ()  # frames of the sequence that were there before (overwritten)
     detached: bool = False  # the client let go before the end: resume it to finish
+    #: (server, model loads, seconds they took) for the servers where frames of this batch
+    #: loaded the workflow's models (cold starts); the seconds are 0 when not timed
+    loads: Tuple[Tuple[str, int, float], ...] = ()
 
     @property
     def sequences(self) -> Tuple[SequenceInfo, ...]:
@@ -437,6 +440,7 @@ class Batch:
         self.static_nodes: FrozenSet[str] = frozenset()
         #: per server: seconds spent loading models for this batch (setup of cold starts)
         self.loads: Dict[str, float] = {}
+        self.load_counts: Dict[str, int] = {}  # per server: how many of its frames loaded them
         self.existed: Tuple[int, ...] = ()
         self.lock_file: Any = None  # the SequenceLock held while the batch writes its sequence
         self.ledger_writer: Any = None  # the batch's BatchWriter in the ledger, when kept there
@@ -492,6 +496,7 @@ class Batch:
                 sequence_name=self.sequence_name,
                 existed=self.existed,
                 detached=self.detached,
+                loads=tuple((s, n, round(self.loads.get(s, 0.0), 3)) for s, n in sorted(self.load_counts.items())),
             )
 
     def changed(self) -> None:

@@ -87,11 +87,16 @@ def batch_servers_text(snap: BatchSnapshot) -> str:
 
 
 def batch_servers_tooltip(snap: BatchSnapshot) -> str:
+    """Each server's frames, then where the batch loaded its models and for how long."""
     per: Dict[str, List[str]] = {}
     for job in snap.jobs:
         if job.server:
             per.setdefault(job.server, []).append(f"{job.label} {job.state.value}")
-    return "\n".join(f"{name}: " + ", ".join(items) for name, items in sorted(per.items()))
+    lines = [f"{name}: " + ", ".join(items) for name, items in sorted(per.items())]
+    for name, count, seconds in snap.loads:
+        took = f", {seconds:.1f} s" if seconds else ""
+        lines.append(f"{name} loaded the models {count}x{took}")
+    return "\n".join(lines)
 
 
 def error_details(error: JobError, job: Optional[JobSnapshot] = None) -> str:

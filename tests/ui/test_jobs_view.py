@@ -325,3 +325,14 @@ def test_running_frames_show_the_sampler_steps(start_sims, make_cluster, make_pa
         assert total == "12" and 0 <= int(done) <= 12, text
     cluster.cancel(panel.batch(batch_id))
     qtbot.waitUntil(lambda: model.batches()[0].finished, timeout=20000)
+
+
+def test_the_servers_tooltip_says_where_the_models_were_loaded():
+    from dataclasses import replace
+
+    from nuke_comfy_cluster.ui.jobs_view import batch_servers_tooltip
+
+    jobs = [_job(0, "done", "gpu-a"), _job(1, "done", "gpu-b")]
+    snap = replace(_batch(jobs), loads=(("gpu-a", 1, 4.2), ("gpu-b", 2, 0.0)))
+    lines = batch_servers_tooltip(snap).splitlines()
+    assert lines[-2:] == ["gpu-a loaded the models 1x, 4.2 s", "gpu-b loaded the models 2x"]
