@@ -40,6 +40,18 @@ CLIENT = textwrap.dedent(
 )
 
 
+def render_log(procs):
+    """Every successful render of ours: (server port, ncc_job, attempt, start ms), for messages."""
+    out = []
+    for proc in procs:
+        for entry in requests.get(proc.url + "/history", timeout=5).json().values():
+            extra = entry["prompt"][3]
+            if entry["status"]["status_str"] == "success" and "ncc_job" in extra:
+                start = dict((m[0], m[1]) for m in entry["status"]["messages"]).get("execution_start", {})
+                out.append((proc.port, extra["ncc_job"][:8], extra.get("ncc_attempt", "")[:8], start.get("timestamp")))
+    return sorted(out, key=lambda r: (r[1], r[3] or 0))
+
+
 def renders_per_job(procs):
     counts = {}
     for proc in procs:
@@ -157,4 +169,4 @@ def test_submit_resume_with_the_same_arguments_continues_a_killed_cli_run(start_
     assert "resuming batch" in again.stderr
     assert_own_frames(str(out), "shot", range(1, 11), 11)
     counts = renders_per_job(procs)
-    assert len(counts) == 10 and max(counts.values()) == 1, counts
+    assert len(counts) == 10 and max(counts.values()) == 1, (counts, render_log(procs), again.stderr[-3000:])

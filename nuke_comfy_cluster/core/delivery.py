@@ -431,8 +431,11 @@ def _stale(path: str, record: Dict[str, Any]) -> bool:
         age = time.time() - os.stat(path).st_mtime
     except OSError:
         return True
-    if os.name != "nt" and record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-        return not _alive(record["pid"])
+    pid = record.get("pid")
+    # a pid no process can have (a damaged or hand-edited lock) tells nothing: judged by its age
+    valid = isinstance(pid, int) and 0 < pid < 2**31
+    if os.name != "nt" and record.get("host") == socket.gethostname() and valid:
+        return not _alive(pid)
     return age > SequenceLock.STALE_S
 
 

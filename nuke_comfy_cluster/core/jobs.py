@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Set, Tuple
 
 from .errors import ClusterError, WorkflowError
 from .state import JobState
@@ -147,13 +147,30 @@ class JobSnapshot(NamedTuple):
         }
 
 
-_UNTRACKED = frozenset({"_snap", "ledger_dirty"})
+_UNTRACKED = frozenset({"_snap", "ledger_dirty", "_watch"})
 #: the empty list every new job shares (lists on a job are replaced, never changed in place,
 #: so that a change always passes through __setattr__; 100,000 jobs need no 400,000 lists)
 _NONE: Tuple[Any, ...] = ()
 #: changes too frequent or too transient for the batch ledger (it keeps states, not progress)
 _NOT_LEDGERED = frozenset(
     {"node_marks", "cached_nodes", "ended_at", "last_news", "current_node", "progress_value", "progress_max"}
+)
+
+
+#: Job attributes that start as None
+_EMPTY_AT_START = (
+    "server",
+    "prompt_id",
+    "attempt_token",
+    "sent_digest",
+    "current_node",
+    "queued_at",
+    "started_at",
+    "started_mono",
+    "server_done_mono",
+    "finished_at",
+    "error",
+    "ended_at",
 )
 
 
@@ -166,6 +183,7 @@ class Job:
 
     __slots__ = (
         "_snap",
+        "_watch",
         "ledger_dirty",
         "id",
         "index",
@@ -214,42 +232,39 @@ class Job:
     ) -> None:
         if prompt is None and factory is None:
             raise ValueError("a job needs a prompt or a prompt factory")
-        self._snap: Optional[JobSnapshot] = None
-        self.ledger_dirty = True
-        self.id = uuid.uuid4().hex
-        self.index = index
-        self._prompt = prompt
-        self._factory = factory
-        self.label = label or (str(frame) if frame is not None else f"job {index}")
-        self.frame = frame
-        self.iteration = iteration
-        self.seed = seed
-        self.state = JobState.PENDING
-        self.server: Optional[str] = None
-        self.prompt_id: Optional[str] = None
-        self.attempt_token: Optional[str] = None  # marks our prompt in /queue extra_data
-        self.sent_digest: Optional[str] = None  # what this attempt's render must carry
-        self.attempts = 0
-        self.collisions = 0  # renders lost to another prompt writing the same file name
-        self.failed_servers: List[str] = _NONE  # type: ignore[assignment]  # replaced, never mutated
-        self.progress_value = 0.0
-        self.progress_max = 0.0
-        self.current_node: Optional[str] = None
-        self.queued_at: Optional[float] = None
-        self.started_at: Optional[float] = None
-        self.started_mono: Optional[float] = None
-        #: when the server reported success; results may still be on their way to us
-        self.server_done_mono: Optional[float] = None
-        self.finished_at: Optional[float] = None
-        self.outputs: List[OutputFile] = _NONE  # type: ignore[assignment]
-        self.error: Optional[JobError] = None
-        self.history: List[str] = _NONE  # type: ignore[assignment]  # earlier attempts' failures, oldest first
-        #: this attempt's ``executing`` marks (node, wall time), the nodes it had cached, its end
-        self.node_marks: List[Tuple[str, float]] = _NONE  # type: ignore[assignment]
-        self.cached_nodes: Tuple[str, ...] = ()
-        self.ended_at: Optional[float] = None
-        self.last_news: float = time.monotonic()
-        self.cancel_requested = False
+        # Set through object.__setattr__: a new job has nothing to track yet, and a
+        # 100,000-frame batch makes 100,000 of these (the tracking costs 5x the job).
+        put = object.__setattr__
+        put(self, "_snap", None)
+        put(self, "_watch", None)  # (its batch's set of changed positions, its position there)
+        put(self, "ledger_dirty", True)
+        put(self, "id", uuid.uuid4().hex)
+        put(self, "index", index)
+        put(self, "_prompt", prompt)
+        put(self, "_factory", factory)
+        put(self, "label", label or (str(frame) if frame is not None else f"job {index}"))
+        put(self, "frame", frame)
+        put(self, "iteration", iteration)
+        put(self, "seed", seed)
+        put(self, "state", JobState.PENDING)
+        for name in _EMPTY_AT_START:
+            put(self, name, None)
+        put(self, "attempts", 0)
+        put(self, "collisions", 0)  # renders lost to another prompt writing the same file name
+        # lists are replaced, never mutated: one shared empty tuple until the first change
+        for name in ("failed_servers", "outputs", "history", "node_marks"):
+            put(self, name, _NONE)
+        put(self, "progress_value", 0.0)
+        put(self, "progress_max", 0.0)
+        put(self, "cached_nodes", ())
+        put(self, "last_news", time.monotonic())
+        put(self, "cancel_requested", False)
+
+    # Attribute notes (what the slots hold): attempt_token marks our prompt in /queue
+    # extra_data; sent_digest is what this attempt's render must carry; server_done_mono
+    # is when the server reported success (results may still be on their way); history
+    # holds earlier attempts' failures, oldest first; node_marks / cached_nodes / ended_at
+    # are this attempt's ``executing`` marks (node, wall time), cached nodes and end.
 
     def __setattr__(self, name: str, value: Any) -> None:
         # any change makes the cached snapshot stale (snapshots of 100,000 jobs stay cheap);
@@ -257,6 +272,9 @@ class Job:
         object.__setattr__(self, name, value)
         if name not in _UNTRACKED:
             object.__setattr__(self, "_snap", None)
+            watch = self._watch
+            if watch is not None:
+                watch[0].add(watch[1])
             if name not in _NOT_LEDGERED:
                 object.__setattr__(self, "ledger_dirty", True)
 
@@ -454,6 +472,15 @@ class Batch:
         self._listeners: List[BatchListener] = []
         self.cancel_requested = False
         self.detached = False
+        # Snapshots are made often (every change observers see) and a batch may hold
+        # 100,000 jobs: each job marks its position here when it changes, and a snapshot
+        # takes only those again (see snapshot()).
+        self._changed: Set[int] = set()
+        self._snaps: Optional[List[JobSnapshot]] = None
+        self._first_open = 0  # no job before this position is unfinished (as of the last snapshot)
+        self._with_error: Set[int] = set()  # positions of jobs that carry an error
+        for i, job in enumerate(jobs):
+            object.__setattr__(job, "_watch", (self._changed, i))
 
     def detach(self, message: str) -> None:
         """The client lets go of an unfinished batch (its prompts may still render): wake waiters."""
@@ -473,13 +500,45 @@ class Batch:
             if callback in self._listeners:
                 self._listeners.remove(callback)
 
+    def _refresh(self) -> List[JobSnapshot]:
+        """The jobs' snapshots, taking again only those changed since the last call."""
+        snaps = self._snaps
+        if snaps is None:
+            self._changed.clear()
+            snaps = self._snaps = [j.snapshot() for j in self.jobs]
+            self._with_error = {i for i, j in enumerate(snaps) if j.error is not None}
+            return snaps
+        changed = self._changed
+        first_open = self._first_open
+        while changed:
+            try:
+                i = changed.pop()  # atomic: the dispatcher may add while we take
+            except KeyError:
+                break
+            snap = snaps[i] = self.jobs[i].snapshot()
+            if snap.error is not None:
+                self._with_error.add(i)
+            else:
+                self._with_error.discard(i)
+            if i < first_open and not snap.state.finished:
+                first_open = i  # back to waiting (Retry failed, a resume)
+        self._first_open = first_open
+        return snaps
+
     def snapshot(self) -> BatchSnapshot:
         with self.lock:
-            jobs = tuple(j.snapshot() for j in self.jobs)
-            if self.finished_at is None and all(j.state.finished for j in jobs):
+            snaps = self._refresh()
+            n = len(snaps)
+            k = self._first_open
+            while k < n and snaps[k].state.finished:
+                k += 1
+            self._first_open = k
+            jobs = tuple(snaps)
+            if self.finished_at is None and k >= n:
                 self.finished_at = max((j.finished_at or 0.0 for j in jobs), default=0.0) or time.time()
             seen = {}
-            for j in jobs:
+            for i in sorted(self._with_error):
+                j = snaps[i]
                 if j.error is not None and j.error.kind != "cancelled" and j.error.key not in seen:
                     seen[j.error.key] = j.error
             return BatchSnapshot(
