@@ -86,6 +86,29 @@ _INTEGRATION_DISPATCH = (
     "tests/test_load.py::test_many_frames_many_clients_nothing_lost_nothing_left_behind",
 )
 
+_SCHEDULER_UNITS = (
+    "tests/test_scheduler_units.py",
+    "tests/test_scheduler_plan.py",
+    "tests/test_scheduler_learning.py",
+    "tests/test_scheduler_affinity.py",
+)
+
+#: delivery and results, unit by unit (no simulator): they kill most mutants of ``results`` in seconds
+_RESULTS_UNITS = ("tests/test_delivery_units.py", "tests/test_results_units.py")
+#: the health check's rules, on a dispatcher whose loop is not started (no simulator)
+_RECOVERY_UNITS = tuple(
+    "tests/test_recovery_promises.py::" + name
+    for name in (
+        "test_a_silent_job_is_looked_up_after_twice_its_expected_time",
+        "test_without_the_websocket_push_a_job_is_looked_up_after_the_status_ttl",
+        "test_a_server_that_stopped_answering_is_looked_up_at_once",
+        "test_only_jobs_queued_or_running_there_are_checked",
+        "test_a_job_on_a_server_removed_from_the_configuration_goes_back_to_pending",
+        "test_orphans_are_looked_for_only_on_servers_that_answer",
+        "test_orphans_of_a_server_removed_from_the_configuration_are_forgotten",
+    )
+)
+
 MODULES: Dict[str, Module] = {
     "paths": Module(
         (CORE + "paths.py",),
@@ -93,30 +116,34 @@ MODULES: Dict[str, Module] = {
         ("tests/test_paths.py", "tests/test_file_safety.py"),
     ),
     "scheduler": Module(
-        (CORE + "scheduler.py",),
-        ("tests/test_scheduler.py",),
-        ("tests/test_scheduler.py",),
+        (CORE + "scheduler.py", CORE + "scheduler_costs.py", CORE + "scheduler_affinity.py"),
+        ("tests/test_scheduler.py",) + _SCHEDULER_UNITS,
+        ("tests/test_scheduler.py",) + _SCHEDULER_UNITS,
         always=("tests/test_benchmark_claims.py::test_scheduler_benchmark_rows",),
     ),
     "results": Module(
         (CORE + "results.py", CORE + "delivery.py"),
-        ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers") + _INTEGRATION_DISPATCH,
-        ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers"),
+        _RESULTS_UNITS
+        + ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers")
+        + _INTEGRATION_DISPATCH,
+        _RESULTS_UNITS + ("tests/test_file_safety.py", "tests/test_fuzz.py::test_history_parsers"),
         budget=180.0,
     ),
     "recovery": Module(
         (CORE + "recovery.py",),
-        _INTEGRATION_DISPATCH
+        ("tests/test_recovery_promises.py",)
+        + _INTEGRATION_DISPATCH
         + (
             "tests/test_faults.py::test_every_frame_is_delivered_once",
             "tests/test_file_safety.py::test_a_batch_from_a_hostile_server_fails_clearly_and_writes_only_inside",
         ),
-        ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
+        _RECOVERY_UNITS + ("tests/test_faults.py::test_a_flood_of_loop_steps_loses_none",),
         budget=240.0,
     ),
     "dispatch": Module(
-        (CORE + "dispatch.py",),
-        _INTEGRATION_DISPATCH
+        (CORE + "dispatch.py", CORE + "admission.py", CORE + "delivering.py", CORE + "setup_aware.py"),
+        ("tests/test_dispatch_units.py", "tests/test_dispatch_promises.py", "tests/test_setup_aware.py")
+        + _INTEGRATION_DISPATCH
         + (
             "tests/test_faults.py::test_every_frame_is_delivered_once",
             "tests/test_file_safety.py::test_a_batch_from_a_hostile_server_fails_clearly_and_writes_only_inside",
@@ -133,6 +160,8 @@ MODULES: Dict[str, Module] = {
 QUICK_MODULES = ("paths", "scheduler")
 QUICK_SAMPLE = 40
 
+_VIEW_SET_BEFORE_READ = "_views (or _list_schedule, for base) sets it on every view that reads it before it is read"
+
 #: (module, the mutated line as written, mutation) -> why the program behaves the same. Keyed
 #: by text, not line number, so the list survives edits elsewhere in the file; where two lines
 #: read the same, the key is "previous line / line".
@@ -147,6 +176,191 @@ EQUIVALENT: Dict[Tuple[str, str, str], str] = {
     ("recovery", "if not snap.live and quiet > self.pool.status_ttl:", "> -> >="): (
         "two clock readings are never exactly equal: > and >= differ only on a set of measure zero"
     ),
+    ("scheduler", "self.setup = 0.0  # what a cold start costs us there", "statement dropped"): (
+        "_views sets setup on every view with a frame time before it is read; views without one never read it"
+    ),
+    ("scheduler", "self.setup = 0.0  # what a cold start costs us there", "0.0 -> 1.0"): (
+        "_views sets setup on every view with a frame time before it is read; views without one never read it"
+    ),
+    ("scheduler", "self.dev = 0.0  # its mean absolute deviation", "statement dropped"): (
+        "_views sets dev on every view with a frame time before it is read; views without one never read it"
+    ),
+    ("scheduler", "self.dev = 0.0  # its mean absolute deviation", "0.0 -> 1.0"): (
+        "_views sets dev on every view with a frame time before it is read; views without one never read it"
+    ),
+    ("scheduler", "self._uses += 1", "1 -> 2"): (
+        "use counters are only compared with each other (least recently used first): steps of 2 keep the order"
+    ),
+    ("scheduler", "self.dev = 0.0", "statement dropped"): (
+        "_Mean.dev is set by the first sample (or by seed) and read only when there are samples"
+    ),
+    ("scheduler", "self.dev = 0.0", "0.0 -> 1.0"): (
+        "_Mean.dev is set by the first sample (or by seed) and read only when there are samples"
+    ),
+    ("scheduler", "if worst is None or ft > worst:", "> -> >="): (
+        "on a tie the slowest frame time is replaced by the same value"
+    ),
+    ("scheduler", "end = math.inf", "statement dropped"): (
+        "_fluid_end is only called with at least one server: the loop sets end before it is read"
+    ),
+    ("scheduler", "if finished and finished[-1] > load.observed_at:", "> -> >="): (
+        "a finish heard at the very clock reading of the queue observation: two readings are never equal"
+    ),
+    ("scheduler", "heard = sum(1 for t in finished if t > load.observed_at)", "> -> >="): (
+        "a finish heard at the very clock reading of the queue observation: two readings are never equal"
+    ),
+    ("scheduler", "v.others = others if others > 0 else 0", "> -> >="): "others == 0 gives 0 either way",
+    ("scheduler", "head = last if head is None or last > head else head", "> -> >="): (
+        "on a tie head is replaced by the same value"
+    ),
+    ("scheduler", "cold.discard(name)", "statement dropped"): (
+        "marking the same server's cold send again sets the same flag (the set only saves a lookup)"
+    ),
+    ("scheduler", "if not foreign_views: / return wake", "return x -> return None"): (
+        "wake is only set where a view is also made foreign, so with no foreign view it is None here"
+    ),
+    ("scheduler", "if abs(x - n) <= _TIE and v.key >= me.key:", ">= -> >"): (
+        "keys end with the server name, so two different views never have equal keys"
+    ),
+    ("scheduler", "return total, 0.0  # as a client that cannot tell would learn it", "0.0 -> 1.0"): (
+        "with no setup share the setup part is read only when the cold run exceeds its frame part, which it equals"
+    ),
+    ("scheduler", "setup_samples: int = 0", "0 -> 1"): (
+        "seed counts a seeded setup as at least one sample; costs() and cost_store always pass it"
+    ),
+    ("scheduler", "v.cap = 1", "statement dropped"): "a view's cap starts at 1",
+    ("scheduler", "if rank >= limit:", ">= -> >"): (
+        "an early exit: counting on can only raise the rank, and callers only compare it with the limit"
+    ),
+    ("scheduler", "if not servers or (pending <= 0 and not self._withdraw):", "<= -> <"): (
+        "with nothing waiting every later step of plan is gated by pending > 0 (or by withdraw_probes)"
+    ),
+    ("scheduler", "if v.warm or v.setup <= 0.0 or now >= grace:", "<= -> <"): (
+        "a view without a setup keeps warm = True (it is only set where there is a setup): the first clause holds"
+    ),
+    ("scheduler", "if abs(x - n) <= _TIE and v.key >= me.key:", "<= -> <"): (
+        "differs only when x is exactly _TIE away from an integer: a set of measure zero"
+    ),
+    (
+        "scheduler",
+        "self.probation = True  # one frame at a time until a job of ours succeeds there",
+        "True -> False",
+    ): (
+        "read only once a frame time is known, and everything that makes one known sets it first "
+        "(learn_from reads another batch's initial value only for a server neither batch has timed)"
+    ),
+    (
+        "scheduler",
+        "self.avail = 0.0  # clock time the server should have worked off everything it holds",
+        "statement dropped",
+    ): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.avail = 0.0  # clock time the server should have worked off everything it holds",
+        "0.0 -> 1.0",
+    ): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.others = 0", "statement dropped"): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.others = 0", "0 -> 1"): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.cap = 1", "statement dropped"): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.cap = 1", "1 -> 2"): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.thr = 0.0  # send a frame once its planned start is closer than this",
+        "statement dropped",
+    ): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.thr = 0.0  # send a frame once its planned start is closer than this",
+        "0.0 -> 1.0",
+    ): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.key: Tuple[int, int, str] = (load.priority, 0, name)",
+        "statement dropped",
+    ): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.key: Tuple[int, int, str] = (load.priority, 0, name)", "0 -> 1"): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.base = 0.0  # avail + first, set by the list schedule",
+        "statement dropped",
+    ): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.base = 0.0  # avail + first, set by the list schedule", "0.0 -> 1.0"): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.anchored = True", "statement dropped"): _VIEW_SET_BEFORE_READ,
+    ("scheduler", "self.anchored = True", "True -> False"): _VIEW_SET_BEFORE_READ,
+    (
+        "scheduler",
+        "self.takeover_at = 0.0  # when we may take it over if we have nothing running",
+        "statement dropped",
+    ): ("read only for a blocked view, and _apply_affinity sets takeover_at wherever it sets blocked"),
+    ("scheduler", "self.takeover_at = 0.0  # when we may take it over if we have nothing running", "0.0 -> 1.0"): (
+        "read only for a blocked view, and _apply_affinity sets takeover_at wherever it sets blocked"
+    ),
+    # results (delivery.py): the program behaves the same
+    ("results", "return [_normal(v) for v in value] / return value", "return x -> return None"): (
+        "prompts are JSON: dict, list, str, number, bool and null all return earlier; nothing else reaches it"
+    ),
+    ("results", "while pos + 8 <= len(data):", "<= -> <"): (
+        "only a chunk header ending exactly at the end of the file differs: its body is empty, it holds no prompt"
+    ),
+    ("results", "while pos + 8 <= len(data):", "8 -> 9"): (
+        "only a chunk header ending exactly at the end of the file differs: its body is empty, it holds no prompt"
+    ),
+    ("results", "except (ValueError, zlib.error, IndexError): / continue", "statement dropped"): (
+        "the continue ends the loop body anyway"
+    ),
+    ("results", "return age > SequenceLock.STALE_S", "> -> >="): (
+        "two clock readings are never exactly equal: > and >= differ only on a set of measure zero"
+    ),
+    ("results", "except ProcessLookupError: / return False", "return x -> return None"): (
+        "the only caller negates the result: None and False alike mean the owner is gone"
+    ),
+    ("results", "except OSError: / return False", "return x -> return None"): (
+        "os.kill(pid, 0) with an int pid raises only ProcessLookupError or PermissionError (caught before)"
+    ),
+    ("results", "except OSError: / return False", "False -> True"): (
+        "os.kill(pid, 0) with an int pid raises only ProcessLookupError or PermissionError (caught before)"
+    ),
+    ("results", "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)", "420 -> 421"): (
+        "only the others-execute bit of the lock file changes; the lock is read and written, never executed"
+    ),
+    (
+        "results",
+        "return sorted(ids, key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))",
+        "1 -> 2",
+    ): "numeric ids still sort before the others (0 < 2), in the same order",
+    (
+        "results",
+        "return sorted(ids, key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))",
+        "0 -> 1",
+    ): "(the 0 of non-numeric keys) all non-numeric keys share it: they still sort by name after the numbers",
+    (
+        "results",
+        'return os.path.join(output_dir, STAGING, batch_id[:12], f"{job_id[:12]}-{token[:8]}")',
+        "12 -> 13",
+    ): "(the job id's share) one more character of a random id: still one private folder per attempt, removed "
+    "with its batch's folder",
+    (
+        "results",
+        'return os.path.join(output_dir, STAGING, batch_id[:12], f"{job_id[:12]}-{token[:8]}")',
+        "8 -> 9",
+    ): "one more character of a random token: still one private folder per attempt, removed with its batch's folder",
+    (
+        "results",
+        'time.strftime("%H:%M", time.localtime(float(other.get("since", 0) or 0))),',
+        "0 -> 1",
+    ): "a lock without its start time shows the epoch's minute either way (0 s and 1 s after it)",
+    # recovery: the program behaves the same
+    ("recovery", "stale_servers.add(job.server) / continue", "statement dropped"): (
+        "the rest of the loop body can only add the same server to the same set again"
+    ),
+    ("recovery", "elif quiet > limit:", "> -> >="): (
+        "two clock readings are never exactly equal: > and >= differ only on a set of measure zero"
+    ),
+    (
+        "recovery",
+        "reason = user_message(failure) if isinstance(failure, ClusterError) else str(failure)",
+        "if x -> if not x",
+    ): "every error a look-up raises names its server in its message or names no server: user_message == str",
 }
 
 
