@@ -280,6 +280,8 @@ def run_load(
             "status_per_s_per_client_server": round(status / elapsed / clients / sims, 3) if elapsed else None,
             "reconcile_per_s": round(reconcile / elapsed, 2) if elapsed else None,
             "submits": counts.get("POST prompt", 0),
+            # first frames the scheduler took back (sent again elsewhere on purpose)
+            "taken_back": sum(c.dispatcher.taken_back for c in clusters),
             "downloads": counts.get("GET view", 0),
             "total_per_frame": round(sum(counts.values()) / frames, 2) if frames else None,
         },

@@ -35,8 +35,11 @@ def test_many_frames_many_clients_nothing_lost_nothing_left_behind():
     assert threads["ncc_names_left"] == [], threads  # closing a cluster ends its threads
 
     requests = r["requests"]
-    assert requests["submits"] == FRAMES  # nothing resent
-    assert requests["by_route"].get("GET queue", 0) == 0  # no /queue polling in the dispatch loop
+    # nothing resent, but for first frames the scheduler took back on purpose (each counted)
+    assert requests["submits"] == FRAMES + requests["taken_back"], requests
+    # no /queue polling in the dispatch loop: a workflow without loaders asks /queue only to
+    # take a first frame back (one look, a second after a delete)
+    assert requests["by_route"].get("GET queue", 0) <= 2 * requests["taken_back"], requests
     if sys.platform.startswith("linux"):
         # generous: the point is "not per frame" (a leak of one result per frame is >1 MB here)
         assert r["rss_mb"]["growth_per_100_frames_after_warmup"] < 2.0, r["rss_mb"]

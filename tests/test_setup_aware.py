@@ -294,3 +294,29 @@ def test_the_summary_says_where_the_models_were_loaded_and_how_long_it_took(star
     table = summary_table(snap).splitlines()
     assert table[0].split() == ["SERVER", "FRAMES", "MEAN", "FRAME", "TIME", "MODEL", "LOADS"]
     assert table[1].split()[:2] == ["sim0", "3"] and table[1].endswith(f"1 ({seconds:.1f} s)"), table
+
+
+def test_a_first_frame_with_a_trivial_setup_is_never_taken_back():
+    """An unchanging cheap node (an EmptyImage) counts as setup too; with a setup that small a
+    first frame is just a frame, and taking it back would only send it twice."""
+    clock = [0.0]
+    s = _sched(clock, spread=0.0, withdraw_probes=True)
+    s.plan([_ld("a"), _ld("b")], 4)
+    s.job_started("a", 0.0, cold=True)
+    s.job_started("b", 0.0, cold=True)
+    clock[0] = 1.0
+    s.job_finished("a", 0.0, 1.0, setup_s=0.01, cold=True)  # 1 % of the frame
+    clock[0] = 50.0  # b's first frame has run 50 frame times: slow, but no load to blame
+    s.plan([_ld("a", warm=True, at=50.0), _ld("b", queue=1, running_since=0.0, at=50.0)], 0)
+    assert s.withdrawals == []
+    # the same with a real load (half a frame) is taken back
+    t = [0.0]
+    s2 = _sched(t, spread=0.0, withdraw_probes=True)
+    s2.plan([_ld("a"), _ld("b")], 4)
+    s2.job_started("a", 0.0, cold=True)
+    s2.job_started("b", 0.0, cold=True)
+    t[0] = 1.5
+    s2.job_finished("a", 0.0, 1.5, setup_s=0.5, cold=True)
+    t[0] = 50.0
+    s2.plan([_ld("a", warm=True, at=50.0), _ld("b", queue=1, running_since=0.0, at=50.0)], 0)
+    assert s2.withdrawals == ["b"]

@@ -128,6 +128,7 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin, SetupAwareMixin):
         self._last_check = 0.0
         self._running = False
         self.ignored_late_results = 0  # counted for the fault benchmarks
+        self.taken_back = 0  # first frames taken back to go elsewhere (setup_aware), for the benchmarks
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:

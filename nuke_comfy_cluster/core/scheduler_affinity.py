@@ -40,6 +40,8 @@ __all__ = ["AffinityMixin", "SOMEONE"]
 
 # A server another workflow has kept t seconds is expected to stay its for this times t.
 _HELD_AGAIN = 1.0
+# Probes are taken back only when the setup is at least this share of a frame time.
+_MIN_WITHDRAW_SHARE = 0.25
 # Setups another workflow may keep a server it holds beyond its fair share.
 _REBALANCE_HOLD = 2.0
 
@@ -161,7 +163,10 @@ class AffinityMixin:
         from an earlier one are a hint, not a measurement).
         """
         share = self._setup_share()
-        if share is None:
+        if share is None or share < _MIN_WITHDRAW_SHARE:
+            # No setup worth the name (an unchanging cheap node is "setup" too): a first
+            # frame is just a frame, and a lower bound grown by 1 / share from a few
+            # milliseconds of it would take back frames that are nearly done.
             return []
         out = self._queued_probes_to_withdraw(views)
         probes = [

@@ -238,6 +238,11 @@ class LearningMixin:
         for name, theirs in other._est.items():
             if name in self._est and name not in before and theirs.probation:
                 self._est[name].probation = True  # it failed there last and never recovered
+        for name, est in self._est.items():
+            if name not in before and other._measured_here(name):
+                # measured by this session's previous batch moments ago: not a hint from an
+                # earlier session, so its first frame here is no probe to take back
+                est.seeded = 0
 
     def failures(self, server: str) -> int:
         est = self._est.get(server)

@@ -37,6 +37,7 @@ class SetupAwareMixin:
     _cache: Dict[str, CacheView]
     _setup_items: Dict[str, FrozenSet[LoaderItem]]
     _withdrawing: Dict[str, str]  # job id -> its batch id, while it is being taken back
+    taken_back: int
 
     # -- cache state ------------------------------------------------------------------
     def _cache_state(
@@ -150,6 +151,7 @@ class SetupAwareMixin:
             self._by_prompt.pop(job.prompt_id, None)
         if job.attempt_token:
             self._by_token.pop(job.attempt_token, None)
+        self.taken_back += 1
         with batch.lock:
             job.history = list(job.history) + [f"taken back from {job.server}: other servers finish sooner"]
             job.attempts = max(0, job.attempts - 1)
