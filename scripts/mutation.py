@@ -141,7 +141,14 @@ MODULES: Dict[str, Module] = {
         budget=240.0,
     ),
     "dispatch": Module(
-        (CORE + "dispatch.py", CORE + "admission.py", CORE + "delivering.py", CORE + "setup_aware.py"),
+        (
+            CORE + "dispatch.py",
+            CORE + "planning.py",
+            CORE + "submitting.py",
+            CORE + "admission.py",
+            CORE + "delivering.py",
+            CORE + "setup_aware.py",
+        ),
         ("tests/test_dispatch_units.py", "tests/test_dispatch_promises.py", "tests/test_setup_aware.py")
         + _INTEGRATION_DISPATCH
         + (

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import balancing
 from .admission import AdmissionMixin, _fingerprint
@@ -31,54 +31,38 @@ from .cache_view import CacheView, LoaderItem, loader_items
 from .cost_store import CostStore
 from .delivering import DeliveryMixin
 from .delivery import (
-    prompt_digest,
     remove_staging,
     sequence_labels,
 )
 from .errors import (
     ClusterError,
-    ServerError,
-    ServerRejected,
-    ServerUnavailable,
-    WorkflowError,
     user_message,
 )
 from .events import EventType, ServerEvent
 from .jobs import Batch, Job, JobError
 from .ledger import Ledger
 from .node_timing import static_nodes
+from .planning import PlanningMixin, _named
 from .pool import ComfyUIServerPool
-from .protocol import parse_prompt_response, workflow_error_from_execution, workflow_error_from_rejection
+from .protocol import workflow_error_from_execution
 from .recovery import RecoveryMixin, _Orphan
 from .results import (
     outputs_from_node_output,
 )
-from .scheduler import Scheduler, ServerLoad
+from .scheduler import Scheduler
 from .server import ComfyUIServer
 from .setup_aware import SetupAwareMixin, forget_withdrawals
 from .state import JobState
-from .triage import EXECUTION, REJECTION
+from .submitting import SubmitMixin
+from .triage import EXECUTION
 
 log = logging.getLogger(__name__)
 
 #: how long a batch waits for any server to come back before failing what is left
 DEFAULT_WAIT_FOR_SERVERS_S = 300.0
-#: our prompts one server may hold at once when not using the scheduler's window
-SIMPLE_WINDOW = 2
 
 
-def _named(name: str, reason: str) -> str:
-    """``name: reason`` unless the reason already starts with the name."""
-    return reason if reason.startswith(name + ":") else "{}: {}".format(name, reason)
-
-
-def _comfy_rejection(body: Any) -> bool:
-    """ComfyUI's own 4xx answer to ``POST /prompt`` (a validation error) carries ``error`` /
-    ``node_errors``; a reverse proxy's 401/403/413 does not and is no fault of the workflow."""
-    return isinstance(body, dict) and ("error" in body or "node_errors" in body)
-
-
-class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin, SetupAwareMixin):
+class Dispatcher(PlanningMixin, SubmitMixin, AdmissionMixin, DeliveryMixin, RecoveryMixin, SetupAwareMixin):
     """Runs batches on a pool. Start it once; submit batches from any thread."""
 
     def __init__(
@@ -493,313 +477,6 @@ class Dispatcher(AdmissionMixin, DeliveryMixin, RecoveryMixin, SetupAwareMixin):
                     self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
 
         self._call(done)
-
-    # -- planning ---------------------------------------------------------------------
-    def _plan_all(self) -> None:
-        if not self._batches:
-            return
-        now_wall = time.time()
-        now_mono = time.monotonic()
-        snaps = {s.name: s for s in self.pool.server_snapshots()}
-        for batch in list(self._batches):
-            if batch.cancel_requested or batch.checking:
-                continue
-            pending = self._waiting_jobs(batch, limit=max(256, 32 * len(snaps)))
-            sched = self._schedulers.get(batch.id)
-            # a first cold frame may be taken back while nothing waits (setup_aware)
-            if not pending and not (sched is not None and sched.watching):
-                continue
-            names = [batch.pinned] if batch.pinned else list(snaps)
-            usable = [
-                snaps[n] for n in names if n in snaps and snaps[n].is_available(now_wall) and n not in batch.left_out
-            ]
-            if not usable:
-                self._wait_for_servers(batch, pending, snaps, now_wall)
-                continue
-            if batch.id in self._waiting_since:
-                del self._waiting_since[batch.id]
-                batch.message = "Servers are back: continuing"
-                self._touch(batch)
-            loads = []
-            in_flight = self._in_flight(batch)
-            for snap in usable:
-                # a frame being taken back is as good as gone: the server is free in a moment
-                ours = [j for j in in_flight if j.server == snap.name and j.id not in self._withdrawing]
-                # one prompt runs at a time: an older RUNNING one is a missed finish
-                running = sorted(
-                    (j for j in ours if j.state is JobState.RUNNING and j.started_mono is not None),
-                    key=lambda j: j.started_mono or 0.0,
-                )[-1:]
-                age = now_wall - snap.last_status_check if snap.last_status_check else 1e9
-                server = self.pool.get_server_by_name(snap.name)
-                warm, owner = self._cache_state(batch, snap, ours, now_wall)
-                loads.append(
-                    ServerLoad(
-                        name=snap.name,
-                        priority=snap.priority,
-                        queue_remaining=snap.queue_length,
-                        observed_at=now_mono - age,
-                        ours_queued=len(ours) - len(running),
-                        ours_running_since=running[0].started_mono if running else None,
-                        max_in_flight=server.config.max_in_flight if server is not None else 0,
-                        warm=warm,
-                        cache_owner=owner,
-                    )
-                )
-            # Plan only over servers some waiting frame has not failed on: a plan naming the one
-            # server a frame failed on would hold it back forever while the others sit idle.
-            allowed = [ld for ld in loads if any(ld.name not in j.failed_servers for j in pending)]
-            targets = self._targets(batch, allowed or loads, len(pending))
-            for name in targets:
-                job = self._next_job_for(pending, name, anywhere=not allowed)
-                if job is None:
-                    continue
-                pending.remove(job)
-                server = self.pool.get_server_by_name(name)
-                if server is not None:
-                    self._start_submit(batch, job, server)
-
-    def _waiting_jobs(self, batch: Batch, limit: int) -> List[Job]:
-        """The first ``limit`` jobs waiting to be sent, oldest first, without scanning the batch.
-
-        Jobs are sent roughly in order, so a cursor skips those already sent for good;
-        jobs put back to wait (failover, Retry failed) are kept aside and come first.
-        The scheduler needs the exact count only near the end of a batch, where it is exact.
-        """
-        jobs = batch.jobs
-        cur = self._cursor.get(batch.id, 0)
-        while cur < len(jobs) and (jobs[cur].state is not JobState.PENDING or jobs[cur].id in self._submitting):
-            cur += 1
-        self._cursor[batch.id] = cur
-        out: List[Job] = []
-        back = self._requeued.get(batch.id)
-        if back:
-            for job_id, job in list(back.items()):
-                if job.state is not JobState.PENDING:
-                    del back[job_id]
-                elif job.id not in self._submitting and job.index < cur:
-                    out.append(job)
-            out.sort(key=lambda j: j.index)
-        i = cur
-        while i < len(jobs) and len(out) < limit:
-            job = jobs[i]
-            if job.state is JobState.PENDING and job.id not in self._submitting:
-                out.append(job)
-            i += 1
-        return out
-
-    def _put_back(self, batch: Batch, job: Job) -> None:
-        """A job waits again (called wherever a job goes back to PENDING)."""
-        self._requeued.setdefault(batch.id, {})[job.id] = job
-
-    def _in_flight(self, batch: Batch) -> List[Job]:
-        """Our jobs of this batch queued or running on a server, from the routing tables."""
-        # every attempt under way (being sent, queued, running, fetched) is in _by_token
-        return [j for b, j in self._by_token.values() if b is batch and self._occupies_server(j)]
-
-    def _occupies_server(self, job: Job) -> bool:
-        """Queued or running there (a job whose result is being fetched no longer is)."""
-        if job.id in self._submitting:
-            return True
-        return job.state in (JobState.SUBMITTED, JobState.RUNNING) and job.server_done_mono is None
-
-    def _targets(self, batch: Batch, loads: List[ServerLoad], pending: int) -> List[str]:
-        sched = self._schedulers[batch.id]
-        live = {s.name: s.live for s in self.pool.server_snapshots()}
-        sched.set_lead_time(0.5 if all(live.get(load.name) for load in loads) else self.pool.status_ttl)
-        if self.pool.strategy == balancing.LEAST_LOADED or batch.pinned:
-            targets = sched.plan(loads, pending)
-            if sched.withdrawals:
-                self._take_back(batch, sched.withdrawals)
-            return targets
-        # round robin / priority: one prompt at a time to servers with window room
-        room = {
-            load.name: max(
-                0, (load.max_in_flight or SIMPLE_WINDOW) - load.ours_queued - (1 if load.ours_running_since else 0)
-            )
-            for load in loads
-        }
-        snaps = [s for s in self.pool.server_snapshots() if room.get(s.name)]
-        targets: List[str] = []
-        last = None
-        while len(targets) < pending:
-            name = balancing.choose(
-                [s for s in snaps if room[s.name] > 0], self.pool.strategy, now=time.time(), last_pick=last
-            )
-            if name is None:
-                break
-            room[name] -= 1
-            targets.append(name)
-            last = name
-        return targets
-
-    @staticmethod
-    def _next_job_for(pending: List[Job], server: str, anywhere: bool) -> Optional[Job]:
-        for job in pending:
-            if server not in job.failed_servers:
-                return job
-        # every usable server failed these jobs before: try again rather than stall
-        return pending[0] if pending and anywhere else None
-
-    def _wait_for_servers(self, batch: Batch, pending: List[Job], snaps: Dict[str, Any], now: float) -> None:
-        since = self._waiting_since.setdefault(batch.id, time.monotonic())
-        reasons = "; ".join(
-            _named(s.name, s.unavailable_reason(now) or "unknown")
-            for s in snaps.values()
-            if not batch.pinned or s.name == batch.pinned
-        )
-        waited = time.monotonic() - since
-        if batch.pinned and batch.pinned not in snaps:
-            reasons = f"server {batch.pinned!r} is no longer configured"
-        # no live counter in the text: it changes only when the reasons do (logs stay quiet)
-        msg = "Waiting for a server (gives up after {:.0f} s): {}".format(
-            self.wait_for_servers, reasons or "none configured"
-        )
-        if batch.message != msg:
-            batch.message = msg
-            self._touch(batch)
-        if waited >= self.wait_for_servers:
-            error = JobError(
-                "infrastructure",
-                f"No server came back within {self.wait_for_servers:.0f} s: {reasons}. Frames already rendered are kept; "
-                "use Retry failed when a server is up.",
-            )
-            for job in batch.jobs:  # every waiting job, not only the planner's view
-                if job.state is JobState.PENDING and job.id not in self._submitting:
-                    self._finish(batch, job, JobState.FAILED, error)
-            del self._waiting_since[batch.id]
-
-    # -- submit -----------------------------------------------------------------------
-    def _start_submit(self, batch: Batch, job: Job, server: ComfyUIServer) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s: %s -> %s (%s)", batch.name, job.label, server.name, self._why(batch, job, server.name))
-        self._submitting[job.id] = job
-        token = uuid.uuid4().hex
-        with batch.lock:
-            job.server = server.name
-            job.attempts += 1
-            job.attempt_token = token
-        self._by_token[token] = (batch, job)
-        self._touch(batch)
-        prompt = job.prompt
-        prepare = batch.prepare
-
-        def work() -> None:
-            requested_id = str(uuid.uuid4())
-            sent_at = time.time()
-            try:
-                body_prompt = prepare(prompt, server) if prepare is not None else prompt
-                digest = prompt_digest(body_prompt)
-                marker = {"batch": batch.id, "job": job.id, "attempt": token}
-                body = {
-                    "prompt": body_prompt,
-                    "client_id": self.pool.client_id,
-                    "prompt_id": requested_id,  # newer ComfyUI honours it; 0.3.39 ignores it
-                    # SaveImage writes extra_pnginfo into the PNG: each file names the attempt that made it
-                    "extra_data": {
-                        "ncc_job": job.id,
-                        "ncc_attempt": token,
-                        "ncc_batch": batch.id,
-                        "extra_pnginfo": {"ncc": marker},
-                    },
-                }
-                answer = server.connection.post_json("prompt", body, job_id=job.id)
-                prompt_id = parse_prompt_response(answer, server.name)
-            except Exception as e:  # noqa: BLE001 - every outcome goes back to the loop
-                error = e
-                self._call(lambda: self._submit_failed(batch, job, server, token, requested_id, error))
-                return
-            self._call(lambda: self._submitted(batch, job, server, token, prompt_id, sent_at, digest))
-
-        self._io(work)
-
-    def _submitted(
-        self,
-        batch: Batch,
-        job: Job,
-        server: ComfyUIServer,
-        token: str,
-        prompt_id: str,
-        sent_at: float,
-        digest: Optional[str] = None,
-    ) -> None:
-        self._submitting.pop(job.id, None)
-        if job.attempt_token != token or job.state.finished:
-            # cancelled (or otherwise resolved) while the POST was under way: remove it again
-            self._orphans.append(_Orphan(server.name, token, prompt_id, time.monotonic()))
-            self._check_orphans(server.name)
-            return
-        server.note_submitted(time.time())
-        batch.evidence.accepted(server.name)
-        with batch.lock:
-            job.prompt_id = prompt_id
-            job.sent_digest = digest
-            job.state = JobState.SUBMITTED
-            job.queued_at = sent_at
-            job.last_news = time.monotonic()
-        self._by_prompt[prompt_id] = (batch, job)
-        self._touch(batch)
-        if job.cancel_requested:
-            self._io(lambda: self._cancel_on_server(batch, server, [job]))
-            return
-        for event in self._early.pop(prompt_id, []):
-            self._handle_job_event(batch, job, event)
-
-    def _submit_failed(
-        self, batch: Batch, job: Job, server: ComfyUIServer, token: str, requested_id: str, exc: BaseException
-    ) -> None:
-        self._submitting.pop(job.id, None)
-        self._by_token.pop(token, None)
-        # no answer in time, or one we could not read: the prompt may be queued there all the same
-        maybe_queued = isinstance(exc, ServerError) and exc.may_have_reached_server
-        if job.cancel_requested:
-            if maybe_queued:
-                self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
-            self._finish(batch, job, JobState.CANCELLED, JobError("cancelled", "cancelled by the user"))
-            return
-        if (
-            isinstance(exc, ServerRejected)
-            and exc.status is not None
-            and 400 <= exc.status < 500
-            and _comfy_rejection(exc.body)
-        ):
-            self._workflow_failed(batch, job, server.name, workflow_error_from_rejection(exc, job.id), REJECTION)
-            return
-        if isinstance(exc, WorkflowError):
-            self._finish(batch, job, JobState.FAILED, JobError.from_exception(exc, server.name))
-            return
-        if maybe_queued:
-            self._orphans.append(_Orphan(server.name, token, None, time.monotonic()))
-        if isinstance(exc, ClusterError):
-            reason = user_message(exc)
-        else:
-            log.error("submit of %s to %s failed unexpectedly", job.label, server.name, exc_info=exc)
-            reason = f"{server.name}: unexpected {type(exc).__name__}: {exc}"
-        if isinstance(exc, ServerError):
-            server.record_failure(reason)
-            if not isinstance(exc, ServerRejected):
-                server.mark_unreachable(reason)
-            if isinstance(exc, ServerUnavailable):
-                # the prompt never got there: evidence against the server, not the frame. When
-                # every server dies at once, refused submits must not use up the frame's attempts
-                # (it would fail instead of waiting for a server to come back).
-                with batch.lock:
-                    job.attempts = max(0, job.attempts - 1)
-        self._requeue(batch, job, server.name, reason)
-
-    def _workflow_rejected(self, batch: Batch, job: Optional[Job], error: WorkflowError) -> None:
-        """A validation error fails the same way on every frame: stop the batch, report once."""
-        info = JobError.from_exception(error, error.server)
-        if job is not None:
-            self._finish(batch, job, JobState.FAILED, info)
-        with batch.lock:
-            batch.message = f"Workflow rejected: {user_message(error)}"
-            for other in batch.jobs:
-                if other.state is JobState.PENDING and other.id not in self._submitting:
-                    other.state = JobState.FAILED
-                    other.error = info
-                    other.finished_at = time.time()
-        self._touch(batch)
 
     # -- events -----------------------------------------------------------------------
     def _on_event(self, event: ServerEvent) -> None:

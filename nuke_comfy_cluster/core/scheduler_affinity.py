@@ -1,4 +1,4 @@
-"""Model affinity and probe withdrawal: the batch scheduler's rules for model loads.
+"""Model affinity, probes and their withdrawal: the batch scheduler's rules for what it does not know yet.
 
 Mixed into :class:`~.scheduler.Scheduler` (its state is made there).
 
@@ -40,6 +40,13 @@ __all__ = ["AffinityMixin", "SOMEONE"]
 
 # A server another workflow has kept t seconds is expected to stay its for this times t.
 _HELD_AGAIN = 1.0
+# A lead time this long (seconds) means the status comes by polling, not pushed.
+_POLLING_LEAD = 1.0
+# With polling, a second frame goes behind each blind probe when the batch has at
+# least this many frames per server.
+_SPECULATE_SHARE = 6
+# Staggered blind probes after the first come at least this fraction of the spread later.
+_PROBE_GAP = 0.3
 # Probes are taken back only when the setup is at least this share of a frame time.
 _MIN_WITHDRAW_SHARE = 0.25
 # Setups another workflow may keep a server it holds beyond its fair share.
@@ -201,6 +208,65 @@ class AffinityMixin:
                 cross = since + (_fluid_end(elsewhere, frames) - since) / grow
                 self._wake_at(max(cross, now + 0.5 * min(u.ft for u in elsewhere)))
         return out
+
+    def _blind_probes(self, views: List[_View], pending: int, now: float) -> List[str]:
+        # Nothing known anywhere: a probe on every server that runs nothing or only
+        # one job of someone else's (the probe starts after at most one frame). If
+        # there is none and nothing of ours is out, queue one on the shortest queue
+        # anyway so that the batch always makes progress. Servers known to be busy
+        # with another workflow are left to it while an idle one exists, or while a
+        # probe of ours is out elsewhere.
+        out = any(v.in_flight for v in views)
+        idle = sorted((v for v in views if v.in_flight == 0 and v.others <= 1), key=lambda v: (v.others, v.key))
+        if any(v.others == 0 for v in idle):
+            idle = [v for v in idle if v.others == 0 or v.load.warm is not False]
+        if out:
+            # Another workflow's models are there (its work may be between two frames):
+            # ours would load over them while our probe elsewhere will tell us enough.
+            idle = [v for v in idle if v.load.warm is not False or (v.others == 0 and v.load.cache_owner is None)]
+        if idle and any(v.load.warm is not None for v in views):
+            idle = self._staggered_probes(idle, now, out)
+        chosen = [v.name for v in idle]
+        if self._lead >= _POLLING_LEAD and pending >= _SPECULATE_SHARE * len(views):
+            # Polling: a probe's end would be seen up to a lead time late, leaving
+            # the server idle. With a batch this long even a GPU at a third of the
+            # average speed earns two frames, so queue one behind each probe.
+            chosen += [v.name for v in idle if v.load.max_in_flight != 1 and self._max_window > 1]
+        if not chosen and not out:
+            chosen = [min(views, key=lambda v: (v.load.queue_remaining, v.key)).name]
+        return chosen[:pending]
+
+    def _staggered_probes(self, idle: List[_View], now: float, out: bool) -> List[_View]:
+        """The first probe now, each other one at its own random moment within the spread.
+
+        Only when the caller tells the servers' cache state (the workflow loads models):
+        two artists starting at the same instant would otherwise both probe every
+        server, each server loading both models and both artists' frames alternating
+        on it for a while. Staggered, whoever claims a server first is seen by the
+        other (a prompt of another workflow there), who leaves it while it has a probe
+        out elsewhere. One artist alone pays at most the spread on its later probes.
+        """
+        if self._spread <= 0.0:
+            return idle
+        for k in [k for k in self._probe_at if all(v.name != k for v in idle)]:
+            del self._probe_at[k]  # it got a frame, or is left to another workflow
+        fresh = [v for v in idle if v.name not in self._probe_at]
+        # later probes come at least a third of the spread after: time for another
+        # client's prompt to be seen
+        draws = [now + self._spread * (_PROBE_GAP + (1.0 - _PROBE_GAP) * self._rng.random()) for _ in fresh]
+        if draws and not out and not self._probe_at:
+            # the first probe goes now, to a server drawn at random (another artist starting
+            # at this instant most likely draws another one)
+            draws[self._rng.randrange(len(draws))] = now
+        for v, at in zip(fresh, draws):
+            self._probe_at[v.name] = at
+        due = [v for v in idle if self._probe_at[v.name] <= now]
+        for v in idle:
+            if v in due:
+                del self._probe_at[v.name]
+            else:
+                self._wake_at(self._probe_at[v.name])
+        return due
 
     def _queued_probes_to_withdraw(self, views: List[_View]) -> List[str]:
         """Servers where a cold first frame of ours waits behind another workflow's work.
